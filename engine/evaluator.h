@@ -1,0 +1,42 @@
+// The paper's evaluation protocol (Appendix B): one token stream cut into `batch` parallel streams,
+// each run in segments of `tgt_len` tokens with its memory carried across segments.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/transformer_xl.h"
+
+namespace trams {
+
+struct EvalOptions {
+  TramsSettings settings;
+  int tgt_len = 64;         // n: tokens per segment
+  int batch = 10;           // parallel streams
+  int64_t max_tokens = -1;  // use only the first T tokens (< 0: all)
+  // Reproduce the authors' evaluation: zero-filled initial pools, labels shifted inside each segment
+  // (the first token of a segment is not scored), and each stream's last token left out as their
+  // iterator does.
+  bool reference_compat = false;
+  std::function<void(int64_t done, int64_t total)> progress;  // called after each segment batch
+};
+
+struct EvalResult {
+  double loss = 0;  // mean negative log-likelihood per scored token, nats
+  double ppl = 0;
+  double bpc = 0;   // bits per token (per character for byte models)
+  int64_t tokens = 0;         // tokens fed to the model
+  int64_t scored = 0;         // tokens whose log-prob counts in the loss
+  double seconds = 0;         // wall time of the forward passes
+  double tokens_per_second = 0;
+  int64_t pool_bytes_per_stream = 0;
+};
+
+absl::StatusOr<EvalResult> Evaluate(TransformerXL& model, absl::Span<const int32_t> ids, const EvalOptions& options);
+
+// Peak resident set size of this process in bytes (VmHWM), 0 if unknown.
+int64_t PeakResidentBytes();
+
+}  // namespace trams

@@ -1,0 +1,164 @@
+#include "engine/host_ops.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace trams {
+
+ThreadPool::ThreadPool(int threads) {
+  if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::RunTasks() {
+  for (;;) {
+    int64_t i;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (next_ >= n_) return;
+      i = next_++;
+    }
+    (*fn_)(i);
+  }
+}
+
+void ThreadPool::WorkerLoop() {
+  uint64_t seen = 0;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+      ++busy_;
+    }
+    RunTasks();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--busy_ == 0) done_.notify_all();
+    }
+  }
+}
+
+void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t)>& fn) {
+  if (n <= 0) return;
+  if (workers_.empty() || n == 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    fn_ = &fn;
+    n_ = n;
+    next_ = 0;
+    ++generation_;
+  }
+  wake_.notify_all();
+  RunTasks();
+  std::unique_lock<std::mutex> lock(mu_);
+  done_.wait(lock, [&] { return busy_ == 0 && next_ >= n_; });
+  fn_ = nullptr;
+}
+
+void MatMulNT(const float* a, int lda, const float* b, int ldb, float* c, int ldc, int64_t m, int64_t n, int64_t k,
+              float beta) {
+  if (m == 0 || n == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
+              1.0f, a, lda, b, ldb, beta, c, ldc);
+}
+
+void MatMulNN(const float* a, int lda, const float* b, int ldb, float* c, int ldc, int64_t m, int64_t n, int64_t k) {
+  if (m == 0 || n == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
+              static_cast<int>(k), 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+}
+
+void LinearNT(ThreadPool* pool, const float* a, int lda, const float* b, int ldb, float* c, int ldc, int64_t m,
+              int64_t n, int64_t k, float beta) {
+  const int parts = pool == nullptr ? 1 : pool->size();
+  // Below ~32 rows per part the split costs more than it saves; then split the output columns.
+  if (parts == 1 || (m < 32 * parts && n < 256 * parts)) {
+    MatMulNT(a, lda, b, ldb, c, ldc, m, n, k, beta);
+    return;
+  }
+  if (m >= 32 * parts) {
+    const int64_t chunk = (m + parts - 1) / parts;
+    pool->ParallelFor(parts, [&](int64_t p) {
+      const int64_t begin = p * chunk, end = std::min(m, begin + chunk);
+      if (begin < end) MatMulNT(a + begin * lda, lda, b, ldb, c + begin * ldc, ldc, end - begin, n, k, beta);
+    });
+  } else {
+    const int64_t chunk = ((n + parts - 1) / parts + 15) / 16 * 16;
+    pool->ParallelFor(parts, [&](int64_t p) {
+      const int64_t begin = p * chunk, end = std::min(n, begin + chunk);
+      if (begin < end) MatMulNT(a, lda, b + begin * ldb, ldb, c + begin, ldc, m, end - begin, k, beta);
+    });
+  }
+}
+
+void LayerNormRows(const float* x, float* out, int64_t rows, int d, const float* g, const float* b, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * d;
+    float* o = out + r * d;
+    double mean = 0;
+    for (int i = 0; i < d; ++i) mean += xr[i];
+    mean /= d;
+    double var = 0;
+    for (int i = 0; i < d; ++i) var += (xr[i] - mean) * (xr[i] - mean);
+    var /= d;
+    const float inv = static_cast<float>(1.0 / std::sqrt(var + eps));
+    const float m = static_cast<float>(mean);
+    for (int i = 0; i < d; ++i) o[i] = (xr[i] - m) * inv * g[i] + b[i];
+  }
+}
+
+void AddBiasRows(float* x, int64_t rows, int d, const float* bias) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* xr = x + r * d;
+    for (int i = 0; i < d; ++i) xr[i] += bias[i];
+  }
+}
+
+void AddBiasReluRows(float* x, int64_t rows, int d, const float* bias) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* xr = x + r * d;
+    for (int i = 0; i < d; ++i) xr[i] = std::max(0.0f, xr[i] + bias[i]);
+  }
+}
+
+double LogSoftmaxRow(float* x, int64_t n) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i] - mx));
+  const double lse = mx + std::log(sum);
+  for (int64_t i = 0; i < n; ++i) x[i] = static_cast<float>(x[i] - lse);
+  return lse;
+}
+
+void SoftmaxPrefix(float* x, int64_t n, int64_t valid) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < valid; ++i) mx = std::max(mx, x[i]);
+  float sum = 0;
+  for (int64_t i = 0; i < valid; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < valid; ++i) x[i] *= inv;
+  for (int64_t i = valid; i < n; ++i) x[i] = 0.0f;
+}
+
+}  // namespace trams

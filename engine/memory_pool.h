@@ -1,0 +1,58 @@
+// The memory of one stream: per layer, the keys, values and TRAMS scores of up to M past tokens.
+// Keys/values/scores depend only on a token's layer input and the weights, so they are computed once,
+// when the token enters the pool (the reference code recomputes the whole pool every segment).
+// All layers hold the same tokens, so one ring-buffer cursor serves them all.
+// The state is plain arrays so it serializes cleanly (snapshots, migration between replicas).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/model_config.h"
+#include "engine/trams_selector.h"
+
+namespace trams {
+
+struct LayerPool {
+  std::vector<float> keys;    // [M, H * Dh], ring buffer
+  std::vector<float> values;  // [M, H * Dh]
+  std::vector<float> scores;  // [M, H]; empty when this layer never selects
+};
+
+class StreamState {
+ public:
+  StreamState(const ModelConfig& config, const TramsSettings& settings);
+
+  // Exact bytes of pool + prediction state for a stream with these settings (what StreamState allocates).
+  static int64_t BytesFor(const ModelConfig& config, const TramsSettings& settings);
+
+  const TramsSettings& settings() const { return settings_; }
+  int capacity() const { return settings_.mem_len; }
+  int size() const { return size_; }          // tokens in the pool (<= capacity)
+  int64_t position() const { return position_; }  // tokens consumed since the stream started
+  int64_t bytes() const;
+
+  // Row of the `index`-th oldest pool token (0 = oldest) in the ring buffers.
+  int RingRow(int index) const { return (start_ + index) % settings_.mem_len; }
+  const LayerPool& layer(int l) const { return layers_[l]; }
+  LayerPool& mutable_layer(int l) { return layers_[l]; }
+
+  // Final hidden state of the last consumed token: it predicts the next token. Empty before the first.
+  const std::vector<float>& last_hidden() const { return last_hidden_; }
+
+  // Ring rows where the next `n` tokens go (the oldest rows once full), then commit them.
+  int AppendRow(int i) const;  // row for the i-th of the tokens being appended
+  void CommitAppend(int n, const float* last_hidden, int d_model);
+  // Marks the pool as holding `n` tokens already written at rows [0, n) (used for the zero-filled pool).
+  void SetFilled(int n);
+
+ private:
+  TramsSettings settings_;
+  std::vector<LayerPool> layers_;
+  std::vector<float> last_hidden_;
+  int start_ = 0;
+  int size_ = 0;
+  int64_t position_ = 0;
+};
+
+}  // namespace trams

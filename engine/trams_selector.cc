@@ -1,0 +1,143 @@
+#include "engine/trams_selector.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace trams {
+
+std::string_view MemoryModeName(MemoryMode mode) {
+  switch (mode) {
+    case MemoryMode::kNone: return "none";
+    case MemoryMode::kXl: return "xl";
+    case MemoryMode::kTrams: return "trams";
+  }
+  return "?";
+}
+
+std::string_view SelectionMetricName(SelectionMetric metric) {
+  return metric == SelectionMetric::kCode ? "code" : "paper";
+}
+
+int TramsSettings::attend_len() const {
+  switch (mode) {
+    case MemoryMode::kNone: return 0;
+    case MemoryMode::kXl: return mem_len;
+    case MemoryMode::kTrams: return topk + remain;
+  }
+  return 0;
+}
+
+bool TramsSettings::SelectsOnLayer(int layer) const {
+  if (mode != MemoryMode::kTrams || topk == 0) return false;
+  return layers.empty() || std::find(layers.begin(), layers.end(), layer) != layers.end();
+}
+
+TramsSettings TramsSettings::Xl(int mem_len) {
+  TramsSettings s;
+  s.mode = MemoryMode::kXl;
+  s.mem_len = mem_len;
+  s.topk = 0;
+  s.remain = mem_len;
+  return s;
+}
+
+TramsSettings TramsSettings::NoMemory() {
+  TramsSettings s = Xl(0);
+  s.mode = MemoryMode::kNone;
+  return s;
+}
+
+TramsSettings TramsSettings::Trams(int mem_len, int topk, int remain) {
+  TramsSettings s;
+  s.mem_len = mem_len;
+  s.topk = topk;
+  s.remain = remain;
+  return s;
+}
+
+absl::Status TramsSettings::Validate(const ModelConfig& config) const {
+  if (mem_len < 0 || topk < 0 || remain < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("memory sizes must not be negative (mem_len ", mem_len, ", topk ",
+                                                   topk, ", remain ", remain, ")"));
+  }
+  switch (mode) {
+    case MemoryMode::kNone:
+      if (mem_len != 0) return absl::InvalidArgumentError("mode 'none' keeps no memory: mem_len must be 0");
+      break;
+    case MemoryMode::kXl:
+      if (mem_len == 0) return absl::InvalidArgumentError("mode 'xl' needs mem_len > 0 (use mode 'none' for no memory)");
+      break;
+    case MemoryMode::kTrams:
+      if (topk + remain > mem_len) {
+        return absl::InvalidArgumentError(absl::StrCat("TRAMS attends topk + remain = ", topk + remain,
+                                                       " tokens, more than the pool holds (mem_len M = ", mem_len,
+                                                       "); need m <= M"));
+      }
+      if (topk + remain == 0) return absl::InvalidArgumentError("TRAMS needs topk + remain > 0");
+      break;
+  }
+  for (int layer : layers) {
+    if (layer < 0 || layer >= config.n_layer) {
+      return absl::InvalidArgumentError(absl::StrCat("selection layer ", layer, " does not exist (the model has ",
+                                                     config.n_layer, " layers, numbered from 0)"));
+    }
+  }
+  if (!layers.empty() && mode != MemoryMode::kTrams) {
+    return absl::InvalidArgumentError("selection layers only apply to mode 'trams'");
+  }
+  return absl::OkStatus();
+}
+
+TramsScorer::TramsScorer(const float* q_weight, int n_head, int d_head, int d_model)
+    : n_head_(n_head), d_head_(d_head), d_model_(d_model) {
+  gram_.assign(static_cast<size_t>(n_head) * d_head * d_head, 0.0);
+  row_sum_.assign(static_cast<size_t>(n_head) * d_head, 0.0);
+  for (int h = 0; h < n_head; ++h) {
+    const float* w = q_weight + static_cast<size_t>(h) * d_head * d_model;  // [Dh, d] slice of the q rows
+    for (int a = 0; a < d_head; ++a) {
+      double s = 0;
+      for (int c = 0; c < d_model; ++c) s += w[a * d_model + c];
+      row_sum_[h * d_head + a] = s;
+      for (int b = 0; b <= a; ++b) {
+        double g = 0;
+        for (int c = 0; c < d_model; ++c) g += static_cast<double>(w[a * d_model + c]) * w[b * d_model + c];
+        gram_[(h * d_head + a) * d_head + b] = g;
+        gram_[(h * d_head + b) * d_head + a] = g;
+      }
+    }
+  }
+}
+
+void TramsScorer::Score(const float* k, SelectionMetric metric, float* scores) const {
+  for (int h = 0; h < n_head_; ++h) {
+    const float* kh = k + h * d_head_;
+    const double* g = gram_.data() + static_cast<size_t>(h) * d_head_ * d_head_;
+    double sum = 0, sq = 0;
+    for (int a = 0; a < d_head_; ++a) {
+      sum += kh[a] * row_sum_[h * d_head_ + a];
+      double ga = 0;
+      for (int b = 0; b < d_head_; ++b) ga += g[a * d_head_ + b] * kh[b];
+      sq += kh[a] * ga;
+    }
+    scores[h] = metric == SelectionMetric::kCode ? static_cast<float>(std::sqrt(std::max(0.0, sq)) * std::fabs(sum))
+                                                  : static_cast<float>(sum / std::sqrt(static_cast<double>(d_model_)));
+  }
+}
+
+void SelectTopK(const float* scores, int64_t stride, int candidates, int topk, std::vector<int>* out) {
+  out->resize(candidates);
+  for (int i = 0; i < candidates; ++i) (*out)[i] = i;
+  auto better = [&](int a, int b) {
+    const float sa = scores[a * stride], sb = scores[b * stride];
+    return sa > sb || (sa == sb && a < b);
+  };
+  if (topk < candidates) {
+    std::nth_element(out->begin(), out->begin() + topk, out->end(), better);
+    out->resize(topk);
+  }
+  std::sort(out->begin(), out->end());
+}
+
+}  // namespace trams

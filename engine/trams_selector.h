@@ -1,0 +1,60 @@
+// TRAMS memory selection (Yu et al., EMNLP 2023 Findings): which pool tokens a layer attends to.
+// Mirrors lwaekfjlk/TRAMS utils/modeling_transfo_xl.py, RelPartialLearnableMultiHeadAttn.trams(),
+// except that a token's score is computed once, when it enters the pool (see engine/DESIGN.md).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/model_config.h"
+
+namespace trams {
+
+enum class MemoryMode { kNone, kXl, kTrams };
+enum class SelectionMetric {
+  kCode,   // ||K'|| * |sum K'|: what the authors' code ranks by (and what produced the paper's numbers)
+  kPaper,  // cos(K', 1) * ||K'|| = sum K' / sqrt(d_model): the metric as the paper writes it
+};
+
+std::string_view MemoryModeName(MemoryMode mode);
+std::string_view SelectionMetricName(SelectionMetric metric);
+
+// Per-stream memory settings. Pool capacity is `mem_len` (M); attended memory is topk + remain (m).
+struct TramsSettings {
+  MemoryMode mode = MemoryMode::kTrams;
+  int mem_len = 400;  // M: tokens kept per layer (XL: also the tokens attended)
+  int topk = 50;      // selected by score from the older part of the pool (TRAMS only)
+  int remain = 150;   // newest pool tokens always attended (TRAMS only)
+  std::vector<int> layers;  // layers that select (TRAMS only); empty = every layer
+  SelectionMetric metric = SelectionMetric::kCode;
+
+  // Memory tokens attended at most (m); same_length's window.
+  int attend_len() const;
+  bool SelectsOnLayer(int layer) const;
+  absl::Status Validate(const ModelConfig& config) const;
+  static TramsSettings Xl(int mem_len);
+  static TramsSettings NoMemory();
+  static TramsSettings Trams(int mem_len, int topk, int remain);
+};
+
+// Precomputed per layer and head so a key's score costs O(d_head^2), not O(d_head * d_model):
+// with K' = W_q,h^T k, ||K'||^2 = k^T (W_q,h W_q,h^T) k and sum K' = k . (W_q,h 1).
+class TramsScorer {
+ public:
+  TramsScorer(const float* q_weight, int n_head, int d_head, int d_model);
+  // scores[h] for one key row k[H * Dh].
+  void Score(const float* k, SelectionMetric metric, float* scores) const;
+
+ private:
+  int n_head_, d_head_, d_model_;
+  std::vector<double> gram_;     // [H, Dh, Dh]
+  std::vector<double> row_sum_;  // [H, Dh]
+};
+
+// Pool indices [0, candidates) of the `topk` highest scores, ascending (pool order).
+// `scores` has stride `stride` (one float per head per token). Ties keep the older token.
+void SelectTopK(const float* scores, int64_t stride, int candidates, int topk, std::vector<int>* out);
+
+}  // namespace trams

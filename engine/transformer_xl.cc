@@ -1,0 +1,428 @@
+#include "engine/transformer_xl.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <unordered_set>
+
+#include "absl/strings/str_cat.h"
+#include "engine/safetensors.h"
+#include "engine/status_macros.h"
+
+namespace trams {
+
+// Activations of one Forward(): rows of all streams' segments, concatenated.
+struct TransformerXL::Batch {
+  std::vector<StreamState*> streams;
+  std::vector<absl::Span<const int32_t>> tokens;
+  std::vector<int64_t> offset;  // first row of each stream
+  std::vector<int> attended;    // memory tokens each stream attends (same on every layer)
+  int64_t rows = 0;
+  std::vector<float> x;         // [rows, d_model] layer input, then output
+  std::vector<float> normed;    // [rows, d_model] pre-LN input
+  std::vector<float> qkv;       // [rows, 3W]
+  std::vector<float> attn_vec;  // [rows, W]
+  std::vector<float> tmp;       // [rows, d_model]
+  std::vector<float> inner;     // [rows, d_inner]
+};
+
+namespace {
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+}  // namespace
+
+TransformerXL::TransformerXL(ModelWeights weights, const EngineOptions& options)
+    : weights_(std::move(weights)), pool_(options.threads), output_(weights_), rel_(&weights_) {
+  const ModelConfig& c = weights_.config;
+  for (int l = 0; l < c.n_layer; ++l) {
+    scorers_.emplace_back(weights_.layers[l].qkv.data, c.n_head, c.d_head, c.d_model);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<TransformerXL>> TransformerXL::Load(const std::string& model_dir,
+                                                                   const EngineOptions& options) {
+  ASSIGN_OR_RETURN(ModelWeights weights, LoadModelDirectory(model_dir));
+  return FromWeights(std::move(weights), options);
+}
+
+std::unique_ptr<TransformerXL> TransformerXL::FromWeights(ModelWeights weights, const EngineOptions& options) {
+  return std::unique_ptr<TransformerXL>(new TransformerXL(std::move(weights), options));
+}
+
+absl::StatusOr<std::unique_ptr<StreamState>> TransformerXL::NewStream(const TramsSettings& settings) const {
+  RETURN_IF_ERROR(settings.Validate(config()));
+  return std::make_unique<StreamState>(config(), settings);
+}
+
+void TransformerXL::FillPoolWithZeroStates(StreamState* stream) const {
+  const ModelConfig& c = config();
+  const int m = stream->capacity();
+  if (m == 0) return;
+  const int w = c.attn_width();
+  std::vector<float> zero(c.d_model, 0.0f), kv(2 * w);
+  for (int l = 0; l < c.n_layer; ++l) {
+    const LayerWeights& lw = weights_.layers[l];
+    std::vector<float> in = zero;
+    if (c.pre_lnorm) {
+      LayerNormRows(zero.data(), in.data(), 1, c.d_model, lw.attn_ln_g.data, lw.attn_ln_b.data, c.layer_norm_epsilon);
+    }
+    // k and v rows of qkv_net applied to the (normalized) zero state.
+    MatMulNT(in.data(), c.d_model, lw.qkv.data + static_cast<size_t>(w) * c.d_model, c.d_model, kv.data(), 2 * w, 1,
+             2 * w, c.d_model);
+    LayerPool& pool = stream->mutable_layer(l);
+    std::vector<float> scores(c.n_head);
+    const bool selects = !pool.scores.empty();
+    if (selects) scorers_[l].Score(kv.data(), stream->settings().metric, scores.data());
+    for (int r = 0; r < m; ++r) {
+      std::memcpy(pool.keys.data() + static_cast<size_t>(r) * w, kv.data(), sizeof(float) * w);
+      std::memcpy(pool.values.data() + static_cast<size_t>(r) * w, kv.data() + w, sizeof(float) * w);
+      if (selects) std::memcpy(pool.scores.data() + static_cast<size_t>(r) * c.n_head, scores.data(),
+                               sizeof(float) * c.n_head);
+    }
+  }
+  stream->SetFilled(m);
+}
+
+absl::Status TransformerXL::Check(absl::Span<const SegmentInput> batch) const {
+  if (batch.empty()) return absl::InvalidArgumentError("empty batch: nothing to run");
+  std::unordered_set<const StreamState*> seen;
+  const int64_t vocab = config().vocab_size;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    const SegmentInput& in = batch[b];
+    if (in.stream == nullptr) return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " has no stream"));
+    if (!seen.insert(in.stream).second) {
+      return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " repeats a stream: one segment per stream"));
+    }
+    if (in.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " has no tokens"));
+    if (in.stream->layer(0).keys.size() != static_cast<size_t>(in.stream->capacity()) * config().attn_width()) {
+      return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " belongs to another model"));
+    }
+    for (size_t i = 0; i < in.tokens.size(); ++i) {
+      if (in.tokens[i] < 0 || in.tokens[i] >= vocab) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", in.tokens[i], " at position ", i,
+                                                       " of batch entry ", b, " is outside the vocabulary [0, ",
+                                                       vocab, ")"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+void TransformerXL::Embed(Batch& b) const {
+  const ModelConfig& c = config();
+  const int d = c.d_model;
+  const std::vector<int64_t> ends = c.cutoff_ends();
+  const float scale = std::sqrt(static_cast<float>(d));
+  std::vector<int64_t> rows;
+  std::vector<int32_t> ids;
+  std::vector<float> gathered;
+  const int n_tables = static_cast<int>(weights_.embedding.size());
+  for (int i = 0; i < n_tables; ++i) {
+    const EmbeddingCluster& e = weights_.embedding[i];
+    const int64_t lo = n_tables == 1 ? 0 : ends[i], hi = n_tables == 1 ? c.vocab_size : ends[i + 1];
+    rows.clear();
+    ids.clear();
+    for (size_t s = 0; s < b.streams.size(); ++s) {
+      for (size_t t = 0; t < b.tokens[s].size(); ++t) {
+        const int32_t id = b.tokens[s][t];
+        if (id >= lo && id < hi) {
+          rows.push_back(b.offset[s] + static_cast<int64_t>(t));
+          ids.push_back(static_cast<int32_t>(id - lo));
+        }
+      }
+    }
+    if (rows.empty()) continue;
+    const int64_t dim = e.table.cols;
+    if (e.proj.empty()) {
+      for (size_t r = 0; r < rows.size(); ++r) {
+        const float* src = e.table.data + ids[r] * dim;
+        float* dst = b.x.data() + rows[r] * d;
+        for (int k = 0; k < d; ++k) dst[k] = src[k] * scale;
+      }
+      continue;
+    }
+    gathered.resize(rows.size() * dim);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      std::memcpy(gathered.data() + r * dim, e.table.data + ids[r] * dim, sizeof(float) * dim);
+    }
+    std::vector<float> projected(rows.size() * d);
+    // proj is [d_model, dim]: x = proj . e
+    MatMulNT(gathered.data(), static_cast<int>(dim), e.proj.data, static_cast<int>(dim), projected.data(), d,
+             static_cast<int64_t>(rows.size()), d, dim);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      float* dst = b.x.data() + rows[r] * d;
+      for (int k = 0; k < d; ++k) dst[k] = projected[r * d + k] * scale;
+    }
+  }
+}
+
+// One (stream, head) of relative attention over the attended memory plus the segment.
+void TransformerXL::AttendOne(int layer, int s, int h, Batch& b, std::vector<int>* selected) {
+  const ModelConfig& c = config();
+  const int dh = c.d_head, w = c.attn_width();
+  const StreamState& stream = *b.streams[s];
+  const TramsSettings& settings = stream.settings();
+  const LayerPool& pool = stream.layer(layer);
+  const int n = static_cast<int>(b.tokens[s].size());
+  const int pool_size = stream.size();
+  const int a = b.attended[s];
+  const int klen = a + n;
+
+  // Which pool tokens (0 = oldest) this head attends: TRAMS top-k of the older part + the newest `remain`,
+  // or simply the newest `a`.
+  thread_local std::vector<int> chosen;
+  chosen.clear();
+  if (settings.SelectsOnLayer(layer) && pool_size > settings.topk + settings.remain) {
+    const int candidates = pool_size - settings.remain;
+    // Scores of candidates in pool order: ring rows are not contiguous, so copy them out.
+    thread_local std::vector<float> cand_scores;
+    cand_scores.resize(candidates);
+    for (int j = 0; j < candidates; ++j) cand_scores[j] = pool.scores[stream.RingRow(j) * c.n_head + h];
+    SelectTopK(cand_scores.data(), 1, candidates, settings.topk, &chosen);
+    if (selected != nullptr) *selected = chosen;
+    for (int j = candidates; j < pool_size; ++j) chosen.push_back(j);
+  } else {
+    for (int j = pool_size - a; j < pool_size; ++j) chosen.push_back(j);
+  }
+
+  thread_local std::vector<float> keys, values, q_w, q_r, ac, pos, prob;
+  keys.resize(static_cast<size_t>(klen) * dh);
+  values.resize(static_cast<size_t>(klen) * dh);
+  for (int j = 0; j < a; ++j) {
+    const size_t row = static_cast<size_t>(stream.RingRow(chosen[j])) * w + h * dh;
+    std::memcpy(keys.data() + j * dh, pool.keys.data() + row, sizeof(float) * dh);
+    std::memcpy(values.data() + j * dh, pool.values.data() + row, sizeof(float) * dh);
+  }
+  const float* qkv = b.qkv.data() + b.offset[s] * 3 * w;
+  for (int i = 0; i < n; ++i) {
+    std::memcpy(keys.data() + (a + i) * dh, qkv + i * 3 * w + w + h * dh, sizeof(float) * dh);
+    std::memcpy(values.data() + (a + i) * dh, qkv + i * 3 * w + 2 * w + h * dh, sizeof(float) * dh);
+  }
+  const LayerWeights& lw = weights_.layers[layer];
+  const float* rw = lw.r_w_bias.data + h * dh;
+  const float* rr = lw.r_r_bias.data + h * dh;
+  q_w.resize(static_cast<size_t>(n) * dh);
+  q_r.resize(static_cast<size_t>(n) * dh);
+  for (int i = 0; i < n; ++i) {
+    const float* q = qkv + i * 3 * w + h * dh;
+    for (int k = 0; k < dh; ++k) {
+      q_w[i * dh + k] = q[k] + rw[k];
+      q_r[i * dh + k] = q[k] + rr[k];
+    }
+  }
+  ac.resize(static_cast<size_t>(n) * klen);
+  pos.resize(static_cast<size_t>(n) * klen);
+  // Content term against the keys; position term against r for distances 0..klen-1.
+  MatMulNT(q_w.data(), dh, keys.data(), dh, ac.data(), klen, n, klen, dh);
+  MatMulNT(q_r.data(), dh, rel_.Row(layer, 0) + h * dh, w, pos.data(), klen, n, klen, dh);
+
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  const int window = settings.attend_len();
+  for (int i = 0; i < n; ++i) {
+    float* row = ac.data() + static_cast<size_t>(i) * klen;
+    const float* p = pos.data() + static_cast<size_t>(i) * klen;
+    const int hi = a + i;  // last visible key (distance 0)
+    const int lo = (c.same_length && window > 0) ? std::max(0, hi - window + 1) : 0;
+    for (int j = lo; j <= hi; ++j) row[j] = (row[j] + p[hi - j]) * scale;
+    // Softmax over [lo, hi]; everything else gets probability 0.
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int j = lo; j <= hi; ++j) mx = std::max(mx, row[j]);
+    float sum = 0;
+    for (int j = lo; j <= hi; ++j) {
+      row[j] = std::exp(row[j] - mx);
+      sum += row[j];
+    }
+    const float inv = 1.0f / sum;
+    for (int j = 0; j < lo; ++j) row[j] = 0.0f;
+    for (int j = lo; j <= hi; ++j) row[j] *= inv;
+    for (int j = hi + 1; j < klen; ++j) row[j] = 0.0f;
+  }
+  MatMulNN(ac.data(), klen, values.data(), dh, b.attn_vec.data() + b.offset[s] * w + h * dh, w, n, dh, klen);
+}
+
+void TransformerXL::AttentionLayer(int layer, Batch& b, const OutputOptions& options,
+                                   std::vector<SegmentOutput>* outputs) {
+  const ModelConfig& c = config();
+  const LayerWeights& lw = weights_.layers[layer];
+  const int d = c.d_model, w = c.attn_width();
+  const float* in = b.x.data();
+  if (c.pre_lnorm) {
+    LayerNormRows(b.x.data(), b.normed.data(), b.rows, d, lw.attn_ln_g.data, lw.attn_ln_b.data,
+                  c.layer_norm_epsilon);
+    in = b.normed.data();
+  }
+  LinearNT(&pool_, in, d, lw.qkv.data, d, b.qkv.data(), 3 * w, b.rows, 3 * w, d);
+
+  const int n_streams = static_cast<int>(b.streams.size());
+  pool_.ParallelFor(static_cast<int64_t>(n_streams) * c.n_head, [&](int64_t task) {
+    const int s = static_cast<int>(task / c.n_head), h = static_cast<int>(task % c.n_head);
+    std::vector<int>* selected = options.selections ? &(*outputs)[s].selections[layer][h] : nullptr;
+    AttendOne(layer, s, h, b, selected);
+  });
+
+  // The attention above has read the pools; now the segment's keys/values (and scores) enter them.
+  pool_.ParallelFor(n_streams, [&](int64_t s) {
+    StreamState& stream = *b.streams[s];
+    if (stream.capacity() == 0) return;
+    LayerPool& pool = stream.mutable_layer(layer);
+    const int n = static_cast<int>(b.tokens[s].size());
+    const bool selects = !pool.scores.empty();
+    for (int i = std::max(0, n - stream.capacity()); i < n; ++i) {
+      const float* row = b.qkv.data() + (b.offset[s] + i) * 3 * w;
+      const size_t dst = static_cast<size_t>(stream.AppendRow(i));
+      std::memcpy(pool.keys.data() + dst * w, row + w, sizeof(float) * w);
+      std::memcpy(pool.values.data() + dst * w, row + 2 * w, sizeof(float) * w);
+      if (selects) scorers_[layer].Score(row + w, stream.settings().metric, pool.scores.data() + dst * c.n_head);
+    }
+  });
+
+  LinearNT(&pool_, b.attn_vec.data(), w, lw.o_net.data, w, b.tmp.data(), d, b.rows, d, w);
+  for (int64_t i = 0; i < b.rows * d; ++i) b.tmp[i] += b.x[i];
+  if (c.pre_lnorm) {
+    b.x.swap(b.tmp);
+  } else {
+    LayerNormRows(b.tmp.data(), b.x.data(), b.rows, d, lw.attn_ln_g.data, lw.attn_ln_b.data, c.layer_norm_epsilon);
+  }
+}
+
+void TransformerXL::FeedForwardLayer(int layer, Batch& b) {
+  const ModelConfig& c = config();
+  const LayerWeights& lw = weights_.layers[layer];
+  const int d = c.d_model, di = c.d_inner;
+  const float* in = b.x.data();
+  if (c.pre_lnorm) {
+    LayerNormRows(b.x.data(), b.normed.data(), b.rows, d, lw.ff_ln_g.data, lw.ff_ln_b.data, c.layer_norm_epsilon);
+    in = b.normed.data();
+  }
+  LinearNT(&pool_, in, d, lw.ff1_w.data, d, b.inner.data(), di, b.rows, di, d);
+  AddBiasReluRows(b.inner.data(), b.rows, di, lw.ff1_b.data);
+  LinearNT(&pool_, b.inner.data(), di, lw.ff2_w.data, di, b.tmp.data(), d, b.rows, d, di);
+  AddBiasRows(b.tmp.data(), b.rows, d, lw.ff2_b.data);
+  for (int64_t i = 0; i < b.rows * d; ++i) b.tmp[i] += b.x[i];
+  if (c.pre_lnorm) {
+    b.x.swap(b.tmp);
+  } else {
+    LayerNormRows(b.tmp.data(), b.x.data(), b.rows, d, lw.ff_ln_g.data, lw.ff_ln_b.data, c.layer_norm_epsilon);
+  }
+}
+
+void TransformerXL::Score(Batch& b, const OutputOptions& options, std::vector<SegmentOutput>* outputs) {
+  const int d = config().d_model;
+  // Row r of `pred` predicts target r: the previous position's final hidden state.
+  std::vector<float> pred;
+  std::vector<int32_t> targets;
+  std::vector<std::pair<int, int>> where;  // (stream, token index) of each target
+  pred.reserve(static_cast<size_t>(b.rows) * d);
+  for (size_t s = 0; s < b.streams.size(); ++s) {
+    const StreamState& stream = *b.streams[s];
+    SegmentOutput& out = (*outputs)[s];
+    const size_t n = b.tokens[s].size();
+    out.logprob.assign(n, kNaN);
+    if (options.entropy) out.entropy.assign(n, kNaN);
+    if (options.alternatives > 0) out.alternatives.assign(n, {});
+    for (size_t i = 0; i < n; ++i) {
+      const float* h;
+      if (i == 0) {
+        if (stream.position() == 0) continue;  // the first token of a stream has no context
+        h = stream.last_hidden().data();
+      } else {
+        h = b.x.data() + (b.offset[s] + static_cast<int64_t>(i) - 1) * d;
+      }
+      pred.insert(pred.end(), h, h + d);
+      targets.push_back(b.tokens[s][i]);
+      where.emplace_back(static_cast<int>(s), static_cast<int>(i));
+    }
+    out.tokens_scored = static_cast<int64_t>(n) - (stream.position() == 0 ? 1 : 0);
+  }
+  const int64_t n_pred = static_cast<int64_t>(targets.size());
+  if (n_pred == 0) return;
+  std::vector<float> lp(n_pred);
+  output_.TargetLogProbs(&pool_, pred.data(), n_pred, targets.data(), lp.data());
+  for (int64_t r = 0; r < n_pred; ++r) (*outputs)[where[r].first].logprob[where[r].second] = lp[r];
+  if (!options.entropy && options.alternatives <= 0) return;
+
+  // The full distribution is large (vocab floats per row): do it a few rows at a time.
+  const int64_t vocab = config().vocab_size;
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 24) / vocab);
+  std::vector<float> full;
+  std::vector<int32_t> order;
+  for (int64_t begin = 0; begin < n_pred; begin += chunk) {
+    const int64_t rows = std::min(chunk, n_pred - begin);
+    full.resize(static_cast<size_t>(rows * vocab));
+    output_.FullLogProbs(&pool_, pred.data() + begin * d, rows, full.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* dist = full.data() + r * vocab;
+      SegmentOutput& out = (*outputs)[where[begin + r].first];
+      const int i = where[begin + r].second;
+      if (options.entropy) {
+        double e = 0;
+        for (int64_t v = 0; v < vocab; ++v) e -= std::exp(static_cast<double>(dist[v])) * dist[v];
+        out.entropy[i] = static_cast<float>(e);
+      }
+      if (options.alternatives > 0) {
+        const int k = static_cast<int>(std::min<int64_t>(options.alternatives, vocab));
+        order.resize(vocab);
+        for (int64_t v = 0; v < vocab; ++v) order[v] = static_cast<int32_t>(v);
+        std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t x, int32_t y) {
+          return dist[x] > dist[y] || (dist[x] == dist[y] && x < y);
+        });
+        for (int j = 0; j < k; ++j) out.alternatives[i].push_back({order[j], dist[order[j]]});
+      }
+    }
+  }
+}
+
+absl::Status TransformerXL::Forward(absl::Span<const SegmentInput> batch, const OutputOptions& options,
+                                    std::vector<SegmentOutput>* outputs) {
+  RETURN_IF_ERROR(Check(batch));
+  if (options.alternatives < 0) return absl::InvalidArgumentError("alternatives must not be negative");
+  std::lock_guard<std::mutex> lock(forward_mu_);
+  const ModelConfig& c = config();
+  Batch b;
+  int max_klen = 0;
+  for (const SegmentInput& in : batch) {
+    b.streams.push_back(in.stream);
+    b.tokens.push_back(in.tokens);
+    b.offset.push_back(b.rows);
+    b.rows += static_cast<int64_t>(in.tokens.size());
+    const int a = std::min(in.stream->size(), in.stream->settings().attend_len());
+    b.attended.push_back(a);
+    max_klen = std::max(max_klen, a + static_cast<int>(in.tokens.size()));
+  }
+  rel_.Reserve(max_klen);
+  const int64_t rows = b.rows;
+  b.x.assign(static_cast<size_t>(rows) * c.d_model, 0.0f);
+  b.normed.resize(c.pre_lnorm ? b.x.size() : 0);
+  b.qkv.resize(static_cast<size_t>(rows) * 3 * c.attn_width());
+  b.attn_vec.resize(static_cast<size_t>(rows) * c.attn_width());
+  b.tmp.resize(b.x.size());
+  b.inner.resize(static_cast<size_t>(rows) * c.d_inner);
+
+  outputs->assign(batch.size(), SegmentOutput{});
+  if (options.selections) {
+    for (auto& out : *outputs) out.selections.assign(c.n_layer, std::vector<std::vector<int>>(c.n_head));
+  }
+  Embed(b);
+  for (int l = 0; l < c.n_layer; ++l) {
+    AttentionLayer(l, b, options, outputs);
+    FeedForwardLayer(l, b);
+  }
+  Score(b, options, outputs);
+  for (size_t s = 0; s < b.streams.size(); ++s) {
+    const int64_t last = b.offset[s] + static_cast<int64_t>(b.tokens[s].size()) - 1;
+    b.streams[s]->CommitAppend(static_cast<int>(b.tokens[s].size()), b.x.data() + last * c.d_model, c.d_model);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TransformerXL::NextTokenLogProbs(const StreamState& stream, std::vector<float>* out) {
+  if (stream.position() == 0) {
+    return absl::FailedPreconditionError("the stream is empty: give it at least one token before asking what follows");
+  }
+  std::lock_guard<std::mutex> lock(forward_mu_);
+  out->resize(static_cast<size_t>(config().vocab_size));
+  output_.FullLogProbs(&pool_, stream.last_hidden().data(), 1, out->data());
+  return absl::OkStatus();
+}
+
+}  // namespace trams
