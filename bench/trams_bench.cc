@@ -52,37 +52,47 @@ double SgemmGflops(int threads) {
 struct Run {
   double seconds = 0;
   int64_t tokens = 0;
+  int64_t pool_bytes = 0;
 };
 
-// Fills the pools to steady state, then times `segments` segments.
-Run TimeSegments(TransformerXL& model, const TramsSettings& settings, int batch, int tgt_len, int segments,
-                 std::mt19937& rng, int64_t* pool_bytes) {
-  std::vector<std::unique_ptr<StreamState>> streams;
-  for (int b = 0; b < batch; ++b) streams.push_back(*model.NewStream(settings));
-  *pool_bytes = streams[0]->bytes();
-  std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(model.config().vocab_size - 1));
-  std::vector<std::vector<int32_t>> ids(batch, std::vector<int32_t>(tgt_len));
-  std::vector<SegmentOutput> out;
-  const int warmup = (settings.mem_len + tgt_len - 1) / tgt_len + 1;
-  Run run;
-  for (int seg = 0; seg < warmup + segments; ++seg) {
+// Streams of one memory setting, fed random tokens one segment at a time.
+class Workload {
+ public:
+  Workload(TransformerXL& model, const TramsSettings& settings, int batch, int tgt_len)
+      : model_(model), ids_(batch, std::vector<int32_t>(tgt_len)) {
+    for (int b = 0; b < batch; ++b) streams_.push_back(*model.NewStream(settings));
+    run_.pool_bytes = streams_[0]->bytes();
+  }
+  // Segments needed before the pool is full (steady state).
+  int warmup() const {
+    return (streams_[0]->capacity() + static_cast<int>(ids_[0].size()) - 1) / static_cast<int>(ids_[0].size()) + 1;
+  }
+  void Step(std::mt19937& rng, bool timed) {
+    std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(model_.config().vocab_size - 1));
     std::vector<SegmentInput> in;
-    for (int b = 0; b < batch; ++b) {
-      for (auto& t : ids[b]) t = token(rng);
-      in.push_back({streams[b].get(), ids[b]});
+    for (size_t b = 0; b < streams_.size(); ++b) {
+      for (auto& t : ids_[b]) t = token(rng);
+      in.push_back({streams_[b].get(), ids_[b]});
     }
     const auto t0 = Clock::now();
-    if (!model.Forward(in, OutputOptions{}, &out).ok()) std::abort();
-    if (seg >= warmup) {
-      run.seconds += std::chrono::duration<double>(Clock::now() - t0).count();
-      run.tokens += static_cast<int64_t>(batch) * tgt_len;
+    if (!model_.Forward(in, OutputOptions{}, &out_).ok()) std::abort();
+    if (timed) {
+      run_.seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+      run_.tokens += static_cast<int64_t>(in.size() * ids_[0].size());
     }
   }
-  return run;
-}
+  const Run& run() const { return run_; }
+
+ private:
+  TransformerXL& model_;
+  std::vector<std::unique_ptr<StreamState>> streams_;
+  std::vector<std::vector<int32_t>> ids_;
+  std::vector<SegmentOutput> out_;
+  Run run_;
+};
 
 int Main(int argc, char** argv) {
-  int threads = 0, segments = 6, rounds = 3;
+  int threads = 0, segments = 6, rounds = 2;
   bool only_enwik8 = false;
   for (int i = 1; i < argc; ++i) {
     if (std::sscanf(argv[i], "--threads=%d", &threads) == 1) continue;
@@ -111,16 +121,19 @@ int Main(int argc, char** argv) {
     auto model = TransformerXL::FromWeights(RandomModelWeights(shape.config, 7), options);
     const TramsSettings xl = TramsSettings::Xl(200), tr = TramsSettings::Trams(400, 50, 150);
     for (int batch : {1, 10}) {
-      Run xl_run, tr_run;
-      int64_t xl_bytes = 0, tr_bytes = 0;
-      for (int round = 0; round < rounds; ++round) {  // alternate A/B against drift
-        Run a = TimeSegments(*model, xl, batch, tgt_len, segments, rng, &xl_bytes);
-        Run b = TimeSegments(*model, tr, batch, tgt_len, segments, rng, &tr_bytes);
-        xl_run.seconds += a.seconds;
-        xl_run.tokens += a.tokens;
-        tr_run.seconds += b.seconds;
-        tr_run.tokens += b.tokens;
+      // XL and TRAMS segments alternate one by one, so machine noise hits both alike.
+      Workload xl_load(*model, xl, batch, tgt_len), tr_load(*model, tr, batch, tgt_len);
+      for (int i = 0; i < std::max(xl_load.warmup(), tr_load.warmup()); ++i) {
+        xl_load.Step(rng, false);
+        tr_load.Step(rng, false);
       }
+      for (int i = 0; i < segments * rounds; ++i) {
+        xl_load.Step(rng, true);
+        tr_load.Step(rng, true);
+      }
+      const Run& xl_run = xl_load.run();
+      const Run& tr_run = tr_load.run();
+      const int64_t xl_bytes = xl_run.pool_bytes, tr_bytes = tr_run.pool_bytes;
       const double xl_tps = xl_run.tokens / xl_run.seconds, tr_tps = tr_run.tokens / tr_run.seconds;
       const double flops = FlopsPerToken(shape.config, 200 + tgt_len);
       std::printf("%-12s %5d %7d %12.1f %12.1f %9.3f %10.1f %10.1f %14lld %14lld\n", shape.name.c_str(), batch,

@@ -27,6 +27,7 @@ namespace {
 static_assert(std::endian::native == std::endian::little, "trams assumes a little-endian host");
 
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // the reference implementation's limit
+constexpr int kMaxHeaderDepth = 8;                  // a valid header needs 3 (object, entry, shape)
 constexpr std::string_view kMetadataKey = "__metadata__";
 
 using nlohmann::json;
@@ -52,16 +53,23 @@ std::optional<uint64_t> AsNonNegativeInt(const json& j) {
 }
 
 // numel * element size in bytes, or nullopt on overflow of int64 / size_t.
-std::optional<size_t> CheckedNumBytes(const std::vector<int64_t>& shape, size_t elem_size,
-                                      int64_t* numel_out) {
+std::optional<size_t> CheckedNumBytes(const std::vector<int64_t>& shape, size_t elem_size) {
   int64_t numel = 1;
   for (int64_t d : shape) {
     if (d < 0 || __builtin_mul_overflow(numel, d, &numel)) return std::nullopt;
   }
   size_t nbytes;
   if (__builtin_mul_overflow(static_cast<uint64_t>(numel), elem_size, &nbytes)) return std::nullopt;
-  if (numel_out != nullptr) *numel_out = numel;
   return nbytes;
+}
+
+// A short description of a JSON value for error messages. Never recurses: json::dump would, and
+// a corrupt header can nest deeply.
+std::string Describe(const json& j) {
+  if (j.is_structured()) return std::string(j.type_name());
+  std::string text = j.dump();
+  if (text.size() > 64) text = text.substr(0, 64) + "...";
+  return text;
 }
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
@@ -98,25 +106,28 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& path, const std::
   for (const json& dim : *shape_it) {
     std::optional<uint64_t> d = AsNonNegativeInt(dim);
     if (!d || *d > static_cast<uint64_t>(INT64_MAX)) {
-      return error(absl::StrCat("shape dim ", dim.dump(), " is not a non-negative integer"));
+      return error(absl::StrCat("shape dim ", Describe(dim), " is not a non-negative integer"));
     }
     t.shape.push_back(static_cast<int64_t>(*d));
   }
-  std::optional<size_t> nbytes = CheckedNumBytes(t.shape, DTypeSize(t.dtype), nullptr);
-  if (!nbytes) return error(absl::StrCat("element count of shape ", ShapeString(t.shape),
-                                         " overflows"));
+  std::optional<size_t> nbytes = CheckedNumBytes(t.shape, DTypeSize(t.dtype));
+  if (!nbytes) {
+    return error(absl::StrCat("element count of shape ", ShapeString(t.shape), " overflows"));
+  }
 
   auto offsets_it = entry.find("data_offsets");
   if (offsets_it == entry.end()) return error("missing \"data_offsets\"");
   if (!offsets_it->is_array() || offsets_it->size() != 2) {
-    return error(absl::StrCat("\"data_offsets\" is not a list of two integers: ",
-                              offsets_it->dump()));
+    return error(absl::StrCat("\"data_offsets\" is not a list of two integers (",
+                              Describe(*offsets_it), " of size ", offsets_it->size(), ")"));
   }
-  std::optional<uint64_t> begin = AsNonNegativeInt((*offsets_it)[0]);
-  std::optional<uint64_t> end = AsNonNegativeInt((*offsets_it)[1]);
+  const json& begin_json = (*offsets_it)[0];
+  const json& end_json = (*offsets_it)[1];
+  std::optional<uint64_t> begin = AsNonNegativeInt(begin_json);
+  std::optional<uint64_t> end = AsNonNegativeInt(end_json);
   if (!begin || !end) {
-    return error(absl::StrCat("\"data_offsets\" is not a list of two non-negative integers: ",
-                              offsets_it->dump()));
+    return error(absl::StrCat("\"data_offsets\" is not a list of two non-negative integers: [",
+                              Describe(begin_json), ", ", Describe(end_json), "]"));
   }
   if (*begin > *end) {
     return error(absl::StrCat("data_offsets begin ", *begin, " > end ", *end));
@@ -127,8 +138,8 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& path, const std::
   }
   if (*end - *begin != *nbytes) {
     return error(absl::StrCat("data_offsets span ", *end - *begin, " bytes but ",
-                              std::string(DTypeName(t.dtype)), " shape ", ShapeString(t.shape), " needs ",
-                              *nbytes));
+                              std::string(DTypeName(t.dtype)), " shape ", ShapeString(t.shape),
+                              " needs ", *nbytes));
   }
   t.data = base + *begin;
   t.nbytes = *nbytes;
@@ -139,24 +150,36 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& path, const std::
 
 std::string_view DTypeName(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return "F32";
-    case DType::kF16: return "F16";
-    case DType::kBF16: return "BF16";
-    case DType::kI32: return "I32";
-    case DType::kI64: return "I64";
-    case DType::kU8: return "U8";
+    case DType::kF32:
+      return "F32";
+    case DType::kF16:
+      return "F16";
+    case DType::kBF16:
+      return "BF16";
+    case DType::kI32:
+      return "I32";
+    case DType::kI64:
+      return "I64";
+    case DType::kU8:
+      return "U8";
   }
   return "?";
 }
 
 size_t DTypeSize(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return 4;
-    case DType::kF16: return 2;
-    case DType::kBF16: return 2;
-    case DType::kI32: return 4;
-    case DType::kI64: return 8;
-    case DType::kU8: return 1;
+    case DType::kF32:
+      return 4;
+    case DType::kF16:
+      return 2;
+    case DType::kBF16:
+      return 2;
+    case DType::kI32:
+      return 4;
+    case DType::kI64:
+      return 8;
+    case DType::kU8:
+      return 1;
   }
   return 0;
 }
@@ -189,8 +212,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   if (file_size < 8) {
     ::close(fd);
-    return invalid(absl::StrCat("file is ", file_size,
-                                " bytes, shorter than the 8-byte header length"));
+    return invalid(
+        absl::StrCat("file is ", file_size, " bytes, shorter than the 8-byte header length"));
   }
 
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
@@ -220,9 +243,12 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   const uint64_t data_size = file_size - 8 - header_len;
 
   // nlohmann keeps the last of duplicate keys silently; a duplicated tensor name is corruption.
+  // Nesting is bounded so nothing downstream can recurse deeply on a hostile header.
   std::set<std::string> seen_keys;
   std::string duplicate_key;
+  int max_depth = 0;
   json::parser_callback_t on_event = [&](int depth, json::parse_event_t event, json& parsed) {
+    max_depth = std::max(max_depth, depth);
     if (event == json::parse_event_t::key && depth == 1) {
       std::string key = parsed.get<std::string>();
       if (!seen_keys.insert(key).second && duplicate_key.empty()) duplicate_key = std::move(key);
@@ -232,6 +258,9 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   json header = json::parse(header_begin, data, on_event, /*allow_exceptions=*/false);
   if (header.is_discarded()) return invalid("header is not valid JSON");
   if (!header.is_object()) return invalid("header is not a JSON object");
+  if (max_depth > kMaxHeaderDepth) {
+    return invalid(absl::StrCat("header nests JSON deeper than ", kMaxHeaderDepth, " levels"));
+  }
   if (!duplicate_key.empty()) {
     return invalid(absl::StrCat("header has duplicate key '", duplicate_key, "'"));
   }
@@ -333,8 +362,9 @@ absl::Status CopyToF32(const TensorInfo& t, absl::Span<float> out) {
       return absl::OkStatus();
     }
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", t.name, "': dtype ", std::string(DTypeName(t.dtype)), " is not a float type"));
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': dtype ",
+                                                     std::string(DTypeName(t.dtype)),
+                                                     " is not a float type"));
   }
 }
 
@@ -347,15 +377,17 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorI
   for (const TensorInfo& t : tensors) {
     if (t.name.empty()) return invalid("tensor with an empty name");
     if (t.name == kMetadataKey) return invalid("tensor name \"__metadata__\" is reserved");
-    if (!names.insert(t.name).second) return invalid(absl::StrCat("duplicate tensor '", t.name, "'"));
-    std::optional<size_t> nbytes = CheckedNumBytes(t.shape, DTypeSize(t.dtype), nullptr);
+    if (!names.insert(t.name).second) {
+      return invalid(absl::StrCat("duplicate tensor '", t.name, "'"));
+    }
+    std::optional<size_t> nbytes = CheckedNumBytes(t.shape, DTypeSize(t.dtype));
     if (!nbytes) {
       return invalid(absl::StrCat("tensor '", t.name, "': invalid shape ", ShapeString(t.shape)));
     }
     if (*nbytes != t.nbytes) {
       return invalid(absl::StrCat("tensor '", t.name, "': nbytes ", t.nbytes, " but ",
-                                  std::string(DTypeName(t.dtype)), " shape ", ShapeString(t.shape), " needs ",
-                                  *nbytes));
+                                  std::string(DTypeName(t.dtype)), " shape ", ShapeString(t.shape),
+                                  " needs ", *nbytes));
     }
     if (t.nbytes > 0 && t.data == nullptr) {
       return invalid(absl::StrCat("tensor '", t.name, "': null data"));

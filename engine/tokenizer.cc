@@ -60,8 +60,8 @@ class ByteTokenizer final : public Tokenizer {
     std::string out(ids.size(), '\0');
     for (size_t i = 0; i < ids.size(); ++i) {
       if (ids[i] < 0 || ids[i] > 255) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "byte tokenizer: id ", ids[i], " at position ", i, " is outside 0..255"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("byte tokenizer: id ", ids[i], " at position ", i, " is outside 0..255"));
       }
       out[i] = static_cast<char>(ids[i]);
     }
@@ -116,9 +116,9 @@ class WordTokenizer final : public Tokenizer {
       } else if (unk_id_ >= 0) {
         out.push_back(unk_id_);
       } else {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "word tokenizer: '", std::string(word), "' is not in the vocabulary, which has no unk symbol '",
-            unk_, "'"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("word tokenizer: '", std::string(word),
+                         "' is not in the vocabulary, which has no unk symbol '", unk_, "'"));
       }
       i = end;
     }
@@ -131,8 +131,7 @@ class WordTokenizer final : public Tokenizer {
       const int32_t id = ids[i];
       if (id < 0 || id >= static_cast<int64_t>(symbols_.size())) {
         return absl::InvalidArgumentError(absl::StrCat("word tokenizer: id ", id, " at position ",
-                                                       i, " is outside 0..",
-                                                       symbols_.size() - 1));
+                                                       i, " is outside 0..", symbols_.size() - 1));
       }
       if (id == eos_id_) {
         out.push_back('\n');
@@ -189,8 +188,8 @@ absl::StatusOr<std::vector<std::string>> ParseVocab(const std::string& path,
 }
 
 // A string field of tokenizer.json, or `fallback` when absent.
-absl::StatusOr<std::string> StringField(const std::string& path, const json& j,
-                                        const char* key, const char* fallback) {
+absl::StatusOr<std::string> StringField(const std::string& path, const json& j, const char* key,
+                                        const char* fallback) {
   auto it = j.find(key);
   if (it == j.end()) return std::string(fallback);
   if (!it->is_string()) {
@@ -216,12 +215,13 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeWordTokenizer(std::vector<std::st
     const std::string& s = symbols[i];
     // Encode splits on whitespace, so such a symbol could never be produced.
     if (s.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("word tokenizer: symbol of id ", i, " is empty"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("word tokenizer: symbol of id ", i, " is empty"));
     }
     for (char c : s) {
       if (IsSpace(c)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "word tokenizer: symbol of id ", i, " ('", s, "') contains whitespace"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("word tokenizer: symbol of id ", i, " ('", s, "') contains whitespace"));
       }
     }
     auto [it, inserted] = ids.emplace(s, static_cast<int32_t>(i));
@@ -238,8 +238,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeWordTokenizer(std::vector<std::st
     return absl::InvalidArgumentError(absl::StrCat(
         "word tokenizer: add_eos is set but the eos symbol '", eos, "' is not in the vocabulary"));
   }
-  return std::make_unique<WordTokenizer>(std::move(symbols), std::move(ids), std::move(unk),
-                                         unk_id, eos_id, add_eos);
+  return std::make_unique<WordTokenizer>(std::move(symbols), std::move(ids), std::move(unk), unk_id,
+                                         eos_id, add_eos);
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir,
@@ -258,9 +258,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   const std::string type = type_it->get<std::string>();
 
   if (type == "none") {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "model ", model_dir, " has no tokenizer (", path,
-        " has type \"none\"); requests must give token ids, not text"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", model_dir, " has no tokenizer (", path,
+                     " has type \"none\"); requests must give token ids, not text"));
   }
   if (type == "byte") {
     if (vocab_size < 256) {
@@ -284,9 +284,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
     ASSIGN_OR_RETURN(std::string vocab_text, ReadFile(vocab_path, "vocabulary"));
     ASSIGN_OR_RETURN(std::vector<std::string> symbols, ParseVocab(vocab_path, vocab_text));
     if (static_cast<int64_t>(symbols.size()) > vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(vocab_path, ": ", symbols.size(),
-                                                     " symbols exceed the model's vocab_size ",
-                                                     vocab_size));
+      return absl::InvalidArgumentError(absl::StrCat(
+          vocab_path, ": ", symbols.size(), " symbols exceed the model's vocab_size ", vocab_size));
     }
     auto tokenizer = MakeWordTokenizer(std::move(symbols), std::move(unk), std::move(eos), add_eos);
     if (!tokenizer.ok()) {

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "engine/host_ops.h"
 
 namespace trams {
 
@@ -92,37 +93,45 @@ absl::Status TramsSettings::Validate(const ModelConfig& config) const {
 
 TramsScorer::TramsScorer(const float* q_weight, int n_head, int d_head, int d_model)
     : n_head_(n_head), d_head_(d_head), d_model_(d_model) {
-  gram_.assign(static_cast<size_t>(n_head) * d_head * d_head, 0.0);
-  row_sum_.assign(static_cast<size_t>(n_head) * d_head, 0.0);
+  gram_.assign(static_cast<size_t>(n_head) * d_head * d_head, 0.0f);
+  row_sum_.assign(static_cast<size_t>(n_head) * d_head, 0.0f);
   for (int h = 0; h < n_head; ++h) {
     const float* w = q_weight + static_cast<size_t>(h) * d_head * d_model;  // [Dh, d] slice of the q rows
     for (int a = 0; a < d_head; ++a) {
       double s = 0;
       for (int c = 0; c < d_model; ++c) s += w[a * d_model + c];
-      row_sum_[h * d_head + a] = s;
+      row_sum_[h * d_head + a] = static_cast<float>(s);
       for (int b = 0; b <= a; ++b) {
         double g = 0;
         for (int c = 0; c < d_model; ++c) g += static_cast<double>(w[a * d_model + c]) * w[b * d_model + c];
-        gram_[(h * d_head + a) * d_head + b] = g;
-        gram_[(h * d_head + b) * d_head + a] = g;
+        gram_[(h * d_head + a) * d_head + b] = static_cast<float>(g);
+        gram_[(h * d_head + b) * d_head + a] = static_cast<float>(g);
       }
     }
   }
 }
 
-void TramsScorer::Score(const float* k, SelectionMetric metric, float* scores) const {
+void TramsScorer::Score(const float* k, int ld_k, int64_t rows, SelectionMetric metric, float* scores) const {
+  thread_local std::vector<float> projected;  // k_h G_h, [rows, Dh]
+  projected.resize(static_cast<size_t>(rows) * d_head_);
+  const double inv_sqrt_d = 1.0 / std::sqrt(static_cast<double>(d_model_));
   for (int h = 0; h < n_head_; ++h) {
     const float* kh = k + h * d_head_;
-    const double* g = gram_.data() + static_cast<size_t>(h) * d_head_ * d_head_;
-    double sum = 0, sq = 0;
-    for (int a = 0; a < d_head_; ++a) {
-      sum += kh[a] * row_sum_[h * d_head_ + a];
-      double ga = 0;
-      for (int b = 0; b < d_head_; ++b) ga += g[a * d_head_ + b] * kh[b];
-      sq += kh[a] * ga;
+    MatMulNN(kh, ld_k, gram_.data() + static_cast<size_t>(h) * d_head_ * d_head_, d_head_, projected.data(), d_head_,
+             rows, d_head_, d_head_);
+    const float* u = row_sum_.data() + h * d_head_;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* kr = kh + r * ld_k;
+      const float* y = projected.data() + r * d_head_;
+      double sum = 0, sq = 0;
+      for (int a = 0; a < d_head_; ++a) {
+        sum += kr[a] * u[a];
+        sq += kr[a] * y[a];
+      }
+      scores[r * n_head_ + h] = metric == SelectionMetric::kCode
+                                    ? static_cast<float>(std::sqrt(std::max(0.0, sq)) * std::fabs(sum))
+                                    : static_cast<float>(sum * inv_sqrt_d);
     }
-    scores[h] = metric == SelectionMetric::kCode ? static_cast<float>(std::sqrt(std::max(0.0, sq)) * std::fabs(sum))
-                                                  : static_cast<float>(sum / std::sqrt(static_cast<double>(d_model_)));
   }
 }
 

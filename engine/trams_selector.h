@@ -44,13 +44,13 @@ struct TramsSettings {
 class TramsScorer {
  public:
   TramsScorer(const float* q_weight, int n_head, int d_head, int d_model);
-  // scores[h] for one key row k[H * Dh].
-  void Score(const float* k, SelectionMetric metric, float* scores) const;
+  // scores[r * H + h] for `rows` key rows k[r * ld_k + h * Dh + i] (one small sgemm per head).
+  void Score(const float* k, int ld_k, int64_t rows, SelectionMetric metric, float* scores) const;
 
  private:
   int n_head_, d_head_, d_model_;
-  std::vector<double> gram_;     // [H, Dh, Dh]
-  std::vector<double> row_sum_;  // [H, Dh]
+  std::vector<float> gram_;     // [H, Dh, Dh], W_q,h W_q,h^T (accumulated in double)
+  std::vector<float> row_sum_;  // [H, Dh], W_q,h 1
 };
 
 // Pool indices [0, candidates) of the `topk` highest scores, ascending (pool order).

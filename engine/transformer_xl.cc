@@ -72,7 +72,7 @@ void TransformerXL::FillPoolWithZeroStates(StreamState* stream) const {
     LayerPool& pool = stream->mutable_layer(l);
     std::vector<float> scores(c.n_head);
     const bool selects = !pool.scores.empty();
-    if (selects) scorers_[l].Score(kv.data(), stream->settings().metric, scores.data());
+    if (selects) scorers_[l].Score(kv.data(), 2 * w, 1, stream->settings().metric, scores.data());
     for (int r = 0; r < m; ++r) {
       std::memcpy(pool.keys.data() + static_cast<size_t>(r) * w, kv.data(), sizeof(float) * w);
       std::memcpy(pool.values.data() + static_cast<size_t>(r) * w, kv.data() + w, sizeof(float) * w);
@@ -266,13 +266,23 @@ void TransformerXL::AttentionLayer(int layer, Batch& b, const OutputOptions& opt
     if (stream.capacity() == 0) return;
     LayerPool& pool = stream.mutable_layer(layer);
     const int n = static_cast<int>(b.tokens[s].size());
+    const int first = std::max(0, n - stream.capacity());  // earlier ones would be dropped at once
+    const float* rows = b.qkv.data() + (b.offset[s] + first) * 3 * w;
+    thread_local std::vector<float> scores;
     const bool selects = !pool.scores.empty();
-    for (int i = std::max(0, n - stream.capacity()); i < n; ++i) {
-      const float* row = b.qkv.data() + (b.offset[s] + i) * 3 * w;
+    if (selects) {
+      scores.resize(static_cast<size_t>(n - first) * c.n_head);
+      scorers_[layer].Score(rows + w, 3 * w, n - first, stream.settings().metric, scores.data());
+    }
+    for (int i = first; i < n; ++i) {
+      const float* row = rows + (i - first) * 3 * w;
       const size_t dst = static_cast<size_t>(stream.AppendRow(i));
       std::memcpy(pool.keys.data() + dst * w, row + w, sizeof(float) * w);
       std::memcpy(pool.values.data() + dst * w, row + 2 * w, sizeof(float) * w);
-      if (selects) scorers_[layer].Score(row + w, stream.settings().metric, pool.scores.data() + dst * c.n_head);
+      if (selects) {
+        std::memcpy(pool.scores.data() + dst * c.n_head, scores.data() + (i - first) * c.n_head,
+                    sizeof(float) * c.n_head);
+      }
     }
   });
 

@@ -26,8 +26,8 @@ namespace {
 
 std::string TempPath(const std::string& name) {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  return absl::StrCat(::testing::TempDir(), "/st_", info->test_suite_name(), "_", info->name(),
-                      "_", name);
+  return absl::StrCat(::testing::TempDir(), "/st_", info->test_suite_name(), "_", info->name(), "_",
+                      name);
 }
 
 void WriteBytes(const std::string& path, const std::string& bytes) {
@@ -102,8 +102,8 @@ TEST(SafetensorsTest, RoundTripEveryDtype) {
     // Odd element counts so a naive layout would misalign the wider dtypes after U8/F16.
     const std::vector<int64_t> shape = {3, static_cast<int64_t>(i) + 1};
     buffers.push_back(Bytes(3 * (i + 1) * DTypeSize(dtypes[i]), static_cast<uint8_t>(i)));
-    tensors.push_back(MakeTensor(absl::StrCat("t", i, ".", std::string(DTypeName(dtypes[i]))), dtypes[i],
-                                 shape, buffers.back()));
+    tensors.push_back(MakeTensor(absl::StrCat("t", i, ".", std::string(DTypeName(dtypes[i]))),
+                                 dtypes[i], shape, buffers.back()));
   }
   buffers.push_back(Bytes(4, 99));
   tensors.push_back(MakeTensor("scalar", DType::kF32, {}, buffers.back()));
@@ -194,11 +194,11 @@ TEST(ConversionTest, F16KnownBitPatterns) {
   EXPECT_EQ(F16ToF32(0x3c00), 1.0f);
   EXPECT_EQ(F16ToF32(0xc000), -2.0f);
   EXPECT_EQ(F16ToF32(0x3555), 0.333251953125f);
-  EXPECT_EQ(F16ToF32(0x7bff), 65504.0f);                    // largest normal
-  EXPECT_EQ(F16ToF32(0x0400), std::ldexp(1.0f, -14));       // smallest normal
-  EXPECT_EQ(F16ToF32(0x0001), std::ldexp(1.0f, -24));       // smallest subnormal
+  EXPECT_EQ(F16ToF32(0x7bff), 65504.0f);               // largest normal
+  EXPECT_EQ(F16ToF32(0x0400), std::ldexp(1.0f, -14));  // smallest normal
+  EXPECT_EQ(F16ToF32(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
   EXPECT_EQ(F16ToF32(0x8001), -std::ldexp(1.0f, -24));
-  EXPECT_EQ(F16ToF32(0x03ff), std::ldexp(1023.0f, -24));    // largest subnormal
+  EXPECT_EQ(F16ToF32(0x03ff), std::ldexp(1023.0f, -24));  // largest subnormal
   EXPECT_EQ(F16ToF32(0x0200), std::ldexp(1.0f, -15));
   EXPECT_EQ(F16ToF32(0x7c00), std::numeric_limits<float>::infinity());
   EXPECT_EQ(F16ToF32(0xfc00), -std::numeric_limits<float>::infinity());
@@ -223,8 +223,7 @@ TEST(ConversionTest, F16Exhaustive) {
       }
       continue;
     }
-    const double magnitude =
-        exp == 0 ? std::ldexp(mant, -24) : std::ldexp(1024 + mant, exp - 25);
+    const double magnitude = exp == 0 ? std::ldexp(mant, -24) : std::ldexp(1024 + mant, exp - 25);
     ASSERT_EQ(static_cast<double>(got), negative ? -magnitude : magnitude) << h;
   }
 }
@@ -307,9 +306,9 @@ TEST(SafetensorsTest, DirectoryIsRejected) {
 
 struct CorruptCase {
   std::string label;
-  std::string bytes;     // the whole file
-  std::string message;   // expected substring
-  std::string tensor;    // the tensor the message must name ("" = none)
+  std::string bytes;    // the whole file
+  std::string message;  // expected substring
+  std::string tensor;   // the tensor the message must name ("" = none)
 };
 
 std::vector<CorruptCase> CorruptCases() {
@@ -347,8 +346,8 @@ std::vector<CorruptCase> CorruptCases() {
        "\"dtype\" is not a string", "w"},
       {"missing dtype", one(R"({"shape":[2],"data_offsets":[0,8]})", f32x2), "missing \"dtype\"",
        "w"},
-      {"missing shape", one(R"({"dtype":"F32","data_offsets":[0,8]})", f32x2),
-       "missing \"shape\"", "w"},
+      {"missing shape", one(R"({"dtype":"F32","data_offsets":[0,8]})", f32x2), "missing \"shape\"",
+       "w"},
       {"shape not a list", one(R"({"dtype":"F32","shape":2,"data_offsets":[0,8]})", f32x2),
        "\"shape\" is not a JSON array", "w"},
       {"negative dim", one(R"({"dtype":"F32","shape":[-2],"data_offsets":[0,8]})", f32x2),
@@ -366,6 +365,14 @@ std::vector<CorruptCase> CorruptCases() {
       {"nbytes overflow",
        one(R"({"dtype":"I64","shape":[4611686018427387904],"data_offsets":[0,8]})", f32x2),
        "overflows", "w"},
+      // Hostile nesting must not overflow the stack (json::dump and friends recurse).
+      {"deeply nested shape",
+       one(absl::StrCat(R"({"dtype":"F32","shape":[)", std::string(100000, '['),
+                        std::string(100000, ']'), R"(],"data_offsets":[0,8]})"),
+           f32x2),
+       "header nests JSON deeper than 8 levels", ""},
+      {"nested shape dim", one(R"({"dtype":"F32","shape":[[2]],"data_offsets":[0,8]})", f32x2),
+       "shape dim array is not a non-negative integer", "w"},
       {"missing data_offsets", one(R"({"dtype":"F32","shape":[2]})", f32x2),
        "missing \"data_offsets\"", "w"},
       {"one offset", one(R"({"dtype":"F32","shape":[2],"data_offsets":[8]})", f32x2),
@@ -383,7 +390,8 @@ std::vector<CorruptCase> CorruptCases() {
       {"end beyond data", one(R"({"dtype":"F32","shape":[3],"data_offsets":[0,12]})", f32x2),
        "end 12 is beyond the data area (8 bytes)", "w"},
       {"huge end",
-       one(R"({"dtype":"F32","shape":[2],"data_offsets":[18446744073709551608,18446744073709551615]})",
+       one(R"({"dtype":"F32","shape":[2],)"
+           R"("data_offsets":[18446744073709551608,18446744073709551615]})",
            f32x2),
        "is beyond the data area", "w"},
       {"size mismatch", one(R"({"dtype":"F32","shape":[1],"data_offsets":[0,8]})", f32x2),
@@ -442,11 +450,11 @@ TEST(SafetensorsTest, ZeroSizeTensorsDoNotOverlap) {
 
 std::string SmallValidFile(const std::string& path) {
   const std::string a = Bytes(12, 5), b = Bytes(6, 9), c = Bytes(3, 11);
-  EXPECT_TRUE(WriteSafetensors(path,
-                               {MakeTensor("a", DType::kF32, {3}, a),
-                                MakeTensor("b", DType::kBF16, {1, 3}, b),
-                                MakeTensor("c", DType::kU8, {3}, c)},
-                               {{"k", "v"}})
+  EXPECT_TRUE(WriteSafetensors(
+                  path,
+                  {MakeTensor("a", DType::kF32, {3}, a), MakeTensor("b", DType::kBF16, {1, 3}, b),
+                   MakeTensor("c", DType::kU8, {3}, c)},
+                  {{"k", "v"}})
                   .ok());
   return ReadBytes(path);
 }

@@ -38,8 +38,8 @@ void WriteFile(const std::string& path, const std::string& text) {
 std::string ModelDir(const std::map<std::string, std::string>& files) {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   static int counter = 0;
-  const std::string dir = absl::StrCat(::testing::TempDir(), "/tok_", info->test_suite_name(),
-                                       "_", info->name(), "_", counter++);
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/tok_", info->test_suite_name(), "_",
+                                       info->name(), "_", counter++);
   ::mkdir(dir.c_str(), 0755);
   for (const auto& [name, text] : files) WriteFile(dir + "/" + name, text);
   return dir;
@@ -264,7 +264,9 @@ TEST(WordTokenizerTest, SplitsOnAsciiWhitespace) {
   EXPECT_TRUE(tok->Encode("")->empty());
   EXPECT_TRUE(tok->Encode(" \t ")->empty());
   // Non-ASCII bytes (here U+00A0, no-break space) are part of a word.
-  EXPECT_EQ(*tok->Encode("a\xc2\xa0" "b"), (std::vector<int32_t>{0}));
+  EXPECT_EQ(*tok->Encode("a\xc2\xa0"
+                         "b"),
+            (std::vector<int32_t>{0}));
 }
 
 TEST(WordTokenizerTest, NoEosWhenDisabled) {
@@ -339,7 +341,8 @@ TEST(WordTokenizerTest, ConstructionErrors) {
 // Tokenizer::Load
 
 constexpr char kWordJson[] =
-    R"({"type": "word", "vocab_file": "vocab.txt", "unk": "<unk>", "eos": "<eos>", "add_eos": true})";
+    R"({"type": "word", "vocab_file": "vocab.txt", "unk": "<unk>", "eos": "<eos>",)"
+    R"( "add_eos": true})";
 
 TEST(LoadTest, Byte) {
   const std::string dir = ModelDir({{"tokenizer.json", R"({"type": "byte"})"}});
@@ -378,10 +381,11 @@ TEST(LoadTest, WordDefaultsAndVocabFormats) {
   ASSERT_TRUE(tok.ok()) << tok.status();
   EXPECT_EQ(*(*tok)->Encode("y x q\n"), (std::vector<int32_t>{3, 2, 0, 1}));
 
-  const std::string custom = ModelDir(
-      {{"tokenizer.json",
-        R"({"type": "word", "vocab_file": "words.lst", "unk": "UNK", "eos": "EOS", "add_eos": false})"},
-       {"words.lst", "EOS\nUNK\nx\n"}});
+  const std::string custom =
+      ModelDir({{"tokenizer.json",
+                 R"({"type": "word", "vocab_file": "words.lst", "unk": "UNK", "eos": "EOS",)"
+                 R"( "add_eos": false})"},
+                {"words.lst", "EOS\nUNK\nx\n"}});
   auto tok2 = Tokenizer::Load(custom, 3);
   ASSERT_TRUE(tok2.ok()) << tok2.status();
   EXPECT_EQ(*(*tok2)->Encode("x w\nx"), (std::vector<int32_t>{2, 1, 2}));
