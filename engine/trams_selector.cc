@@ -91,6 +91,42 @@ absl::Status TramsSettings::Validate(const ModelConfig& config) const {
   return absl::OkStatus();
 }
 
+absl::StatusOr<TramsSettings> MakeTramsSettings(absl::string_view mode, int mem_len, int attend, int topk, int remain,
+                                                std::vector<int> layers, absl::string_view metric,
+                                                const ModelConfig& config) {
+  if (mem_len < 0 || topk < 0 || remain < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("memory sizes must not be negative (M ", mem_len, ", topk ", topk,
+                                                   ", remain ", remain, ")"));
+  }
+  TramsSettings s;
+  if (mode == "xl") {
+    s = TramsSettings::Xl(mem_len);
+    if (attend >= 0 && attend != mem_len) {
+      return absl::InvalidArgumentError(absl::StrCat("mode 'xl' attends its whole pool: m (", attend,
+                                                     ") must equal M (", mem_len, ")"));
+    }
+  } else if (mode == "none") {
+    s = TramsSettings::NoMemory();
+  } else if (mode == "trams") {
+    s = TramsSettings::Trams(mem_len, topk, remain);
+    if (attend >= 0 && attend != topk + remain) {
+      return absl::InvalidArgumentError(absl::StrCat("TRAMS attends m = topk + remain tokens: m is ", attend,
+                                                     " but topk ", topk, " + remain ", remain, " = ", topk + remain));
+    }
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("memory mode must be xl, trams or none, got '", mode, "'"));
+  }
+  s.layers = std::move(layers);
+  if (metric == "paper") {
+    s.metric = SelectionMetric::kPaper;
+  } else if (metric != "code") {
+    return absl::InvalidArgumentError(absl::StrCat("selection metric must be code or paper, got '", metric, "'"));
+  }
+  absl::Status valid = s.Validate(config);
+  if (!valid.ok()) return valid;
+  return s;
+}
+
 TramsScorer::TramsScorer(const float* q_weight, int n_head, int d_head, int d_model)
     : n_head_(n_head), d_head_(d_head), d_model_(d_model) {
   gram_.assign(static_cast<size_t>(n_head) * d_head * d_head, 0.0f);

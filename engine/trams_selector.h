@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "engine/model_config.h"
 
 namespace trams {
@@ -38,6 +40,13 @@ struct TramsSettings {
   static TramsSettings NoMemory();
   static TramsSettings Trams(int mem_len, int topk, int remain);
 };
+
+// Settings from user-facing knobs (CLI flags, RPC fields), validated against the model.
+// mode: "xl" | "trams" | "none"; metric: "code" | "paper"; attend (m) < 0 means topk + remain,
+// otherwise it must equal topk + remain (TRAMS) or mem_len (XL).
+absl::StatusOr<TramsSettings> MakeTramsSettings(absl::string_view mode, int mem_len, int attend, int topk, int remain,
+                                                std::vector<int> layers, absl::string_view metric,
+                                                const ModelConfig& config);
 
 // Precomputed per layer and head so a key's score costs O(d_head^2), not O(d_head * d_model):
 // with K' = W_q,h^T k, ||K'||^2 = k^T (W_q,h W_q,h^T) k and sum K' = k . (W_q,h 1).

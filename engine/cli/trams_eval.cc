@@ -22,6 +22,7 @@ ABSL_FLAG(std::string, input, "", "text file to score (encoded with the model's 
 ABSL_FLAG(std::string, input_ids, "", "file of whitespace-separated token ids (instead of --input)");
 ABSL_FLAG(std::string, mode, "trams", "memory mode: xl | trams | none");
 ABSL_FLAG(int, mem_len, 400, "M: pool size per layer (xl: also the tokens attended)");
+ABSL_FLAG(int, m, -1, "m: memory tokens attended; optional check (trams: topk + remain, xl: M)");
 ABSL_FLAG(int, topk, 50, "TRAMS: tokens selected by score from the older part of the pool");
 ABSL_FLAG(int, remain, 150, "TRAMS: newest pool tokens always attended (m = topk + remain)");
 ABSL_FLAG(std::string, layers, "", "TRAMS: comma-separated layers that select (default: all)");
@@ -60,30 +61,18 @@ absl::StatusOr<std::vector<int32_t>> ReadIds(const std::string& path) {
   return ids;
 }
 
-absl::StatusOr<TramsSettings> SettingsFromFlags() {
-  const std::string mode = absl::GetFlag(FLAGS_mode);
-  TramsSettings s;
-  if (mode == "xl") {
-    s = TramsSettings::Xl(absl::GetFlag(FLAGS_mem_len));
-  } else if (mode == "none") {
-    s = TramsSettings::NoMemory();
-  } else if (mode == "trams") {
-    s = TramsSettings::Trams(absl::GetFlag(FLAGS_mem_len), absl::GetFlag(FLAGS_topk), absl::GetFlag(FLAGS_remain));
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat("--mode must be xl, trams or none, got '", mode, "'"));
-  }
+absl::StatusOr<TramsSettings> SettingsFromFlags(const ModelConfig& config) {
+  std::vector<int> layers;
   for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_layers), ',', absl::SkipEmpty())) {
     int layer;
-    if (!absl::SimpleAtoi(part, &layer)) return absl::InvalidArgumentError(absl::StrCat("--layers: '", part, "' is not a layer number"));
-    s.layers.push_back(layer);
+    if (!absl::SimpleAtoi(part, &layer)) {
+      return absl::InvalidArgumentError(absl::StrCat("--layers: '", part, "' is not a layer number"));
+    }
+    layers.push_back(layer);
   }
-  const std::string metric = absl::GetFlag(FLAGS_metric);
-  if (metric == "paper") {
-    s.metric = SelectionMetric::kPaper;
-  } else if (metric != "code") {
-    return absl::InvalidArgumentError(absl::StrCat("--metric must be code or paper, got '", metric, "'"));
-  }
-  return s;
+  return MakeTramsSettings(absl::GetFlag(FLAGS_mode), absl::GetFlag(FLAGS_mem_len), absl::GetFlag(FLAGS_m),
+                           absl::GetFlag(FLAGS_topk), absl::GetFlag(FLAGS_remain), std::move(layers),
+                           absl::GetFlag(FLAGS_metric), config);
 }
 
 void DrawProgress(int64_t done, int64_t total) {
@@ -113,7 +102,7 @@ absl::Status Run() {
   }
   if (ids.empty()) return absl::InvalidArgumentError("the input holds no tokens");
   EvalOptions options;
-  ASSIGN_OR_RETURN(options.settings, SettingsFromFlags());
+  ASSIGN_OR_RETURN(options.settings, SettingsFromFlags(model->config()));
   options.tgt_len = absl::GetFlag(FLAGS_tgt_len);
   options.batch = absl::GetFlag(FLAGS_batch);
   options.max_tokens = absl::GetFlag(FLAGS_max_tokens);

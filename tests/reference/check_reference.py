@@ -21,8 +21,12 @@ import os
 import sys
 import tempfile
 
-import numpy as np
-import torch
+try:
+    import numpy as np
+    import torch
+except ImportError as e:  # CI without torch: ctest reports the test as skipped (exit code 77)
+    print("check_reference: skipped, %s (install Debian's python3-torch)" % e)
+    sys.exit(77)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)

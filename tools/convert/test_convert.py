@@ -16,19 +16,23 @@ import tempfile
 import unittest
 from contextlib import redirect_stderr, redirect_stdout
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import convert  # noqa: E402
-import st_io  # noqa: E402
-
+try:
+    import numpy as np
+    import convert  # noqa: E402
+    import st_io  # noqa: E402
+    HAVE_NUMPY = True
+except ImportError:
+    HAVE_NUMPY = False
 try:
     import torch
-    HAVE_TORCH = True
+    HAVE_TORCH = HAVE_NUMPY
 except ImportError:
     HAVE_TORCH = False
-SKIP_MSG = "torch is not importable in this Python; the converter tests need torch to write .bin/.ckpt pickles"
+SKIP_MSG = ("torch (and numpy) are not importable in this Python (%s); the converter tests need torch to write "
+            ".bin/.ckpt pickles -- run them with a Python that has torch, e.g. /usr/bin/python3" % sys.executable)
+NUMPY_SKIP_MSG = "numpy is not importable in this Python (%s); safetensors I/O test skipped" % sys.executable
 
 
 class SomeTokenizerObject:
@@ -281,6 +285,7 @@ class TestConvert(unittest.TestCase):
         self.assertIn("transformer.layers.0.pos_ff.CoreNet.3.bias", se)
 
 
+@unittest.skipUnless(HAVE_NUMPY, NUMPY_SKIP_MSG)
 class TestSafetensorsIO(unittest.TestCase):  # numpy only: runs without torch too
     def test_roundtrip_and_header(self):
         import struct
@@ -290,7 +295,8 @@ class TestSafetensorsIO(unittest.TestCase):  # numpy only: runs without torch to
             b = np.array([1.5, -2.25], dtype=np.float16)
             c = st_io.f32_to_bf16_bits(np.array([1.0, 3.140625, -0.5], dtype=np.float32))
             st_io.save_file({"a": a, "b": b, "c": c}, p, metadata={"k": "v"}, bf16_names={"c"})
-            raw = open(p, "rb").read()
+            with open(p, "rb") as f:
+                raw = f.read()
             (n,) = struct.unpack("<Q", raw[:8])
             hdr = json.loads(raw[8:8 + n])
             self.assertEqual(hdr["a"]["dtype"], "F32")

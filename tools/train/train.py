@@ -123,9 +123,12 @@ class Core(nn.Module):
         inv_freq = 1.0 / (10000 ** (torch.arange(0.0, a.d_model, 2.0) / a.d_model))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.mem_len = a.mem_len
+        self.clamp_len = getattr(a, "clamp_len", 0)  # training uses 0 (no clamping); eval_xl.py may set it
 
     def pos_emb(self, klen):
         pos = torch.arange(klen - 1, -1, -1.0)
+        if self.clamp_len > 0:
+            pos = pos.clamp(max=self.clamp_len)
         s = torch.outer(pos, self.inv_freq)
         return torch.cat([s.sin(), s.cos()], dim=-1)
 
