@@ -72,10 +72,10 @@ class Workload {
     std::vector<SegmentInput> in;
     for (size_t b = 0; b < streams_.size(); ++b) {
       for (auto& t : ids_[b]) t = token(rng);
-      in.push_back({streams_[b].get(), ids_[b]});
+      in.push_back({streams_[b].get(), ids_[b], {}});
     }
     const auto t0 = Clock::now();
-    if (!model_.Forward(in, OutputOptions{}, &out_).ok()) std::abort();
+    if (!model_.Forward(in, &out_).ok()) std::abort();
     if (timed) {
       run_.seconds += std::chrono::duration<double>(Clock::now() - t0).count();
       run_.tokens += static_cast<int64_t>(in.size() * ids_[0].size());

@@ -41,7 +41,7 @@ absl::StatusOr<EvalResult> Evaluate(TransformerXL& model, absl::Span<const int32
       batch[b].stream = streams[b].get();
       batch[b].tokens = ids.subspan(b * full_len + pos, n);
     }
-    RETURN_IF_ERROR(model.Forward(batch, OutputOptions{}, &outputs));
+    RETURN_IF_ERROR(model.Forward(batch, &outputs));
     for (const SegmentOutput& out : outputs) {
       for (size_t i = options.reference_compat ? 1 : 0; i < out.logprob.size(); ++i) {
         if (std::isnan(out.logprob[i])) continue;

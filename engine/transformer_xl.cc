@@ -16,6 +16,7 @@ namespace trams {
 struct TransformerXL::Batch {
   std::vector<StreamState*> streams;
   std::vector<absl::Span<const int32_t>> tokens;
+  std::vector<OutputOptions> options;
   std::vector<int64_t> offset;  // first row of each stream
   std::vector<int> attended;    // memory tokens each stream attends (same on every layer)
   int64_t rows = 0;
@@ -94,6 +95,9 @@ absl::Status TransformerXL::Check(absl::Span<const SegmentInput> batch) const {
       return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " repeats a stream: one segment per stream"));
     }
     if (in.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " has no tokens"));
+    if (in.options.alternatives < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, ": alternatives must not be negative"));
+    }
     if (in.stream->layer(0).keys.size() != static_cast<size_t>(in.stream->capacity()) * config().attn_width()) {
       return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " belongs to another model"));
     }
@@ -240,8 +244,7 @@ void TransformerXL::AttendOne(int layer, int s, int h, Batch& b, std::vector<int
   MatMulNN(ac.data(), klen, values.data(), dh, b.attn_vec.data() + b.offset[s] * w + h * dh, w, n, dh, klen);
 }
 
-void TransformerXL::AttentionLayer(int layer, Batch& b, const OutputOptions& options,
-                                   std::vector<SegmentOutput>* outputs) {
+void TransformerXL::AttentionLayer(int layer, Batch& b, std::vector<SegmentOutput>* outputs) {
   const ModelConfig& c = config();
   const LayerWeights& lw = weights_.layers[layer];
   const int d = c.d_model, w = c.attn_width();
@@ -256,7 +259,7 @@ void TransformerXL::AttentionLayer(int layer, Batch& b, const OutputOptions& opt
   const int n_streams = static_cast<int>(b.streams.size());
   pool_.ParallelFor(static_cast<int64_t>(n_streams) * c.n_head, [&](int64_t task) {
     const int s = static_cast<int>(task / c.n_head), h = static_cast<int>(task % c.n_head);
-    std::vector<int>* selected = options.selections ? &(*outputs)[s].selections[layer][h] : nullptr;
+    std::vector<int>* selected = b.options[s].selections ? &(*outputs)[s].selections[layer][h] : nullptr;
     AttendOne(layer, s, h, b, selected);
   });
 
@@ -316,7 +319,7 @@ void TransformerXL::FeedForwardLayer(int layer, Batch& b) {
   }
 }
 
-void TransformerXL::Score(Batch& b, const OutputOptions& options, std::vector<SegmentOutput>* outputs) {
+void TransformerXL::Score(Batch& b, std::vector<SegmentOutput>* outputs) {
   const int d = config().d_model;
   // Row r of `pred` predicts target r: the previous position's final hidden state.
   std::vector<float> pred;
@@ -326,6 +329,7 @@ void TransformerXL::Score(Batch& b, const OutputOptions& options, std::vector<Se
   for (size_t s = 0; s < b.streams.size(); ++s) {
     const StreamState& stream = *b.streams[s];
     SegmentOutput& out = (*outputs)[s];
+    const OutputOptions& options = b.options[s];
     const size_t n = b.tokens[s].size();
     out.logprob.assign(n, kNaN);
     if (options.entropy) out.entropy.assign(n, kNaN);
@@ -345,25 +349,49 @@ void TransformerXL::Score(Batch& b, const OutputOptions& options, std::vector<Se
     out.tokens_scored = static_cast<int64_t>(n) - (stream.position() == 0 ? 1 : 0);
   }
   const int64_t n_pred = static_cast<int64_t>(targets.size());
-  if (n_pred == 0) return;
-  std::vector<float> lp(n_pred);
-  output_.TargetLogProbs(&pool_, pred.data(), n_pred, targets.data(), lp.data());
-  for (int64_t r = 0; r < n_pred; ++r) (*outputs)[where[r].first].logprob[where[r].second] = lp[r];
-  if (!options.entropy && options.alternatives <= 0) return;
+  if (n_pred > 0) {
+    std::vector<float> lp(n_pred);
+    output_.TargetLogProbs(&pool_, pred.data(), n_pred, targets.data(), lp.data());
+    for (int64_t r = 0; r < n_pred; ++r) (*outputs)[where[r].first].logprob[where[r].second] = lp[r];
+  }
+  // Rows that need the full distribution: scored tokens with entropy/alternatives, and the position
+  // after each segment when the next-token distribution is asked for (row index -1 marks it).
+  std::vector<float> full_rows;
+  std::vector<std::pair<int, int>> full_where;
+  for (int64_t r = 0; r < n_pred; ++r) {
+    const OutputOptions& o = b.options[where[r].first];
+    if (o.entropy || o.alternatives > 0) {
+      full_rows.insert(full_rows.end(), pred.begin() + r * d, pred.begin() + (r + 1) * d);
+      full_where.push_back(where[r]);
+    }
+  }
+  for (size_t s = 0; s < b.streams.size(); ++s) {
+    if (!b.options[s].next_distribution) continue;
+    const float* h = b.x.data() + (b.offset[s] + static_cast<int64_t>(b.tokens[s].size()) - 1) * d;
+    full_rows.insert(full_rows.end(), h, h + d);
+    full_where.emplace_back(static_cast<int>(s), -1);
+  }
+  const int64_t n_full = static_cast<int64_t>(full_where.size());
+  if (n_full == 0) return;
 
   // The full distribution is large (vocab floats per row): do it a few rows at a time.
   const int64_t vocab = config().vocab_size;
   const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 24) / vocab);
   std::vector<float> full;
   std::vector<int32_t> order;
-  for (int64_t begin = 0; begin < n_pred; begin += chunk) {
-    const int64_t rows = std::min(chunk, n_pred - begin);
+  for (int64_t begin = 0; begin < n_full; begin += chunk) {
+    const int64_t rows = std::min(chunk, n_full - begin);
     full.resize(static_cast<size_t>(rows * vocab));
-    output_.FullLogProbs(&pool_, pred.data() + begin * d, rows, full.data());
+    output_.FullLogProbs(&pool_, full_rows.data() + begin * d, rows, full.data());
     for (int64_t r = 0; r < rows; ++r) {
       const float* dist = full.data() + r * vocab;
-      SegmentOutput& out = (*outputs)[where[begin + r].first];
-      const int i = where[begin + r].second;
+      SegmentOutput& out = (*outputs)[full_where[begin + r].first];
+      const OutputOptions& options = b.options[full_where[begin + r].first];
+      const int i = full_where[begin + r].second;
+      if (i < 0) {
+        out.next_logprobs.assign(dist, dist + vocab);
+        continue;
+      }
       if (options.entropy) {
         double e = 0;
         for (int64_t v = 0; v < vocab; ++v) e -= std::exp(static_cast<double>(dist[v])) * dist[v];
@@ -382,10 +410,8 @@ void TransformerXL::Score(Batch& b, const OutputOptions& options, std::vector<Se
   }
 }
 
-absl::Status TransformerXL::Forward(absl::Span<const SegmentInput> batch, const OutputOptions& options,
-                                    std::vector<SegmentOutput>* outputs) {
+absl::Status TransformerXL::Forward(absl::Span<const SegmentInput> batch, std::vector<SegmentOutput>* outputs) {
   RETURN_IF_ERROR(Check(batch));
-  if (options.alternatives < 0) return absl::InvalidArgumentError("alternatives must not be negative");
   std::lock_guard<std::mutex> lock(forward_mu_);
   const ModelConfig& c = config();
   Batch b;
@@ -393,6 +419,7 @@ absl::Status TransformerXL::Forward(absl::Span<const SegmentInput> batch, const 
   for (const SegmentInput& in : batch) {
     b.streams.push_back(in.stream);
     b.tokens.push_back(in.tokens);
+    b.options.push_back(in.options);
     b.offset.push_back(b.rows);
     b.rows += static_cast<int64_t>(in.tokens.size());
     const int a = std::min(in.stream->size(), in.stream->settings().attend_len());
@@ -409,15 +436,15 @@ absl::Status TransformerXL::Forward(absl::Span<const SegmentInput> batch, const 
   b.inner.resize(static_cast<size_t>(rows) * c.d_inner);
 
   outputs->assign(batch.size(), SegmentOutput{});
-  if (options.selections) {
-    for (auto& out : *outputs) out.selections.assign(c.n_layer, std::vector<std::vector<int>>(c.n_head));
+  for (size_t s = 0; s < batch.size(); ++s) {
+    if (b.options[s].selections) (*outputs)[s].selections.assign(c.n_layer, std::vector<std::vector<int>>(c.n_head));
   }
   Embed(b);
   for (int l = 0; l < c.n_layer; ++l) {
-    AttentionLayer(l, b, options, outputs);
+    AttentionLayer(l, b, outputs);
     FeedForwardLayer(l, b);
   }
-  Score(b, options, outputs);
+  Score(b, outputs);
   for (size_t s = 0; s < b.streams.size(); ++s) {
     const int64_t last = b.offset[s] + static_cast<int64_t>(b.tokens[s].size()) - 1;
     b.streams[s]->CommitAppend(static_cast<int>(b.tokens[s].size()), b.x.data() + last * c.d_model, c.d_model);

@@ -23,15 +23,17 @@ struct EngineOptions {
   int threads = 0;  // <= 0: one per hardware core
 };
 
-struct SegmentInput {
-  StreamState* stream = nullptr;
-  absl::Span<const int32_t> tokens;  // at least one token
-};
-
 struct OutputOptions {
   int alternatives = 0;       // top-k alternatives per scored token (0 = none)
   bool entropy = false;       // entropy of each scoring distribution (needs the full vocabulary)
   bool selections = false;    // record TRAMS-selected pool indices
+  bool next_distribution = false;  // log p(v | segment) for every v after the segment's last token
+};
+
+struct SegmentInput {
+  StreamState* stream = nullptr;
+  absl::Span<const int32_t> tokens;  // at least one token
+  OutputOptions options;
 };
 
 struct TokenAlternative {
@@ -46,6 +48,7 @@ struct SegmentOutput {
   std::vector<std::vector<TokenAlternative>> alternatives;  // same indexing, when requested
   // selections[layer][head] = selected pool indices (0 = oldest), empty where nothing was selected.
   std::vector<std::vector<std::vector<int>>> selections;
+  std::vector<float> next_logprobs;  // vocab_size floats, when requested
   int64_t tokens_scored = 0;
 };
 
@@ -65,8 +68,7 @@ class TransformerXL {
   // Runs one segment per stream. All arguments are checked before any stream changes; once checked,
   // the forward cannot fail, so a stream either advances by its whole segment or not at all.
   // Streams must be distinct. Calls are serialized internally.
-  absl::Status Forward(absl::Span<const SegmentInput> batch, const OutputOptions& options,
-                       std::vector<SegmentOutput>* outputs);
+  absl::Status Forward(absl::Span<const SegmentInput> batch, std::vector<SegmentOutput>* outputs);
 
   // log p(v | stream so far) for every id v (vocab_size floats); the stream must have consumed a token.
   absl::Status NextTokenLogProbs(const StreamState& stream, std::vector<float>* out);
@@ -77,10 +79,10 @@ class TransformerXL {
   struct Batch;
   absl::Status Check(absl::Span<const SegmentInput> batch) const;
   void Embed(Batch& b) const;
-  void AttentionLayer(int layer, Batch& b, const OutputOptions& options, std::vector<SegmentOutput>* outputs);
+  void AttentionLayer(int layer, Batch& b, std::vector<SegmentOutput>* outputs);
   void AttendOne(int layer, int stream, int head, Batch& b, std::vector<int>* selected);
   void FeedForwardLayer(int layer, Batch& b);
-  void Score(Batch& b, const OutputOptions& options, std::vector<SegmentOutput>* outputs);
+  void Score(Batch& b, std::vector<SegmentOutput>* outputs);
 
   ModelWeights weights_;
   ThreadPool pool_;

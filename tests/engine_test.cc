@@ -36,8 +36,8 @@ std::vector<float> Score(TransformerXL& model, StreamState* stream, const std::v
   for (size_t pos = 0; pos < ids.size(); pos += seg) {
     const size_t n = std::min<size_t>(seg, ids.size() - pos);
     std::vector<SegmentOutput> out;
-    SegmentInput in{stream, absl::MakeConstSpan(ids).subspan(pos, n)};
-    EXPECT_TRUE(model.Forward({in}, OutputOptions{}, &out).ok());
+    SegmentInput in{stream, absl::MakeConstSpan(ids).subspan(pos, n), {}};
+    EXPECT_TRUE(model.Forward({in}, &out).ok());
     lp.insert(lp.end(), out[0].logprob.begin(), out[0].logprob.end());
   }
   return lp;
@@ -69,8 +69,15 @@ TEST(EngineTest, NextTokenDistributionPredictsTheNextToken) {
   EXPECT_NEAR(total, 1.0, 1e-5);
   const std::vector<int32_t> next = {42};
   std::vector<SegmentOutput> out;
-  ASSERT_TRUE(model->Forward({{stream.get(), next}}, OutputOptions{}, &out).ok());
+  OutputOptions options;
+  options.next_distribution = true;
+  ASSERT_TRUE(model->Forward({{stream.get(), next, options}}, &out).ok());
   EXPECT_NEAR(out[0].logprob[0], dist[42], 1e-5);
+  // The distribution after the segment, computed in the same forward, is what NextTokenLogProbs says.
+  std::vector<float> after;
+  ASSERT_TRUE(model->NextTokenLogProbs(*stream, &after).ok());
+  ASSERT_EQ(out[0].next_logprobs.size(), after.size());
+  for (size_t v = 0; v < after.size(); ++v) EXPECT_NEAR(out[0].next_logprobs[v], after[v], 1e-6);
 }
 
 TEST(EngineTest, PoolBytesAreExactAndFixed) {
@@ -94,15 +101,15 @@ TEST(EngineTest, BadTokensAreRejectedAndLeaveTheStreamAsItWas) {
   const int64_t position = stream->position();
   std::vector<SegmentOutput> out;
   for (const std::vector<int32_t>& bad : {std::vector<int32_t>{1, 2, 97}, std::vector<int32_t>{-1}}) {
-    absl::Status s = model->Forward({{stream.get(), bad}}, OutputOptions{}, &out);
+    absl::Status s = model->Forward({{stream.get(), bad, {}}}, &out);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(s.message().find("outside the vocabulary"), absl::string_view::npos) << s;
   }
-  absl::Status empty = model->Forward({{stream.get(), {}}}, OutputOptions{}, &out);
+  absl::Status empty = model->Forward({{stream.get(), {}, {}}}, &out);
   EXPECT_EQ(empty.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(empty.message().find("no tokens"), absl::string_view::npos) << empty;
   const std::vector<int32_t> ok = {1, 2};
-  absl::Status twice = model->Forward({{stream.get(), ok}, {stream.get(), ok}}, OutputOptions{}, &out);
+  absl::Status twice = model->Forward({{stream.get(), ok, {}}, {stream.get(), ok, {}}}, &out);
   EXPECT_NE(twice.message().find("repeats a stream"), absl::string_view::npos) << twice;
   EXPECT_EQ(stream->position(), position);
   EXPECT_EQ(stream->layer(0).keys, keys_before);

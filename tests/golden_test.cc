@@ -83,10 +83,10 @@ TEST_P(GoldenTest, MatchesReference) {
     const int64_t len = std::min<int64_t>(n, length - pos);
     std::vector<SegmentInput> batch;
     for (int b = 0; b < streams; ++b) {
-      batch.push_back({state[b].get(), absl::MakeConstSpan(inputs[b]).subspan(pos, len)});
+      batch.push_back({state[b].get(), absl::MakeConstSpan(inputs[b]).subspan(pos, len), options});
     }
     std::vector<SegmentOutput> out;
-    ASSERT_TRUE((*model)->Forward(batch, options, &out).ok());
+    ASSERT_TRUE((*model)->Forward(batch, &out).ok());
     for (int b = 0; b < streams; ++b) {
       for (int64_t i = 0; i < len; ++i) {
         const json& want = c["logprobs"][b][pos + i];
