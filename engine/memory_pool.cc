@@ -54,7 +54,84 @@ void StreamState::CommitAppend(int n, const float* last_hidden, int d_model) {
     }
   }
   position_ += n;
+  if (in_transaction_) appended_ += n;
   last_hidden_.assign(last_hidden, last_hidden + d_model);
+}
+
+void StreamState::BeginTransaction() {
+  in_transaction_ = true;
+  saved_cursor_ = Cursor{start_, size_, position_, last_hidden_};
+  appended_ = 0;
+  saved_rows_ = 0;
+  undo_.assign(layers_.size(), LayerPool{});
+}
+
+void StreamState::SaveRowsBeforeAppend(int n) {
+  const int m = settings_.mem_len;
+  if (!in_transaction_ || m == 0) return;
+  // Overwrite index k (counted from the transaction's start) lands on ring row (s0 + k) % m, which
+  // held a live token at the start iff k >= m - size0. Indices past m repeat rows already saved.
+  const int s0 = saved_cursor_.start + saved_cursor_.size, size0 = saved_cursor_.size;
+  const int target = static_cast<int>(std::min<int64_t>(m, appended_ + n));
+  const int width = static_cast<int>(layers_[0].keys.size() / m);
+  for (int k = std::max(saved_rows_, m - size0); k < target; ++k) {
+    const size_t row = static_cast<size_t>((s0 + k) % m);
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      const LayerPool& pool = layers_[l];
+      LayerPool& undo = undo_[l];
+      undo.keys.insert(undo.keys.end(), pool.keys.begin() + row * width, pool.keys.begin() + (row + 1) * width);
+      undo.values.insert(undo.values.end(), pool.values.begin() + row * width,
+                         pool.values.begin() + (row + 1) * width);
+      if (!pool.scores.empty()) {
+        const size_t heads = pool.scores.size() / m;
+        undo.scores.insert(undo.scores.end(), pool.scores.begin() + row * heads, pool.scores.begin() + (row + 1) * heads);
+      }
+    }
+  }
+  saved_rows_ = std::max(saved_rows_, target);
+}
+
+void StreamState::Rollback() {
+  if (!in_transaction_) return;
+  const int m = settings_.mem_len;
+  if (m > 0) {
+    const int s0 = saved_cursor_.start + saved_cursor_.size, size0 = saved_cursor_.size;
+    const int first = m - size0;
+    const int width = static_cast<int>(layers_[0].keys.size() / m);
+    for (int k = first; k < saved_rows_; ++k) {
+      const size_t row = static_cast<size_t>((s0 + k) % m), j = static_cast<size_t>(k - first);
+      for (size_t l = 0; l < layers_.size(); ++l) {
+        LayerPool& pool = layers_[l];
+        const LayerPool& undo = undo_[l];
+        std::copy_n(undo.keys.begin() + j * width, width, pool.keys.begin() + row * width);
+        std::copy_n(undo.values.begin() + j * width, width, pool.values.begin() + row * width);
+        if (!pool.scores.empty()) {
+          const size_t heads = pool.scores.size() / m;
+          std::copy_n(undo.scores.begin() + j * heads, heads, pool.scores.begin() + row * heads);
+        }
+      }
+    }
+  }
+  start_ = saved_cursor_.start;
+  size_ = saved_cursor_.size;
+  position_ = saved_cursor_.position;
+  last_hidden_ = saved_cursor_.last_hidden;
+  Commit();
+}
+
+void StreamState::Commit() {
+  in_transaction_ = false;
+  undo_.clear();
+  undo_.shrink_to_fit();
+  saved_cursor_ = Cursor{};
+  appended_ = 0;
+  saved_rows_ = 0;
+}
+
+int64_t StreamState::undo_bytes() const {
+  int64_t floats = static_cast<int64_t>(saved_cursor_.last_hidden.size());
+  for (const auto& l : undo_) floats += l.keys.size() + l.values.size() + l.scores.size();
+  return floats * static_cast<int64_t>(sizeof(float));
 }
 
 void StreamState::SetFilled(int n) {

@@ -46,13 +46,36 @@ class StreamState {
   // Marks the pool as holding `n` tokens already written at rows [0, n) (used for the zero-filled pool).
   void SetFilled(int n);
 
+  // Transactions make a multi-segment request all-or-nothing: after BeginTransaction(), each forward
+  // first saves the live pool rows it is about to overwrite (at most the pool's size per layer over
+  // the whole transaction), and Rollback() restores them and the cursor. Commit() drops the log.
+  void BeginTransaction();
+  void Rollback();
+  void Commit();
+  bool in_transaction() const { return in_transaction_; }
+  int64_t undo_bytes() const;  // saved data; never more than bytes()
+  // Called by the forward, before it writes the rows of `n` new tokens.
+  void SaveRowsBeforeAppend(int n);
+
  private:
+  struct Cursor {
+    int start = 0;
+    int size = 0;
+    int64_t position = 0;
+    std::vector<float> last_hidden;
+  };
   TramsSettings settings_;
   std::vector<LayerPool> layers_;
   std::vector<float> last_hidden_;
   int start_ = 0;
   int size_ = 0;
   int64_t position_ = 0;
+
+  bool in_transaction_ = false;
+  Cursor saved_cursor_;
+  int64_t appended_ = 0;  // tokens appended since BeginTransaction
+  int saved_rows_ = 0;    // overwrite indices [0, saved_rows_) are handled (saved or never live)
+  std::vector<LayerPool> undo_;  // saved rows, in overwrite order
 };
 
 }  // namespace trams

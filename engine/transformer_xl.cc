@@ -439,6 +439,9 @@ absl::Status TransformerXL::Forward(absl::Span<const SegmentInput> batch, std::v
   for (size_t s = 0; s < batch.size(); ++s) {
     if (b.options[s].selections) (*outputs)[s].selections.assign(c.n_layer, std::vector<std::vector<int>>(c.n_head));
   }
+  for (size_t s = 0; s < b.streams.size(); ++s) {
+    b.streams[s]->SaveRowsBeforeAppend(static_cast<int>(b.tokens[s].size()));
+  }
   Embed(b);
   for (int l = 0; l < c.n_layer; ++l) {
     AttentionLayer(l, b, outputs);
