@@ -1,0 +1,407 @@
+// The streaming calls: Score (bidi) and Generate (server streaming). See session_call.h for the
+// lifecycle and lm_service.h for the transaction contract.
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "engine/sampler.h"
+#include "server/lm_service.h"
+#include "server/session_call.h"
+
+namespace trams {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// Totals and bookkeeping of one call, applied to the session only when the call commits.
+struct CallLedger {
+  int64_t tokens_scored = 0;
+  double nll_sum = 0;
+  std::vector<int32_t> consumed;
+  SelectionRecord selection;
+  bool has_selection = false;
+
+  void Apply(Session& s, const LmService& svc) {
+    s.tokens_scored += tokens_scored;
+    s.nll_sum += nll_sum;
+    svc.RecordConsumed(&s, consumed);
+    if (has_selection) s.last_selection = std::move(selection);
+  }
+};
+
+// Fills token scores for one segment and the ledger; `start` is the segment's first position.
+void AddTokenScores(const LmService& svc, absl::Span<const int32_t> ids, const SegmentOutput& out, int64_t start,
+                    CallLedger* ledger, google::protobuf::RepeatedPtrField<v1::TokenScore>* tokens) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    v1::TokenScore* t = tokens->Add();
+    t->set_id(ids[i]);
+    t->set_text(svc.TokenText(ids[i]));
+    t->set_position(start + static_cast<int64_t>(i));
+    if (!std::isnan(out.logprob[i])) {
+      t->set_logprob(out.logprob[i]);
+      ledger->tokens_scored += 1;
+      ledger->nll_sum -= out.logprob[i];
+    }
+    if (!out.entropy.empty() && !std::isnan(out.entropy[i])) t->set_entropy(out.entropy[i]);
+    if (!out.alternatives.empty()) {
+      for (const TokenAlternative& alt : out.alternatives[i]) {
+        v1::Alternative* a = t->add_alternatives();
+        a->set_id(alt.id);
+        a->set_text(svc.TokenText(alt.id));
+        a->set_logprob(alt.logprob);
+      }
+    }
+  }
+  ledger->consumed.insert(ledger->consumed.end(), ids.begin(), ids.end());
+}
+
+// What a segment attended, in stream positions (for ExplainSelection).
+void RecordSelection(const StreamState& stream, int64_t start, int pool_before, int n, const SegmentOutput& out,
+                     CallLedger* ledger) {
+  if (out.selections.empty()) return;
+  const TramsSettings& s = stream.settings();
+  SelectionRecord& rec = ledger->selection;
+  rec.segment_start = start;
+  rec.segment_len = n;
+  const bool selected = pool_before > s.topk + s.remain;
+  rec.recent_from = start - (selected ? s.remain : std::min(pool_before, s.attend_len()));
+  rec.selected.assign(out.selections.size(), {});
+  for (size_t l = 0; l < out.selections.size(); ++l) {
+    rec.selected[l].resize(out.selections[l].size());
+    for (size_t h = 0; h < out.selections[l].size(); ++h) {
+      for (int idx : out.selections[l][h]) rec.selected[l][h].push_back(start - pool_before + idx);
+    }
+  }
+  ledger->has_selection = true;
+}
+
+// ---------------------------------------------------------------------------------------------
+class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequest, v1::ScoreResponse>,
+                                           v1::ScoreResponse> {
+ public:
+  ScoreCall(LmService* svc, grpc::CallbackServerContext* ctx) : SessionCall(svc, "Score"), ctx_(ctx) {
+    Actions a;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (svc_->draining()) {
+        EndWith(absl::UnavailableError("the server is shutting down; retry on another replica"));
+        MaybeFinish(a);
+      } else {
+        reading_ = true;
+        a.read = true;
+      }
+      BeginPerform();
+    }
+    Perform(a);
+  }
+
+  void OnReadDone(bool ok) override {
+    Actions a;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      reading_ = false;
+      if (!ending()) {
+        if (!ok) {
+          input_closed_ = true;
+          Absorb(svc_->Encode(&text_, /*final=*/true, &pending_));
+        } else {
+          if (!started_) First(a);
+          if (!ending()) AbsorbInput();
+        }
+      }
+      AfterEvent(a);
+      BeginPerform();
+    }
+    Perform(a);
+  }
+
+ private:
+  void StartReadHook() override { StartRead(&req_); }
+
+  void Absorb(const absl::Status& s) {
+    if (!s.ok()) EndWith(s);
+  }
+
+  void First(Actions& a) {
+    started_ = true;
+    absl::StatusOr<std::string> id = svc_->SessionIdOf(ctx_, req_.session_id());
+    if (!id.ok()) return EndWith(id.status());
+    const int max_alt = svc_->options().requests.max_alternatives;
+    if (req_.options().alternatives() < 0 || req_.options().alternatives() > max_alt) {
+      return EndWith(absl::InvalidArgumentError(
+          absl::StrCat("options.alternatives must be in [0, ", max_alt, "], got ", req_.options().alternatives())));
+    }
+    options_.alternatives = req_.options().alternatives();
+    options_.entropy = req_.options().entropy();
+    if (req_.has_expected_position()) expected_position_ = req_.expected_position();
+    StartAcquire(*id, a);
+  }
+
+  void AbsorbInput() {
+    if (!req_.session_id().empty() && started_ && req_.session_id() != session_id_seen()) {
+      // Later messages may repeat the id but not change it.
+    }
+    switch (req_.input_case()) {
+      case v1::ScoreRequest::kText:
+        if (static_cast<int64_t>(req_.text().size()) > svc_->options().requests.max_chunk_bytes) {
+          return EndWith(absl::InvalidArgumentError(absl::StrCat("text chunk of ", req_.text().size(),
+                                                                 " bytes is over the limit of ",
+                                                                 svc_->options().requests.max_chunk_bytes)));
+        }
+        text_ += req_.text();
+        return Absorb(svc_->Encode(&text_, /*final=*/false, &pending_));
+      case v1::ScoreRequest::kIds: {
+        const auto& ids = req_.ids().ids();
+        absl::Status s = svc_->CheckIds(absl::MakeConstSpan(ids.data(), ids.size()));
+        if (!s.ok()) return EndWith(s);
+        if (!text_.empty()) {
+          return EndWith(absl::InvalidArgumentError("ids cannot follow text that ends inside a word"));
+        }
+        pending_.insert(pending_.end(), ids.begin(), ids.end());
+        return;
+      }
+      default:
+        return;
+    }
+  }
+  std::string session_id_seen() const { return session_ ? session_->id : std::string(); }
+
+  void OnSessionTaken(Actions&) override {}
+
+  void AfterEvent(Actions& a) override {
+    if (ending()) return MaybeFinish(a);
+    if (session_ && !job_in_flight_) {
+      const size_t n = static_cast<size_t>(session_->segment_len);
+      if (pending_.size() >= n || (input_closed_ && !pending_.empty())) {
+        const size_t take = std::min(n, pending_.size());
+        segment_.assign(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(take));
+        pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(take));
+        segment_start_ = session_->stream->position();
+        pool_before_ = session_->stream->size();
+        OutputOptions o = options_;
+        o.selections = session_->stream->settings().mode == MemoryMode::kTrams;
+        Submit(segment_, o, a);
+      } else if (input_closed_ && pending_.empty()) {
+        EndWith(absl::OkStatus());
+        return MaybeFinish(a);
+      }
+    }
+    // Read ahead while less than two segments are buffered (backpressure on fast clients).
+    const size_t n = session_ ? static_cast<size_t>(session_->segment_len) : 1024;
+    if (!input_closed_ && !reading_ && pending_.size() < 2 * n) {
+      reading_ = true;
+      a.read = true;
+    }
+  }
+
+  void OnJobDone(SegmentOutput out, Actions& a) override {
+    v1::ScoreResponse resp;
+    AddTokenScores(*svc_, segment_, out, segment_start_, &ledger_, resp.mutable_tokens());
+    RecordSelection(*session_->stream, segment_start_, pool_before_, static_cast<int>(segment_.size()), out, &ledger_);
+    resp.set_position(session_->stream->position());
+    resp.set_tokens_scored(ledger_.tokens_scored);
+    resp.set_nll_sum(ledger_.nll_sum);
+    if (ledger_.tokens_scored > 0) {
+      const double mean = ledger_.nll_sum / static_cast<double>(ledger_.tokens_scored);
+      resp.set_ppl(std::exp(mean));
+      resp.set_bits_per_token(mean / std::log(2.0));
+    }
+    if (svc_->metrics()) svc_->metrics()->TokensScored(static_cast<int64_t>(segment_.size()));
+    Write(std::move(resp), a);
+  }
+
+  void OnCommit(Session& session) override { ledger_.Apply(session, *svc_); }
+
+  grpc::CallbackServerContext* ctx_;
+  v1::ScoreRequest req_;
+  OutputOptions options_;
+  bool started_ = false;
+  bool reading_ = false;
+  bool input_closed_ = false;
+  std::string text_;              // text not yet encoded (may end inside a word or character)
+  std::vector<int32_t> pending_;  // encoded, not yet run
+  std::vector<int32_t> segment_;  // the segment in flight
+  int64_t segment_start_ = 0;
+  int pool_before_ = 0;
+  CallLedger ledger_;
+};
+
+// ---------------------------------------------------------------------------------------------
+class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::GenerateResponse>, v1::GenerateResponse> {
+ public:
+  GenerateCall(LmService* svc, grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req)
+      : SessionCall(svc, "Generate"), req_(*req) {
+    Actions a;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      absl::Status s = Prepare(ctx);
+      if (!s.ok()) {
+        EndWith(s);
+        MaybeFinish(a);
+      } else {
+        StartAcquire(session_id_, a);
+      }
+      BeginPerform();
+    }
+    Perform(a);
+  }
+
+ private:
+  absl::Status Prepare(grpc::CallbackServerContext* ctx) {
+    if (svc_->draining()) return absl::UnavailableError("the server is shutting down; retry on another replica");
+    absl::StatusOr<std::string> id = svc_->SessionIdOf(ctx, req_.session_id());
+    if (!id.ok()) return id.status();
+    session_id_ = *id;
+    const RequestLimits& limits = svc_->options().requests;
+    max_tokens_ = req_.max_tokens() == 0 ? 64 : req_.max_tokens();
+    if (max_tokens_ < 1 || max_tokens_ > limits.max_generate_tokens) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("max_tokens must be in [1, ", limits.max_generate_tokens, "], got ", req_.max_tokens()));
+    }
+    params_.temperature = req_.temperature();
+    params_.top_k = req_.top_k();
+    params_.top_p = req_.top_p() == 0.0f ? 1.0f : req_.top_p();
+    params_.seed = req_.has_seed() ? req_.seed() : std::random_device{}();
+    absl::Status valid = params_.Validate();
+    if (!valid.ok()) return valid;
+    if (req_.stop_size() > limits.max_stop_strings) {
+      return absl::InvalidArgumentError(absl::StrCat("at most ", limits.max_stop_strings, " stop strings"));
+    }
+    for (const std::string& stop : req_.stop()) {
+      if (stop.empty()) return absl::InvalidArgumentError("stop strings must not be empty");
+    }
+    if (req_.has_prompt_text()) {
+      std::string text = req_.prompt_text();
+      absl::Status s = svc_->Encode(&text, /*final=*/true, &prompt_);
+      if (!s.ok()) return s;
+    } else if (req_.has_prompt_ids()) {
+      prompt_.assign(req_.prompt_ids().ids().begin(), req_.prompt_ids().ids().end());
+      absl::Status s = svc_->CheckIds(prompt_);
+      if (!s.ok()) return s;
+    }
+    if (req_.has_expected_position()) expected_position_ = req_.expected_position();
+    sampler_ = std::make_unique<Sampler>(params_);
+    return absl::OkStatus();
+  }
+
+  void OnSessionTaken(Actions& a) override {
+    if (prompt_.empty() && session_->stream->position() == 0) {
+      return EndWith(absl::FailedPreconditionError(
+          absl::StrCat("session '", session_->id, "' is empty: give a prompt to start from")));
+    }
+    Step(a);
+  }
+
+  // Feeds the next prompt chunk, or asks for the distribution after what the session holds.
+  void Step(Actions& a) {
+    OutputOptions o;
+    o.next_distribution = true;
+    const size_t n = static_cast<size_t>(session_->segment_len);
+    if (fed_ < prompt_.size()) {
+      const size_t take = std::min(n, prompt_.size() - fed_);
+      feeding_.assign(prompt_.begin() + static_cast<std::ptrdiff_t>(fed_),
+                      prompt_.begin() + static_cast<std::ptrdiff_t>(fed_ + take));
+      fed_ += take;
+      o.next_distribution = fed_ == prompt_.size();
+    } else {
+      feeding_.clear();
+    }
+    feed_start_ = session_->stream->position();
+    pool_before_ = session_->stream->size();
+    o.selections = session_->stream->settings().mode == MemoryMode::kTrams && !feeding_.empty();
+    Submit(feeding_, o, a);
+  }
+
+  void OnJobDone(SegmentOutput out, Actions& a) override {
+    if (!feeding_.empty()) {
+      v1::GenerateResponse ignored;  // prompt/generated tokens: count them in the session's totals
+      AddTokenScores(*svc_, feeding_, out, feed_start_, &ledger_, ignored.mutable_tokens());
+      RecordSelection(*session_->stream, feed_start_, pool_before_, static_cast<int>(feeding_.size()), out, &ledger_);
+    }
+    if (final_feed_) {
+      v1::GenerateResponse last;
+      last.set_position(session_->stream->position());
+      last.set_finish_reason(finish_reason_);
+      Write(std::move(last), a);
+      return EndWith(absl::OkStatus());
+    }
+    if (out.next_logprobs.empty()) return Step(a);  // more prompt to feed
+
+    const int32_t token = sampler_->Sample(out.next_logprobs);
+    ++generated_;
+    v1::GenerateResponse resp;
+    v1::TokenScore* t = resp.add_tokens();
+    t->set_id(token);
+    const std::string text = svc_->TokenText(token);
+    t->set_text(text);
+    t->set_position(session_->stream->position());
+    t->set_logprob(out.next_logprobs[token]);
+    resp.set_position(session_->stream->position() + 1);
+    const auto now = Clock::now();
+    if (svc_->metrics()) {
+      svc_->metrics()->TokensGenerated(1);
+      if (generated_ == 1) {
+        svc_->metrics()->TimeToFirstToken(std::chrono::duration<double>(now - start_).count());
+      } else {
+        svc_->metrics()->InterTokenLatency(std::chrono::duration<double>(now - last_token_).count());
+      }
+    }
+    last_token_ = now;
+    Write(std::move(resp), a);
+
+    generated_text_ += text;
+    for (const std::string& stop : req_.stop()) {
+      if (generated_text_.size() >= stop.size() &&
+          generated_text_.compare(generated_text_.size() - stop.size(), stop.size(), stop) == 0) {
+        finish_reason_ = v1::FINISH_REASON_STOP;
+      }
+    }
+    if (finish_reason_ == v1::FINISH_REASON_UNSPECIFIED && generated_ >= max_tokens_) {
+      finish_reason_ = v1::FINISH_REASON_LENGTH;
+    }
+    // Every generated token becomes part of the session: feed it (with the next distribution unless done).
+    OutputOptions o;
+    o.next_distribution = finish_reason_ == v1::FINISH_REASON_UNSPECIFIED;
+    final_feed_ = !o.next_distribution;
+    feeding_.assign(1, token);
+    feed_start_ = session_->stream->position();
+    pool_before_ = session_->stream->size();
+    o.selections = session_->stream->settings().mode == MemoryMode::kTrams;
+    Submit(feeding_, o, a);
+  }
+
+  void AfterEvent(Actions& a) override {
+    if (ending()) MaybeFinish(a);
+  }
+
+  void OnCommit(Session& session) override { ledger_.Apply(session, *svc_); }
+
+  v1::GenerateRequest req_;
+  std::string session_id_;
+  int max_tokens_ = 64;
+  SamplingParams params_;
+  std::unique_ptr<Sampler> sampler_;
+  std::vector<int32_t> prompt_;
+  size_t fed_ = 0;
+  std::vector<int32_t> feeding_;
+  int64_t feed_start_ = 0;
+  int pool_before_ = 0;
+  int generated_ = 0;
+  std::string generated_text_;
+  bool final_feed_ = false;
+  v1::FinishReason finish_reason_ = v1::FINISH_REASON_UNSPECIFIED;
+  Clock::time_point last_token_;
+  CallLedger ledger_;
+};
+
+}  // namespace
+
+grpc::ServerBidiReactor<v1::ScoreRequest, v1::ScoreResponse>* LmService::Score(grpc::CallbackServerContext* ctx) {
+  return new ScoreCall(this, ctx);
+}
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* LmService::Generate(grpc::CallbackServerContext* ctx,
+                                                                   const v1::GenerateRequest* req) {
+  return new GenerateCall(this, ctx, req);
+}
+
+}  // namespace trams

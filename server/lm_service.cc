@@ -1,0 +1,275 @@
+#include "server/lm_service.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "server/metrics.h"
+#include "server/status_convert.h"
+
+namespace trams {
+namespace {
+
+constexpr char kSessionHeader[] = "x-session-id";
+
+// Finishes a unary call and records its latency.
+class UnaryDone {
+ public:
+  UnaryDone(LmService* svc, grpc::CallbackServerContext* ctx, const char* method)
+      : svc_(svc), reactor_(ctx->DefaultReactor()), method_(method), start_(std::chrono::steady_clock::now()) {}
+  grpc::ServerUnaryReactor* Finish(const absl::Status& status) {
+    const grpc::Status g = ToGrpcStatus(status);
+    if (svc_->metrics()) {
+      svc_->metrics()->RequestDone(
+          method_, StatusCodeName(status.code()),
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+    }
+    reactor_->Finish(g);
+    return reactor_;
+  }
+
+ private:
+  static std::string StatusCodeName(absl::StatusCode code) { return absl::StatusCodeToString(code); }
+  LmService* svc_;
+  grpc::ServerUnaryReactor* reactor_;
+  const char* method_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+absl::StatusOr<TramsSettings> SettingsFrom(const v1::MemorySettings& m, const TramsSettings& defaults,
+                                           const ModelConfig& config) {
+  std::string mode;
+  switch (m.mode()) {
+    case v1::MEMORY_MODE_UNSPECIFIED: mode = std::string(MemoryModeName(defaults.mode)); break;
+    case v1::MEMORY_MODE_TRAMS: mode = "trams"; break;
+    case v1::MEMORY_MODE_XL: mode = "xl"; break;
+    case v1::MEMORY_MODE_NONE: mode = "none"; break;
+    default: return absl::InvalidArgumentError(absl::StrCat("unknown memory mode ", m.mode()));
+  }
+  const bool same_mode = mode == MemoryModeName(defaults.mode);
+  int mem_len = m.has_mem_len() ? m.mem_len() : defaults.mem_len;
+  if (!m.has_mem_len() && mode == "none") mem_len = 0;
+  if (!m.has_mem_len() && mode == "xl" && !same_mode) mem_len = defaults.attend_len() > 0 ? defaults.attend_len() : 200;
+  const int topk = m.has_topk() ? m.topk() : (mode == "trams" && same_mode ? defaults.topk : 0);
+  const int remain = m.has_remain() ? m.remain() : (mode == "trams" && same_mode ? defaults.remain : 0);
+  std::string metric = std::string(SelectionMetricName(defaults.metric));
+  if (m.metric() == v1::SELECTION_METRIC_CODE) metric = "code";
+  if (m.metric() == v1::SELECTION_METRIC_PAPER) metric = "paper";
+  std::vector<int> layers(m.layers().begin(), m.layers().end());
+  if (layers.empty() && mode == "trams" && same_mode) layers = defaults.layers;
+  return MakeTramsSettings(mode, mem_len, -1, topk, remain, std::move(layers), metric, config);
+}
+
+}  // namespace
+
+void ToProto(const TramsSettings& s, v1::MemorySettings* out) {
+  switch (s.mode) {
+    case MemoryMode::kTrams: out->set_mode(v1::MEMORY_MODE_TRAMS); break;
+    case MemoryMode::kXl: out->set_mode(v1::MEMORY_MODE_XL); break;
+    case MemoryMode::kNone: out->set_mode(v1::MEMORY_MODE_NONE); break;
+  }
+  out->set_mem_len(s.mem_len);
+  out->set_topk(s.topk);
+  out->set_remain(s.remain);
+  for (int l : s.layers) out->add_layers(l);
+  out->set_metric(s.metric == SelectionMetric::kCode ? v1::SELECTION_METRIC_CODE : v1::SELECTION_METRIC_PAPER);
+}
+
+void ToProto(const SessionSnapshot& s, v1::Session* out) {
+  out->set_session_id(s.id);
+  ToProto(s.memory, out->mutable_memory());
+  out->set_segment_len(s.segment_len);
+  out->set_position(s.position);
+  out->set_pool_tokens(s.pool_tokens);
+  out->set_pool_bytes(s.pool_bytes);
+  out->set_created_unix_ms(s.created_ms);
+  out->set_last_used_unix_ms(s.last_used_ms);
+  out->set_tokens_scored(s.tokens_scored);
+  out->set_nll_sum(s.nll_sum);
+  out->set_busy(s.busy);
+}
+
+LmService::LmService(TransformerXL* model, absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer,
+                     SessionManager* sessions, Scheduler* scheduler, Metrics* metrics, const ServerOptions& options)
+    : model_(model),
+      tokenizer_(std::move(tokenizer)),
+      tokenizer_status_(tokenizer_.status()),
+      sessions_(sessions),
+      scheduler_(scheduler),
+      metrics_(metrics),
+      options_(options) {}
+
+absl::StatusOr<std::string> LmService::SessionIdOf(grpc::CallbackServerContext* ctx, const std::string& field) const {
+  std::string header;
+  const auto& md = ctx->client_metadata();
+  if (auto it = md.find(kSessionHeader); it != md.end()) header.assign(it->second.data(), it->second.size());
+  if (!field.empty() && !header.empty() && field != header) {
+    return absl::InvalidArgumentError(absl::StrCat("session_id '", field, "' and x-session-id metadata '", header,
+                                                   "' disagree"));
+  }
+  if (field.empty() && header.empty()) {
+    return absl::InvalidArgumentError("no session: set session_id or the x-session-id metadata");
+  }
+  return field.empty() ? header : field;
+}
+
+std::string LmService::TokenText(int32_t id) const {
+  const Tokenizer* t = tokenizer();
+  return t == nullptr ? std::string() : t->TokenText(id);
+}
+
+absl::Status LmService::CheckIds(absl::Span<const int32_t> ids) const {
+  const int64_t vocab = model_->config().vocab_size;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", ids[i], " (index ", i, " of the chunk) is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LmService::Encode(std::string* text, bool final, std::vector<int32_t>* out) const {
+  const Tokenizer* t = tokenizer();
+  if (t == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("this model takes token ids, not text (", tokenizer_status_.message(), ")"));
+  }
+  const size_t n = final ? text->size() : t->StableByteCount(*text);
+  if (n == 0) return absl::OkStatus();
+  absl::StatusOr<std::vector<int32_t>> ids = t->Encode(std::string_view(*text).substr(0, n));
+  if (!ids.ok()) return absl::InvalidArgumentError(ids.status().message());
+  out->insert(out->end(), ids->begin(), ids->end());
+  text->erase(0, n);
+  return absl::OkStatus();
+}
+
+void LmService::RecordConsumed(Session* session, absl::Span<const int32_t> ids) const {
+  // Keep the ids of the tokens the pool can still hold, plus one segment, for explanations.
+  session->recent_ids.insert(session->recent_ids.end(), ids.begin(), ids.end());
+  const size_t keep = static_cast<size_t>(session->stream->capacity()) + options_.limits.max_segment_len;
+  while (session->recent_ids.size() > keep) {
+    session->recent_ids.pop_front();
+    ++session->recent_first;
+  }
+}
+
+grpc::ServerUnaryReactor* LmService::GetModelInfo(grpc::CallbackServerContext* ctx, const v1::GetModelInfoRequest*,
+                                                  v1::ModelInfo* resp) {
+  UnaryDone done(this, ctx, "GetModelInfo");
+  const ModelConfig& c = model_->config();
+  resp->set_model_dir(options_.model_dir);
+  resp->set_n_layer(c.n_layer);
+  resp->set_d_model(c.d_model);
+  resp->set_n_head(c.n_head);
+  resp->set_d_head(c.d_head);
+  resp->set_vocab_size(c.vocab_size);
+  resp->set_tokenizer(tokenizer() ? std::string(tokenizer()->type()) : "none");
+  ToProto(options_.defaults.memory, resp->mutable_default_memory());
+  resp->set_default_segment_len(options_.defaults.segment_len);
+  resp->set_max_segment_len(options_.limits.max_segment_len);
+  resp->set_max_mem_len(options_.limits.max_mem_len);
+  resp->set_device("cpu");
+  return done.Finish(absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* LmService::CreateSession(grpc::CallbackServerContext* ctx,
+                                                   const v1::CreateSessionRequest* req, v1::Session* resp) {
+  UnaryDone done(this, ctx, "CreateSession");
+  if (draining_) return done.Finish(absl::UnavailableError("the server is shutting down"));
+  std::string id = req->session_id();
+  if (id.empty()) {
+    const auto& md = ctx->client_metadata();
+    if (auto it = md.find(kSessionHeader); it != md.end()) id.assign(it->second.data(), it->second.size());
+  }
+  absl::StatusOr<TramsSettings> memory = SettingsFrom(req->memory(), options_.defaults.memory, model_->config());
+  if (!memory.ok()) return done.Finish(memory.status());
+  const int segment_len = req->has_segment_len() ? req->segment_len() : options_.defaults.segment_len;
+  absl::StatusOr<SessionSnapshot> s = sessions_->Create(id, *memory, segment_len);
+  if (!s.ok()) return done.Finish(s.status());
+  ToProto(*s, resp);
+  return done.Finish(absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* LmService::GetSession(grpc::CallbackServerContext* ctx, const v1::GetSessionRequest* req,
+                                                v1::Session* resp) {
+  UnaryDone done(this, ctx, "GetSession");
+  absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
+  if (!id.ok()) return done.Finish(id.status());
+  absl::StatusOr<SessionSnapshot> s = sessions_->Get(*id);
+  if (!s.ok()) return done.Finish(s.status());
+  ToProto(*s, resp);
+  return done.Finish(absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* LmService::ListSessions(grpc::CallbackServerContext* ctx, const v1::ListSessionsRequest*,
+                                                  v1::ListSessionsResponse* resp) {
+  UnaryDone done(this, ctx, "ListSessions");
+  for (const SessionSnapshot& s : sessions_->List()) ToProto(s, resp->add_sessions());
+  return done.Finish(absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* LmService::DeleteSession(grpc::CallbackServerContext* ctx,
+                                                   const v1::DeleteSessionRequest* req, v1::DeleteSessionResponse*) {
+  UnaryDone done(this, ctx, "DeleteSession");
+  absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
+  if (!id.ok()) return done.Finish(id.status());
+  return done.Finish(sessions_->Delete(*id));
+}
+
+grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContext* ctx,
+                                                      const v1::ExplainSelectionRequest* req,
+                                                      v1::ExplainSelectionResponse* resp) {
+  auto done = std::make_shared<UnaryDone>(this, ctx, "ExplainSelection");
+  absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
+  if (!id.ok()) return done->Finish(id.status());
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  // Taken like a call so that it reads a settled session (after the running call, if any).
+  sessions_->Acquire(*id, [this, done, resp](absl::StatusOr<std::shared_ptr<Session>> s) {
+    if (!s.ok()) {
+      done->Finish(s.status());
+      return;
+    }
+    Session& session = **s;
+    const SelectionRecord& rec = session.last_selection;
+    absl::Status status;
+    if (rec.segment_start < 0) {
+      status = absl::FailedPreconditionError(
+          absl::StrCat("session '", session.id, "' has not run a segment yet: score or generate first"));
+    } else {
+      resp->set_segment_start(rec.segment_start);
+      resp->set_segment_len(rec.segment_len);
+      const StreamState& stream = *session.stream;
+      const int64_t pool_first = stream.position() - stream.size();
+      for (size_t l = 0; l < rec.selected.size(); ++l) {
+        v1::LayerSelection* layer = resp->add_layers();
+        layer->set_layer(static_cast<int>(l));
+        layer->set_recent_from(rec.recent_from);
+        const std::vector<float>& scores = stream.layer(static_cast<int>(l)).scores;
+        for (size_t h = 0; h < rec.selected[l].size(); ++h) {
+          if (rec.selected[l][h].empty()) continue;
+          v1::HeadSelection* head = layer->add_heads();
+          head->set_head(static_cast<int>(h));
+          for (int64_t pos : rec.selected[l][h]) {
+            v1::SelectedToken* t = head->add_selected();
+            t->set_position(pos);
+            const int64_t k = pos - session.recent_first;
+            if (k >= 0 && k < static_cast<int64_t>(session.recent_ids.size())) {
+              t->set_id(session.recent_ids[k]);
+              t->set_text(TokenText(session.recent_ids[k]));
+            }
+            const int64_t pool_index = pos - pool_first;
+            if (!scores.empty() && pool_index >= 0 && pool_index < stream.size()) {
+              t->set_score(scores[static_cast<size_t>(stream.RingRow(static_cast<int>(pool_index))) *
+                                      model_->config().n_head + h]);
+            }
+          }
+        }
+      }
+    }
+    sessions_->Release(*s);
+    done->Finish(status);
+  }, /*reserve_undo=*/false);
+  return reactor;
+}
+
+}  // namespace trams

@@ -1,0 +1,179 @@
+// trams-server: flags, start-up, graceful shutdown. Everything else lives in the other server/ files.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "server/lm_service.h"
+#include "server/log.h"
+#include "server/metrics.h"
+
+ABSL_FLAG(std::string, model, "", "model directory (config.json, model.safetensors, tokenizer.json)");
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address (port 0: pick one)");
+ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464", "Prometheus /metrics address (empty: off)");
+ABSL_FLAG(std::string, port_file, "", "write '<grpc port> <metrics port>' here once serving");
+ABSL_FLAG(int, threads, 0, "engine threads (0: one per core)");
+ABSL_FLAG(int, drain_seconds, 10, "on SIGTERM: seconds in-flight calls get to finish");
+ABSL_FLAG(int, max_sessions, 1024, "most sessions held at once");
+ABSL_FLAG(int64_t, memory_budget_mb, 4096, "session memory budget (pools + undo logs of running calls), MiB");
+ABSL_FLAG(std::string, evict, "lru", "when full: lru (evict the least recently used idle session) | refuse");
+ABSL_FLAG(int, idle_ttl_seconds, 3600, "sessions idle this long are removed (0: never)");
+ABSL_FLAG(int, max_mem_len, 4096, "largest mem_len a session may ask for");
+ABSL_FLAG(int, max_segment_len, 512, "largest segment_len a session may ask for");
+ABSL_FLAG(std::string, mode, "trams", "default memory mode: trams | xl | none");
+ABSL_FLAG(int, mem_len, 400, "default M");
+ABSL_FLAG(int, topk, 50, "default TRAMS topk");
+ABSL_FLAG(int, remain, 150, "default TRAMS remain");
+ABSL_FLAG(std::string, layers, "", "default TRAMS layers, comma separated (empty: all)");
+ABSL_FLAG(std::string, metric, "code", "default TRAMS metric: code | paper");
+ABSL_FLAG(int, segment_len, 64, "default tokens per segment when scoring");
+ABSL_FLAG(int, max_batch, 64, "most sessions per engine forward");
+ABSL_FLAG(int, max_queue, 1024, "most queued segments before new work is refused");
+ABSL_FLAG(int, batch_wait_us, 300, "how long a forward waits for more busy sessions to join its batch");
+
+namespace trams {
+namespace {
+
+absl::StatusOr<ServerOptions> OptionsFromFlags(const ModelConfig& config) {
+  ServerOptions o;
+  o.model_dir = absl::GetFlag(FLAGS_model);
+  o.listen = absl::GetFlag(FLAGS_listen);
+  o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  o.port_file = absl::GetFlag(FLAGS_port_file);
+  o.engine_threads = absl::GetFlag(FLAGS_threads);
+  o.drain_seconds = absl::GetFlag(FLAGS_drain_seconds);
+  o.limits.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  o.limits.memory_budget_bytes = absl::GetFlag(FLAGS_memory_budget_mb) << 20;
+  const std::string evict = absl::GetFlag(FLAGS_evict);
+  if (evict == "refuse") {
+    o.limits.eviction = EvictionPolicy::kRefuse;
+  } else if (evict != "lru") {
+    return absl::InvalidArgumentError(absl::StrCat("--evict must be lru or refuse, got '", evict, "'"));
+  }
+  o.limits.idle_ttl_seconds = absl::GetFlag(FLAGS_idle_ttl_seconds);
+  o.limits.max_mem_len = absl::GetFlag(FLAGS_max_mem_len);
+  o.limits.max_segment_len = absl::GetFlag(FLAGS_max_segment_len);
+  std::vector<int> layers;
+  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_layers), ',', absl::SkipEmpty())) {
+    int layer;
+    if (!absl::SimpleAtoi(part, &layer)) return absl::InvalidArgumentError(absl::StrCat("--layers: bad '", part, "'"));
+    layers.push_back(layer);
+  }
+  absl::StatusOr<TramsSettings> memory =
+      MakeTramsSettings(absl::GetFlag(FLAGS_mode), absl::GetFlag(FLAGS_mem_len), -1, absl::GetFlag(FLAGS_topk),
+                        absl::GetFlag(FLAGS_remain), layers, absl::GetFlag(FLAGS_metric), config);
+  if (!memory.ok()) return memory.status();
+  o.defaults.memory = *memory;
+  o.defaults.segment_len = absl::GetFlag(FLAGS_segment_len);
+  if (o.defaults.segment_len < 1 || o.defaults.segment_len > o.limits.max_segment_len) {
+    return absl::InvalidArgumentError("--segment_len must be in [1, --max_segment_len]");
+  }
+  o.scheduler.max_batch = std::max(1, absl::GetFlag(FLAGS_max_batch));
+  o.scheduler.max_queue = std::max(1, absl::GetFlag(FLAGS_max_queue));
+  o.scheduler.batch_wait_us = std::max(0, absl::GetFlag(FLAGS_batch_wait_us));
+  return o;
+}
+
+int Run() {
+  // Signals are taken by one thread with sigwait; block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  if (model_dir.empty()) {
+    LogError("--model is required");
+    return 2;
+  }
+  EngineOptions engine_options;
+  engine_options.threads = absl::GetFlag(FLAGS_threads);
+  auto model = TransformerXL::Load(model_dir, engine_options);
+  if (!model.ok()) {
+    LogError("cannot load the model", {{"model", model_dir}, {"error", std::string(model.status().message())}});
+    return 1;
+  }
+  absl::StatusOr<ServerOptions> options = OptionsFromFlags((*model)->config());
+  if (!options.ok()) {
+    LogError("bad flags", {{"error", std::string(options.status().message())}});
+    return 2;
+  }
+  auto tokenizer = Tokenizer::Load(model_dir, (*model)->config().vocab_size);
+  if (!tokenizer.ok()) {
+    LogInfo("the model has no usable tokenizer: clients must send token ids",
+            {{"reason", std::string(tokenizer.status().message())}});
+  }
+  LogInfo("no GPU backend in this build: running on the host");
+
+  Metrics metrics;
+  int metrics_port = 0;
+  if (!options->metrics_listen.empty()) metrics_port = metrics.Serve(options->metrics_listen);
+  SessionManager sessions(model->get(), options->limits, &metrics);
+  Scheduler scheduler(model->get(), options->scheduler, &metrics);
+  LmService service(model->get(), std::move(tokenizer), &sessions, &scheduler, &metrics, *options);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int grpc_port = 0;
+  builder.AddListeningPort(options->listen, grpc::InsecureServerCredentials(), &grpc_port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options->requests.max_chunk_bytes + (1 << 20)));
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || grpc_port == 0) {
+    LogError("cannot listen", {{"address", options->listen}});
+    return 1;
+  }
+  server->GetHealthCheckService()->SetServingStatus("trams.v1.TramsService", true);
+  if (!options->port_file.empty()) {
+    std::ofstream(options->port_file + ".tmp") << grpc_port << " " << metrics_port << "\n";
+    std::rename((options->port_file + ".tmp").c_str(), options->port_file.c_str());
+  }
+  LogInfo("serving", {{"model", model_dir},
+                      {"grpc_port", std::to_string(grpc_port)},
+                      {"metrics_port", std::to_string(metrics_port)},
+                      {"default_mode", std::string(MemoryModeName(options->defaults.memory.mode))}});
+
+  // Idle expiry, once a second.
+  std::atomic<bool> stop{false};
+  std::thread reaper([&] {
+    while (!stop.load()) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      const int n = sessions.ExpireIdle();
+      if (n > 0) LogInfo("expired idle sessions", {{"count", std::to_string(n)}});
+    }
+  });
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  LogInfo("draining", {{"signal", std::to_string(sig)}, {"running_calls", std::to_string(service.running_calls())}});
+  service.StartDraining();
+  server->GetHealthCheckService()->SetServingStatus(false);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(options->drain_seconds));
+  scheduler.Stop();
+  stop = true;
+  reaper.join();
+  LogInfo("stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace trams
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("trams-server --model DIR [--listen ADDR] [--metrics_listen ADDR] ...");
+  absl::ParseCommandLine(argc, argv);
+  return trams::Run();
+}

@@ -1,0 +1,135 @@
+#include "server/metrics.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+namespace trams {
+namespace {
+
+prometheus::Histogram::BucketBoundaries LatencyBuckets() {
+  return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
+}
+
+}  // namespace
+
+Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
+  using namespace prometheus;
+  request_latency_ = &BuildHistogram()
+                          .Name("trams_request_duration_seconds")
+                          .Help("RPC latency from call start to finish, by method and gRPC status code")
+                          .Register(*registry_);
+  queue_wait_ = &BuildHistogram()
+                     .Name("trams_queue_wait_seconds")
+                     .Help("Time a segment waits in the scheduler queue before its forward starts")
+                     .Register(*registry_)
+                     .Add({}, LatencyBuckets());
+  queue_length_ = &BuildGauge()
+                       .Name("trams_queue_length")
+                       .Help("Segments waiting for the engine")
+                       .Register(*registry_)
+                       .Add({});
+  batch_size_ = &BuildHistogram()
+                     .Name("trams_batch_size")
+                     .Help("Segments (sessions) per engine forward")
+                     .Register(*registry_)
+                     .Add({}, Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128});
+  forward_seconds_ = &BuildHistogram()
+                          .Name("trams_forward_seconds")
+                          .Help("Wall time of one batched engine forward")
+                          .Register(*registry_)
+                          .Add({}, LatencyBuckets());
+  tokens_scored_ = &BuildCounter()
+                        .Name("trams_tokens_scored_total")
+                        .Help("Tokens given a log-probability by Score")
+                        .Register(*registry_)
+                        .Add({});
+  tokens_generated_ = &BuildCounter()
+                           .Name("trams_tokens_generated_total")
+                           .Help("Tokens sampled by Generate")
+                           .Register(*registry_)
+                           .Add({});
+  ttft_ = &BuildHistogram()
+               .Name("trams_generate_time_to_first_token_seconds")
+               .Help("Generate: call start to the first token written")
+               .Register(*registry_)
+               .Add({}, LatencyBuckets());
+  inter_token_ = &BuildHistogram()
+                      .Name("trams_generate_inter_token_seconds")
+                      .Help("Generate: time between consecutive tokens")
+                      .Register(*registry_)
+                      .Add({}, LatencyBuckets());
+  sessions_active_ = &BuildGauge().Name("trams_sessions_active").Help("Sessions held").Register(*registry_).Add({});
+  sessions_created_ = &BuildCounter()
+                           .Name("trams_sessions_created_total")
+                           .Help("Sessions created")
+                           .Register(*registry_)
+                           .Add({});
+  sessions_evicted_ = &BuildCounter()
+                           .Name("trams_sessions_evicted_total")
+                           .Help("Sessions removed by the server, by reason (memory_budget, max_sessions, idle_ttl)")
+                           .Register(*registry_);
+  memory_in_use_ = &BuildGauge()
+                        .Name("trams_memory_budget_used_bytes")
+                        .Help("Bytes counted against the session memory budget (pools + undo reservations)")
+                        .Register(*registry_)
+                        .Add({});
+  pool_bytes_ = &BuildGauge()
+                     .Name("trams_pool_bytes")
+                     .Help("Bytes of session memory pools, by device")
+                     .Register(*registry_);
+  auto& share = BuildHistogram()
+                    .Name("trams_attention_memory_share_ratio")
+                    .Help("Sampled: attention probability on m memory tokens over the full pool; "
+                          "selection=trams is what TRAMS attends, selection=recent is XL's newest m")
+                    .Register(*registry_);
+  Histogram::BucketBoundaries ratio{0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0};
+  selected_share_ = &share.Add({{"selection", "trams"}}, ratio);
+  recent_share_ = &share.Add({{"selection", "recent"}}, ratio);
+}
+
+Metrics::~Metrics() = default;
+
+int Metrics::Serve(const std::string& address) {
+  exposer_ = std::make_unique<prometheus::Exposer>(address);
+  exposer_->RegisterCollectable(registry_);
+  const auto ports = exposer_->GetListeningPorts();
+  return ports.empty() ? 0 : ports.front();
+}
+
+void Metrics::RequestDone(const std::string& method, const std::string& code, double seconds) {
+  prometheus::Histogram* h;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& slot = request_children_[{method, code}];
+    if (slot == nullptr) slot = &request_latency_->Add({{"method", method}, {"code", code}}, LatencyBuckets());
+    h = slot;
+  }
+  h->Observe(seconds);
+}
+
+void Metrics::QueueWait(double seconds) { queue_wait_->Observe(seconds); }
+void Metrics::QueueLength(int64_t n) { queue_length_->Set(static_cast<double>(n)); }
+void Metrics::BatchSize(int64_t n) { batch_size_->Observe(static_cast<double>(n)); }
+void Metrics::ForwardSeconds(double seconds) { forward_seconds_->Observe(seconds); }
+void Metrics::TokensScored(int64_t n) { tokens_scored_->Increment(static_cast<double>(n)); }
+void Metrics::TokensGenerated(int64_t n) { tokens_generated_->Increment(static_cast<double>(n)); }
+void Metrics::TimeToFirstToken(double seconds) { ttft_->Observe(seconds); }
+void Metrics::InterTokenLatency(double seconds) { inter_token_->Observe(seconds); }
+void Metrics::SessionCreated() { sessions_created_->Increment(); }
+void Metrics::SessionEvicted(const std::string& reason) { sessions_evicted_->Add({{"reason", reason}}).Increment(); }
+void Metrics::SetSessions(int64_t count, int64_t bytes_in_use) {
+  sessions_active_->Set(static_cast<double>(count));
+  memory_in_use_->Set(static_cast<double>(bytes_in_use));
+}
+void Metrics::SetPoolBytes(const std::string& device, int64_t bytes) {
+  pool_bytes_->Add({{"device", device}}).Set(static_cast<double>(bytes));
+}
+void Metrics::SelectionShare(double selected_share, double recent_share) {
+  selected_share_->Observe(selected_share);
+  recent_share_->Observe(recent_share);
+}
+
+}  // namespace trams

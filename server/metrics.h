@@ -1,0 +1,71 @@
+// Prometheus metrics of trams-server: families built once, typed record methods, pull exposer on its
+// own port. Names are trams_* with unit suffixes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <map>
+
+namespace prometheus {
+class Exposer;
+class Registry;
+class Counter;
+class Gauge;
+class Histogram;
+template <typename T>
+class Family;
+}  // namespace prometheus
+
+namespace trams {
+
+class Metrics {
+ public:
+  Metrics();
+  ~Metrics();
+
+  // Serves /metrics on `address` ("host:port"; port 0 picks one). Returns the bound port.
+  int Serve(const std::string& address);
+
+  void RequestDone(const std::string& method, const std::string& code, double seconds);
+  void QueueWait(double seconds);
+  void QueueLength(int64_t n);
+  void BatchSize(int64_t n);
+  void ForwardSeconds(double seconds);
+  void TokensScored(int64_t n);
+  void TokensGenerated(int64_t n);
+  void TimeToFirstToken(double seconds);
+  void InterTokenLatency(double seconds);
+  void SessionCreated();
+  void SessionEvicted(const std::string& reason);
+  void SetSessions(int64_t count, int64_t bytes_in_use);
+  void SetPoolBytes(const std::string& device, int64_t bytes);
+  // Sampled TRAMS statistics: attention probability on the attended memory tokens, and the share
+  // plain XL's most recent m tokens would have received, both over the full pool.
+  void SelectionShare(double selected_share, double recent_share);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  prometheus::Family<prometheus::Histogram>* request_latency_;
+  prometheus::Histogram* queue_wait_;
+  prometheus::Gauge* queue_length_;
+  prometheus::Histogram* batch_size_;
+  prometheus::Histogram* forward_seconds_;
+  prometheus::Counter* tokens_scored_;
+  prometheus::Counter* tokens_generated_;
+  prometheus::Histogram* ttft_;
+  prometheus::Histogram* inter_token_;
+  prometheus::Gauge* sessions_active_;
+  prometheus::Counter* sessions_created_;
+  prometheus::Family<prometheus::Counter>* sessions_evicted_;
+  prometheus::Gauge* memory_in_use_;
+  prometheus::Family<prometheus::Gauge>* pool_bytes_;
+  prometheus::Histogram* selected_share_;
+  prometheus::Histogram* recent_share_;
+  std::mutex mu_;  // guards the label caches below
+  std::map<std::pair<std::string, std::string>, prometheus::Histogram*> request_children_;
+};
+
+}  // namespace trams

@@ -1,0 +1,61 @@
+// The scheduler: a bounded queue of segments and one engine worker thread that batches them
+// (continuous batching across sessions: whatever is ready when a forward starts runs together, at most
+// one segment per session, in arrival order, so no session starves).
+//
+// Contract: a job's `stream` belongs to the submitting call until `done` runs (on the worker thread);
+// the call submits its next segment only after that, so a session never has two jobs queued.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/transformer_xl.h"
+#include "server/server_options.h"
+
+namespace trams {
+
+class Metrics;
+
+struct SegmentJob {
+  StreamState* stream = nullptr;
+  std::vector<int32_t> tokens;  // empty: only the next-token distribution (options.next_distribution)
+  OutputOptions options;
+  std::function<void(absl::StatusOr<SegmentOutput>)> done;
+  std::chrono::steady_clock::time_point enqueued;
+};
+
+class Scheduler {
+ public:
+  Scheduler(TransformerXL* model, const SchedulerOptions& options, Metrics* metrics);
+  ~Scheduler();  // stops after the queued jobs ran
+
+  // RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE once stopping.
+  absl::Status Submit(SegmentJob job);
+  // Finishes queued jobs, then joins the worker.
+  void Stop();
+  // Calls with work in flight (the worker waits briefly for them to join a batch).
+  void AddActiveCall();
+  void RemoveActiveCall();
+
+ private:
+  void Run();
+  void RunBatch(std::vector<SegmentJob>& batch);
+
+  TransformerXL* model_;
+  SchedulerOptions options_;
+  Metrics* metrics_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<SegmentJob> queue_;
+  int active_calls_ = 0;
+  bool stopping_ = false;
+  std::thread worker_;
+};
+
+}  // namespace trams

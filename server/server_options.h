@@ -1,0 +1,56 @@
+// Options of trams-server, grouped; defaults inline. Filled from flags in main.cc.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "engine/trams_selector.h"
+
+namespace trams {
+
+enum class EvictionPolicy {
+  kLeastRecentlyUsed,  // make room by evicting idle sessions, oldest use first (the next caller is told)
+  kRefuse,             // answer RESOURCE_EXHAUSTED
+};
+
+struct SessionLimits {
+  int max_sessions = 1024;
+  int64_t memory_budget_bytes = int64_t{4} << 30;  // pools + undo logs of running calls
+  EvictionPolicy eviction = EvictionPolicy::kLeastRecentlyUsed;
+  int idle_ttl_seconds = 3600;  // 0: never expire
+  int max_mem_len = 4096;
+  int max_segment_len = 512;
+};
+
+struct SessionDefaults {
+  TramsSettings memory = TramsSettings::Trams(400, 50, 150);
+  int segment_len = 64;
+};
+
+struct SchedulerOptions {
+  int max_batch = 64;      // segments (one per session) per engine forward
+  int max_queue = 1024;    // queued segments before new work is refused
+  int batch_wait_us = 300; // how long the worker waits for more ready sessions to join a batch
+};
+
+struct RequestLimits {
+  int max_alternatives = 20;
+  int max_generate_tokens = 4096;
+  int64_t max_chunk_bytes = 4 << 20;
+  int max_stop_strings = 16;
+};
+
+struct ServerOptions {
+  std::string model_dir;
+  std::string listen = "0.0.0.0:50051";
+  std::string metrics_listen = "0.0.0.0:9464";  // empty: no metrics endpoint
+  std::string port_file;                          // written after start: "<grpc port> <metrics port>"
+  int engine_threads = 0;                         // 0: one per core
+  int drain_seconds = 10;                         // graceful shutdown deadline
+  SessionLimits limits;
+  SessionDefaults defaults;
+  SchedulerOptions scheduler;
+  RequestLimits requests;
+};
+
+}  // namespace trams

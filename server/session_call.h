@@ -1,0 +1,242 @@
+// Machinery shared by the Score and Generate reactors: taking the session, the transaction, one job
+// in flight at a time, an ordered write queue, and ending the call exactly once (commit on OK, roll
+// back otherwise, release the session, then Finish). Every event decides its actions under the mutex
+// and performs them outside it (gRPC may run the next reaction inline); Finish is issued only when no
+// other event is still performing, since OnDone deletes the reactor.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "server/lm_service.h"
+#include "server/metrics.h"
+#include "server/scheduler.h"
+#include "server/status_convert.h"
+
+namespace trams {
+
+template <class Response>
+struct CallActions {
+  bool read = false;
+  const Response* write = nullptr;
+  std::optional<SegmentJob> submit;
+  std::shared_ptr<Session> release;
+  bool remove_active = false;
+  std::optional<std::string> acquire;
+};
+
+template <class Reactor, class Response>
+class SessionCall : public Reactor {
+ protected:
+  using Actions = CallActions<Response>;
+
+  SessionCall(LmService* svc, const char* method) : svc_(svc), method_(method), start_(Clock::now()) {
+    svc_->CallStarted();
+  }
+  ~SessionCall() override { svc_->CallEnded(); }
+
+  // Hooks for the concrete call (mutex held).
+  virtual void OnSessionTaken(Actions& a) = 0;        // the session is ours and the transaction open
+  virtual void OnJobDone(SegmentOutput out, Actions& a) = 0;
+  virtual void OnCommit(Session& session) = 0;         // apply call totals to the session
+
+  // Ends the call with `status` once nothing is in flight. First decision wins.
+  void EndWith(const absl::Status& status) {
+    if (end_.has_value()) return;
+    end_ = status;
+    if (!status.ok()) {
+      while (writes_.size() > (write_in_flight_ ? 1u : 0u)) writes_.pop_back();  // void after a failure
+    }
+  }
+  bool ending() const { return end_.has_value(); }
+
+  void Write(Response r, Actions& a) {
+    writes_.push_back(std::move(r));
+    if (!write_in_flight_) {
+      write_in_flight_ = true;
+      a.write = &writes_.front();
+    }
+  }
+
+  void Submit(std::vector<int32_t> tokens, const OutputOptions& options, Actions& a) {
+    SegmentJob job;
+    job.stream = session_->stream.get();
+    job.tokens = std::move(tokens);
+    job.options = options;
+    job.done = [this](absl::StatusOr<SegmentOutput> r) { JobDone(std::move(r)); };
+    job_in_flight_ = true;
+    a.submit = std::move(job);
+  }
+
+  void StartAcquire(const std::string& id, Actions& a) {
+    acquiring_ = true;
+    a.acquire = id;
+  }
+
+  // Decides what follows the current state (mutex held).
+  void MaybeFinish(Actions& a) {
+    if (!end_.has_value() || finished_ || job_in_flight_ || write_in_flight_ || acquiring_) return;
+    finished_ = true;
+    if (session_) {
+      if (end_->ok()) {
+        session_->stream->Commit();
+        OnCommit(*session_);
+      } else {
+        session_->stream->Rollback();
+      }
+      a.release = session_;
+      a.remove_active = true;
+    }
+    finish_status_ = ToGrpcStatus(*end_);
+    if (svc_->metrics()) {
+      svc_->metrics()->RequestDone(method_, absl::StatusCodeToString(end_->code()),
+                                   std::chrono::duration<double>(Clock::now() - start_).count());
+    }
+  }
+
+  // Call with the mutex held at the end of every event; then call Perform(a) without it.
+  void BeginPerform() { ++performing_; }
+
+  void Perform(Actions& a) {
+    if (a.acquire) {
+      svc_->sessions()->Acquire(*a.acquire, [this](absl::StatusOr<std::shared_ptr<Session>> r) { Taken(std::move(r)); });
+    }
+    if (a.submit) {
+      absl::Status s = svc_->scheduler()->Submit(std::move(*a.submit));
+      if (!s.ok()) {
+        Actions next;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          job_in_flight_ = false;
+          EndWith(s);
+          MaybeFinish(next);
+          BeginPerform();
+        }
+        Perform(next);
+      }
+    }
+    if (a.read) StartReadHook();
+    if (a.write) this->StartWrite(a.write);
+    if (a.release) svc_->sessions()->Release(a.release);
+    if (a.remove_active) svc_->scheduler()->RemoveActiveCall();
+    std::optional<grpc::Status> finish;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--performing_ == 0 && finish_status_.has_value() && !finish_issued_) {
+        finish_issued_ = true;
+        finish = finish_status_;
+      }
+    }
+    if (finish) this->Finish(*finish);  // may delete this (OnDone): nothing after it
+  }
+
+  virtual void StartReadHook() {}
+
+  void OnWriteDone(bool ok) override {
+    Actions a;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      write_in_flight_ = false;
+      writes_.pop_front();
+      if (!ok) {
+        EndWith(absl::CancelledError("the client went away"));
+      } else if (!writes_.empty()) {
+        write_in_flight_ = true;
+        a.write = &writes_.front();
+      }
+      AfterEvent(a);
+      BeginPerform();
+    }
+    Perform(a);
+  }
+
+  void OnCancel() override {
+    Actions a;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      EndWith(absl::CancelledError("the call was cancelled (client cancel or deadline); the session is unchanged"));
+      MaybeFinish(a);
+      BeginPerform();
+    }
+    Perform(a);
+  }
+
+  void OnDone() override { delete this; }
+
+  // After any event: continue the work or finish (mutex held).
+  virtual void AfterEvent(Actions& a) = 0;
+
+  LmService* svc_;
+  const char* method_;
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point start_;
+  std::mutex mu_;
+  std::shared_ptr<Session> session_;
+  std::optional<int64_t> expected_position_;
+
+ private:
+  void Taken(absl::StatusOr<std::shared_ptr<Session>> r) {
+    Actions a;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      acquiring_ = false;
+      if (!r.ok()) {
+        EndWith(r.status());
+      } else if (end_.has_value()) {
+        a.release = *r;  // ended while waiting: give it back untouched
+      } else {
+        session_ = *r;
+        const int64_t at = session_->stream->position();
+        if (expected_position_.has_value() && *expected_position_ != at) {
+          EndWith(absl::FailedPreconditionError(absl::StrCat("session '", session_->id, "' is at position ", at,
+                                                             ", not the expected ", *expected_position_)));
+          a.release = session_;
+          session_.reset();
+        } else {
+          session_->stream->BeginTransaction();
+          svc_->scheduler()->AddActiveCall();
+          OnSessionTaken(a);
+        }
+      }
+      AfterEvent(a);
+      BeginPerform();
+    }
+    Perform(a);
+  }
+
+  void JobDone(absl::StatusOr<SegmentOutput> r) {
+    Actions a;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job_in_flight_ = false;
+      if (!end_.has_value()) {
+        if (r.ok()) {
+          OnJobDone(std::move(*r), a);
+        } else {
+          EndWith(r.status());
+        }
+      }
+      AfterEvent(a);
+      BeginPerform();
+    }
+    Perform(a);
+  }
+
+  std::optional<absl::Status> end_;
+  std::optional<grpc::Status> finish_status_;
+  int performing_ = 0;
+  bool finish_issued_ = false;
+  bool finished_ = false;
+  bool acquiring_ = false;
+  std::deque<Response> writes_;
+
+ protected:
+  bool job_in_flight_ = false;
+  bool write_in_flight_ = false;
+};
+
+}  // namespace trams

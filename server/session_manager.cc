@@ -1,0 +1,266 @@
+#include "server/session_manager.h"
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "server/metrics.h"
+
+namespace trams {
+namespace {
+
+constexpr size_t kMaxTombstones = 10000;
+
+bool ValidId(const std::string& id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == ':' || c == '-')) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+SessionManager::SessionManager(const TransformerXL* model, const SessionLimits& limits, Metrics* metrics)
+    : model_(model), limits_(limits), metrics_(metrics) {}
+
+absl::Status SessionManager::NotFound(const std::string& id) const {
+  auto it = tombstones_.find(id);
+  if (it != tombstones_.end()) {
+    return absl::NotFoundError(absl::StrCat("session '", id, "' no longer exists: ", it->second));
+  }
+  return absl::NotFoundError(absl::StrCat("session '", id, "' does not exist"));
+}
+
+void SessionManager::Remove(const std::shared_ptr<Session>& s, const std::string& reason) {
+  s->removed = true;
+  if (!s->busy) idle_lru_.erase(s->lru);
+  bytes_in_use_ -= s->pool_bytes;
+  pool_bytes_ -= s->pool_bytes;
+  sessions_.erase(s->id);
+  if (!reason.empty()) {
+    tombstones_[s->id] = reason;
+    tombstone_order_.push_back(s->id);
+    if (tombstone_order_.size() > kMaxTombstones) {
+      tombstones_.erase(tombstone_order_.front());
+      tombstone_order_.pop_front();
+    }
+  }
+  PublishGauges();
+}
+
+absl::Status SessionManager::MakeRoom(int64_t bytes, bool new_session) {
+  auto fits = [&] {
+    return bytes_in_use_ + bytes <= limits_.memory_budget_bytes &&
+           (!new_session || static_cast<int>(sessions_.size()) < limits_.max_sessions);
+  };
+  if (fits()) return absl::OkStatus();
+  if (limits_.eviction == EvictionPolicy::kLeastRecentlyUsed) {
+    while (!fits() && !idle_lru_.empty()) {
+      const std::string victim = idle_lru_.front();
+      const bool for_memory = bytes_in_use_ + bytes > limits_.memory_budget_bytes;
+      const char* why = for_memory ? "memory_budget" : "max_sessions";
+      Remove(sessions_.at(victim), absl::StrCat("evicted (least recently used) to make room, reason ", why,
+                                               ", at unix ms ", NowMs()));
+      if (metrics_) metrics_->SessionEvicted(why);
+    }
+    if (fits()) return absl::OkStatus();
+  }
+  if (new_session && static_cast<int>(sessions_.size()) >= limits_.max_sessions) {
+    return absl::ResourceExhaustedError(absl::StrCat("the server holds its maximum of ", limits_.max_sessions,
+                                                     " sessions; delete one or retry later"));
+  }
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "memory budget exhausted: %d bytes needed, %d of %d in use%s", bytes, bytes_in_use_,
+      limits_.memory_budget_bytes,
+      limits_.eviction == EvictionPolicy::kRefuse ? " (eviction is off)" : ", and no idle session can be evicted"));
+}
+
+absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const TramsSettings& memory, int segment_len) {
+  if (memory.mem_len > limits_.max_mem_len) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("mem_len ", memory.mem_len, " is above this server's limit of ", limits_.max_mem_len));
+  }
+  if (segment_len <= 0 || segment_len > limits_.max_segment_len) {
+    return absl::InvalidArgumentError(absl::StrCat("segment_len must be in [1, ", limits_.max_segment_len,
+                                                   "], got ", segment_len));
+  }
+  absl::Status valid = memory.Validate(model_->config());
+  if (!valid.ok()) return valid;
+  const int64_t bytes = StreamState::BytesFor(model_->config(), memory);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (id.empty()) {
+    static std::mt19937_64 rng(std::random_device{}());
+    do {
+      id = absl::StrFormat("s-%016x", rng());
+    } while (sessions_.count(id));
+  } else if (!ValidId(id)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("session id '", id, "' is not valid: use 1-128 characters from [A-Za-z0-9._:-]"));
+  } else if (sessions_.count(id)) {
+    return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists"));
+  }
+  absl::Status room = MakeRoom(bytes, /*new_session=*/true);
+  if (!room.ok()) return room;
+  auto s = std::make_shared<Session>();
+  s->id = id;
+  s->stream = std::make_unique<StreamState>(model_->config(), memory);  // allocated only after the check
+  s->segment_len = segment_len;
+  s->created_ms = s->last_used_ms = NowMs();
+  s->pool_bytes = s->stream->bytes();
+  bytes_in_use_ += s->pool_bytes;
+  pool_bytes_ += s->pool_bytes;
+  idle_lru_.push_back(id);
+  s->lru = std::prev(idle_lru_.end());
+  sessions_[id] = s;
+  tombstones_.erase(id);
+  if (metrics_) metrics_->SessionCreated();
+  PublishGauges();
+  SessionSnapshot snap;
+  snap.id = id;
+  snap.memory = memory;
+  snap.segment_len = segment_len;
+  snap.pool_bytes = s->pool_bytes;
+  snap.created_ms = snap.last_used_ms = s->created_ms;
+  return snap;
+}
+
+namespace {
+SessionSnapshot Snapshot(const Session& s) {
+  SessionSnapshot snap;
+  snap.id = s.id;
+  snap.memory = s.stream->settings();
+  snap.segment_len = s.segment_len;
+  snap.pool_bytes = s.pool_bytes;
+  snap.created_ms = s.created_ms;
+  snap.last_used_ms = s.last_used_ms;
+  snap.busy = s.busy;
+  if (!s.busy) {  // a running call owns the counters; report them between calls only
+    snap.position = s.stream->position();
+    snap.pool_tokens = s.stream->size();
+    snap.tokens_scored = s.tokens_scored;
+    snap.nll_sum = s.nll_sum;
+  }
+  return snap;
+}
+}  // namespace
+
+absl::StatusOr<SessionSnapshot> SessionManager::Get(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return NotFound(id);
+  return Snapshot(*it->second);
+}
+
+std::vector<SessionSnapshot> SessionManager::List() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<SessionSnapshot> out;
+  for (const auto& [id, s] : sessions_) out.push_back(Snapshot(*s));
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  return out;
+}
+
+absl::Status SessionManager::Delete(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return NotFound(id);
+  if (it->second->busy) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session '", id, "' has a call running; delete it when the call ends (or cancel the call)"));
+  }
+  Remove(it->second, "");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<Session>> SessionManager::Take(const std::shared_ptr<Session>& s, bool reserve_undo) {
+  if (s->removed) return NotFound(s->id);
+  // A call may overwrite every live pool row: reserve room for its undo log first.
+  const int64_t undo = reserve_undo ? s->pool_bytes : 0;
+  s->busy = true;  // off the eviction list while making room
+  idle_lru_.erase(s->lru);
+  absl::Status room = MakeRoom(undo, /*new_session=*/false);
+  if (!room.ok()) {
+    s->busy = false;
+    idle_lru_.push_back(s->id);
+    s->lru = std::prev(idle_lru_.end());
+    return room;
+  }
+  bytes_in_use_ += undo;
+  s->undo_reserved = undo;
+  s->last_used_ms = NowMs();
+  PublishGauges();
+  return s;
+}
+
+void SessionManager::Acquire(const std::string& id, ReadyFn ready, bool reserve_undo) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = sessions_.find(id);
+  absl::StatusOr<std::shared_ptr<Session>> result = absl::UnknownError("");
+  if (it == sessions_.end()) {
+    result = NotFound(id);
+  } else if (it->second->busy) {
+    it->second->waiters.push_back({std::move(ready), reserve_undo});  // calls on one session run in order
+    return;
+  } else {
+    result = Take(it->second, reserve_undo);
+  }
+  lock.unlock();
+  ready(std::move(result));  // may start the call at once: never under the lock
+}
+
+void SessionManager::Release(const std::shared_ptr<Session>& s) {
+  std::unique_lock<std::mutex> lock(mu_);
+  bytes_in_use_ -= s->undo_reserved;
+  s->undo_reserved = 0;
+  s->busy = false;
+  s->last_used_ms = NowMs();
+  if (!s->removed) {
+    idle_lru_.push_back(s->id);
+    s->lru = std::prev(idle_lru_.end());
+  }
+  PublishGauges();
+  while (!s->waiters.empty()) {
+    Session::Waiter next = std::move(s->waiters.front());
+    s->waiters.pop_front();
+    absl::StatusOr<std::shared_ptr<Session>> r = Take(s, next.reserve_undo);
+    const bool taken = r.ok();
+    lock.unlock();
+    next.ready(std::move(r));
+    if (taken) return;  // the next call owns the session (and its remaining waiters)
+    lock.lock();
+  }
+}
+
+int SessionManager::ExpireIdle() {
+  if (limits_.idle_ttl_seconds <= 0) return 0;
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t cutoff = NowMs() - int64_t{1000} * limits_.idle_ttl_seconds;
+  int expired = 0;
+  while (!idle_lru_.empty()) {
+    auto s = sessions_.at(idle_lru_.front());
+    if (s->last_used_ms > cutoff) break;
+    Remove(s, absl::StrCat("expired after ", limits_.idle_ttl_seconds, " s idle, at unix ms ", NowMs()));
+    if (metrics_) metrics_->SessionEvicted("idle_ttl");
+    ++expired;
+  }
+  return expired;
+}
+
+int64_t SessionManager::bytes_in_use() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return bytes_in_use_;
+}
+
+void SessionManager::PublishGauges() {
+  if (metrics_) {
+    metrics_->SetSessions(static_cast<int64_t>(sessions_.size()), bytes_in_use_);
+    metrics_->SetPoolBytes("cpu", pool_bytes_);
+  }
+}
+
+}  // namespace trams

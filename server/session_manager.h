@@ -1,0 +1,120 @@
+// Sessions: id -> memory pool and counters, with a byte-exact memory budget checked before anything
+// is allocated, LRU eviction or refusal, idle expiry, and one call at a time per session (later calls
+// wait their turn, in order). Thread-safe.
+//
+// Ownership: a Session's `stream` and call state are touched only by the call that holds the session
+// (Acquire .. Release); everything else is guarded by the manager's mutex.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/transformer_xl.h"
+#include "server/server_options.h"
+
+namespace trams {
+
+class Metrics;
+
+// What the last segment attended (for ExplainSelection), in stream positions.
+struct SelectionRecord {
+  int64_t segment_start = -1;
+  int segment_len = 0;
+  int64_t recent_from = 0;
+  // [layer][head] -> stream positions of the selected tokens (empty: that layer did not select).
+  std::vector<std::vector<std::vector<int64_t>>> selected;
+};
+
+struct Session {
+  std::string id;
+  std::unique_ptr<StreamState> stream;
+  int segment_len = 0;
+  int64_t created_ms = 0;
+  int64_t last_used_ms = 0;
+  int64_t tokens_scored = 0;
+  double nll_sum = 0;
+  // Ids of the newest tokens, for explanations: recent_ids[i] is at position recent_first + i.
+  std::deque<int32_t> recent_ids;
+  int64_t recent_first = 0;
+  SelectionRecord last_selection;
+
+  // Guarded by the manager.
+  bool busy = false;
+  bool removed = false;
+  int64_t pool_bytes = 0;
+  int64_t undo_reserved = 0;
+  struct Waiter {
+    std::function<void(absl::StatusOr<std::shared_ptr<Session>>)> ready;
+    bool reserve_undo;
+  };
+  std::deque<Waiter> waiters;  // calls queued behind the running one
+  std::list<std::string>::iterator lru;  // position in the idle list (valid when !busy)
+};
+
+struct SessionSnapshot {  // a consistent copy for Get/List
+  std::string id;
+  TramsSettings memory;
+  int segment_len = 0;
+  int64_t position = 0;
+  int pool_tokens = 0;
+  int64_t pool_bytes = 0;
+  int64_t created_ms = 0;
+  int64_t last_used_ms = 0;
+  int64_t tokens_scored = 0;
+  double nll_sum = 0;
+  bool busy = false;
+};
+
+class SessionManager {
+ public:
+  SessionManager(const TransformerXL* model, const SessionLimits& limits, Metrics* metrics);
+
+  absl::StatusOr<SessionSnapshot> Create(std::string id, const TramsSettings& memory, int segment_len);
+  absl::StatusOr<SessionSnapshot> Get(const std::string& id);
+  std::vector<SessionSnapshot> List();
+  absl::Status Delete(const std::string& id);
+
+  // Takes the session for one call. `ready` runs once the session is free (at once, or later on the
+  // releasing thread) with the session or an error (NOT_FOUND, evicted, RESOURCE_EXHAUSTED for the undo
+  // reservation). The call must Release() what it acquired.
+  using ReadyFn = std::function<void(absl::StatusOr<std::shared_ptr<Session>>)>;
+  void Acquire(const std::string& id, ReadyFn ready, bool reserve_undo = true);
+  void Release(const std::shared_ptr<Session>& session);
+
+  // Evicts sessions idle longer than the TTL; returns how many.
+  int ExpireIdle();
+  int64_t bytes_in_use();
+
+ private:
+  absl::Status NotFound(const std::string& id) const;            // mu_ held
+  absl::Status MakeRoom(int64_t bytes, bool new_session);        // mu_ held
+  void Remove(const std::shared_ptr<Session>& s, const std::string& reason);  // mu_ held
+  absl::StatusOr<std::shared_ptr<Session>> Take(const std::shared_ptr<Session>& s, bool reserve_undo);  // mu_ held
+  void PublishGauges();                                          // mu_ held
+
+  const TransformerXL* model_;
+  SessionLimits limits_;
+  Metrics* metrics_;
+  std::mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<Session>> sessions_;
+  std::list<std::string> idle_lru_;  // idle sessions, least recently used first
+  std::map<std::string, std::string> tombstones_;  // evicted id -> why (bounded)
+  std::deque<std::string> tombstone_order_;
+  int64_t bytes_in_use_ = 0;   // pools + undo reservations
+  int64_t pool_bytes_ = 0;     // pools only
+  uint64_t next_id_ = 1;
+};
+
+int64_t NowMs();
+
+}  // namespace trams
