@@ -1,7 +1,4 @@
 // trams-server: flags, start-up, graceful shutdown. Everything else lives in the other server/ files.
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 
 #include <atomic>
@@ -15,9 +12,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "server/lm_service.h"
 #include "server/log.h"
-#include "server/metrics.h"
+#include "server/server_app.h"
 
 ABSL_FLAG(std::string, model, "", "model directory (config.json, model.safetensors, tokenizer.json)");
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address (port 0: pick one)");
@@ -98,45 +94,23 @@ int Run() {
     LogError("--model is required");
     return 2;
   }
-  EngineOptions engine_options;
-  engine_options.threads = absl::GetFlag(FLAGS_threads);
-  auto model = TransformerXL::Load(model_dir, engine_options);
-  if (!model.ok()) {
-    LogError("cannot load the model", {{"model", model_dir}, {"error", std::string(model.status().message())}});
+  auto config = LoadModelConfig(model_dir + "/config.json");
+  if (!config.ok()) {
+    LogError("cannot load the model", {{"model", model_dir}, {"error", std::string(config.status().message())}});
     return 1;
   }
-  absl::StatusOr<ServerOptions> options = OptionsFromFlags((*model)->config());
+  absl::StatusOr<ServerOptions> options = OptionsFromFlags(*config);
   if (!options.ok()) {
     LogError("bad flags", {{"error", std::string(options.status().message())}});
     return 2;
   }
-  auto tokenizer = Tokenizer::Load(model_dir, (*model)->config().vocab_size);
-  if (!tokenizer.ok()) {
-    LogInfo("the model has no usable tokenizer: clients must send token ids",
-            {{"reason", std::string(tokenizer.status().message())}});
-  }
   LogInfo("no GPU backend in this build: running on the host");
-
-  Metrics metrics;
-  int metrics_port = 0;
-  if (!options->metrics_listen.empty()) metrics_port = metrics.Serve(options->metrics_listen);
-  SessionManager sessions(model->get(), options->limits, &metrics);
-  Scheduler scheduler(model->get(), options->scheduler, &metrics);
-  LmService service(model->get(), std::move(tokenizer), &sessions, &scheduler, &metrics, *options);
-
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  int grpc_port = 0;
-  builder.AddListeningPort(options->listen, grpc::InsecureServerCredentials(), &grpc_port);
-  builder.RegisterService(&service);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(options->requests.max_chunk_bytes + (1 << 20)));
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || grpc_port == 0) {
-    LogError("cannot listen", {{"address", options->listen}});
+  auto app = ServerApp::Start(*options);
+  if (!app.ok()) {
+    LogError("cannot start", {{"model", model_dir}, {"error", std::string(app.status().message())}});
     return 1;
   }
-  server->GetHealthCheckService()->SetServingStatus("trams.v1.TramsService", true);
+  const int grpc_port = (*app)->grpc_port(), metrics_port = (*app)->metrics_port();
   if (!options->port_file.empty()) {
     std::ofstream(options->port_file + ".tmp") << grpc_port << " " << metrics_port << "\n";
     std::rename((options->port_file + ".tmp").c_str(), options->port_file.c_str());
@@ -151,18 +125,16 @@ int Run() {
   std::thread reaper([&] {
     while (!stop.load()) {
       std::this_thread::sleep_for(std::chrono::seconds(1));
-      const int n = sessions.ExpireIdle();
+      const int n = (*app)->ExpireIdle();
       if (n > 0) LogInfo("expired idle sessions", {{"count", std::to_string(n)}});
     }
   });
 
   int sig = 0;
   sigwait(&signals, &sig);
-  LogInfo("draining", {{"signal", std::to_string(sig)}, {"running_calls", std::to_string(service.running_calls())}});
-  service.StartDraining();
-  server->GetHealthCheckService()->SetServingStatus(false);
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(options->drain_seconds));
-  scheduler.Stop();
+  LogInfo("draining", {{"signal", std::to_string(sig)},
+                       {"running_calls", std::to_string((*app)->service().running_calls())}});
+  (*app)->Shutdown(std::chrono::seconds(options->drain_seconds));
   stop = true;
   reaper.join();
   LogInfo("stopped");

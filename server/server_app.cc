@@ -1,0 +1,65 @@
+#include "server/server_app.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "server/log.h"
+
+namespace trams {
+
+absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions& options,
+                                                            std::unique_ptr<TransformerXL> model) {
+  std::unique_ptr<ServerApp> app(new ServerApp());
+  if (model == nullptr) {
+    EngineOptions engine_options;
+    engine_options.threads = options.engine_threads;
+    auto loaded = TransformerXL::Load(options.model_dir, engine_options);
+    if (!loaded.ok()) return loaded.status();
+    model = std::move(*loaded);
+  }
+  app->model_ = std::move(model);
+  auto tokenizer = Tokenizer::Load(options.model_dir, app->model_->config().vocab_size);
+  if (!tokenizer.ok()) {
+    LogInfo("the model has no usable tokenizer: clients must send token ids",
+            {{"reason", std::string(tokenizer.status().message())}});
+  }
+  app->metrics_ = std::make_unique<Metrics>();
+  if (!options.metrics_listen.empty()) {
+    try {
+      app->metrics_port_ = app->metrics_->Serve(options.metrics_listen);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", options.metrics_listen, ": ", e.what()));
+    }
+  }
+  app->sessions_ = std::make_unique<SessionManager>(app->model_.get(), options.limits, app->metrics_.get());
+  app->scheduler_ = std::make_unique<Scheduler>(app->model_.get(), options.scheduler, app->metrics_.get());
+  app->service_ = std::make_unique<LmService>(app->model_.get(), std::move(tokenizer), app->sessions_.get(),
+                                              app->scheduler_.get(), app->metrics_.get(), options);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &app->grpc_port_);
+  builder.RegisterService(app->service_.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.requests.max_chunk_bytes + (1 << 20)));
+  app->server_ = builder.BuildAndStart();
+  if (app->server_ == nullptr || app->grpc_port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
+  }
+  app->server_->GetHealthCheckService()->SetServingStatus("trams.v1.TramsService", true);
+  return app;
+}
+
+void ServerApp::Shutdown(std::chrono::milliseconds drain) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  service_->StartDraining();
+  server_->GetHealthCheckService()->SetServingStatus(false);
+  server_->Shutdown(std::chrono::system_clock::now() + drain);
+  scheduler_->Stop();
+}
+
+ServerApp::~ServerApp() { Shutdown(std::chrono::milliseconds(0)); }
+
+}  // namespace trams

@@ -1,0 +1,51 @@
+// The assembled server: model, sessions, scheduler, service, gRPC server, metrics exposer.
+// main.cc builds one from flags; tests build one in-process on loopback ports.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "server/lm_service.h"
+#include "server/metrics.h"
+#include "server/scheduler.h"
+#include "server/server_options.h"
+#include "server/session_manager.h"
+
+namespace trams {
+
+class ServerApp {
+ public:
+  // Loads options.model_dir unless `model` is given, then starts serving.
+  static absl::StatusOr<std::unique_ptr<ServerApp>> Start(const ServerOptions& options,
+                                                          std::unique_ptr<TransformerXL> model = nullptr);
+  ~ServerApp();
+
+  int grpc_port() const { return grpc_port_; }
+  int metrics_port() const { return metrics_port_; }
+  LmService& service() { return *service_; }
+  SessionManager& sessions() { return *sessions_; }
+
+  // Stops taking calls (UNAVAILABLE, health NOT_SERVING), lets running calls finish until `drain`
+  // has passed, cancels the rest (their sessions roll back), then stops the engine worker.
+  void Shutdown(std::chrono::milliseconds drain);
+  // Removes sessions idle past the TTL (main calls it periodically).
+  int ExpireIdle() { return sessions_->ExpireIdle(); }
+
+ private:
+  ServerApp() = default;
+
+  std::unique_ptr<TransformerXL> model_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<SessionManager> sessions_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<LmService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int grpc_port_ = 0;
+  int metrics_port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace trams
