@@ -160,47 +160,32 @@ void TransformerXL::Embed(Batch& b) const {
   }
 }
 
-// One (stream, head) of relative attention over the attended memory plus the segment.
-void TransformerXL::AttendOne(int layer, int s, int h, Batch& b, std::vector<int>* selected) {
+// Attention probabilities [n, klen] of one (stream, head) over the pool tokens `chosen` (pool order,
+// treated as contiguous) plus the segment; fills `values` [klen, Dh] when given.
+void TransformerXL::AttentionProbs(int layer, int s, int h, const Batch& b, const std::vector<int>& chosen,
+                                   std::vector<float>* probs, std::vector<float>* values) const {
   const ModelConfig& c = config();
   const int dh = c.d_head, w = c.attn_width();
   const StreamState& stream = *b.streams[s];
-  const TramsSettings& settings = stream.settings();
   const LayerPool& pool = stream.layer(layer);
   const int n = static_cast<int>(b.tokens[s].size());
-  const int pool_size = stream.size();
-  const int a = b.attended[s];
+  const int a = static_cast<int>(chosen.size());
   const int klen = a + n;
 
-  // Which pool tokens (0 = oldest) this head attends: TRAMS top-k of the older part + the newest `remain`,
-  // or simply the newest `a`.
-  thread_local std::vector<int> chosen;
-  chosen.clear();
-  if (settings.SelectsOnLayer(layer) && pool_size > settings.topk + settings.remain) {
-    const int candidates = pool_size - settings.remain;
-    // Scores of candidates in pool order: ring rows are not contiguous, so copy them out.
-    thread_local std::vector<float> cand_scores;
-    cand_scores.resize(candidates);
-    for (int j = 0; j < candidates; ++j) cand_scores[j] = pool.scores[stream.RingRow(j) * c.n_head + h];
-    SelectTopK(cand_scores.data(), 1, candidates, settings.topk, &chosen);
-    if (selected != nullptr) *selected = chosen;
-    for (int j = candidates; j < pool_size; ++j) chosen.push_back(j);
-  } else {
-    for (int j = pool_size - a; j < pool_size; ++j) chosen.push_back(j);
-  }
-
-  thread_local std::vector<float> keys, values, q_w, q_r, ac, pos, prob;
+  thread_local std::vector<float> keys, q_w, q_r, pos;
   keys.resize(static_cast<size_t>(klen) * dh);
-  values.resize(static_cast<size_t>(klen) * dh);
+  if (values != nullptr) values->resize(static_cast<size_t>(klen) * dh);
   for (int j = 0; j < a; ++j) {
     const size_t row = static_cast<size_t>(stream.RingRow(chosen[j])) * w + h * dh;
     std::memcpy(keys.data() + j * dh, pool.keys.data() + row, sizeof(float) * dh);
-    std::memcpy(values.data() + j * dh, pool.values.data() + row, sizeof(float) * dh);
+    if (values != nullptr) std::memcpy(values->data() + j * dh, pool.values.data() + row, sizeof(float) * dh);
   }
   const float* qkv = b.qkv.data() + b.offset[s] * 3 * w;
   for (int i = 0; i < n; ++i) {
     std::memcpy(keys.data() + (a + i) * dh, qkv + i * 3 * w + w + h * dh, sizeof(float) * dh);
-    std::memcpy(values.data() + (a + i) * dh, qkv + i * 3 * w + 2 * w + h * dh, sizeof(float) * dh);
+    if (values != nullptr) {
+      std::memcpy(values->data() + (a + i) * dh, qkv + i * 3 * w + 2 * w + h * dh, sizeof(float) * dh);
+    }
   }
   const LayerWeights& lw = weights_.layers[layer];
   const float* rw = lw.r_w_bias.data + h * dh;
@@ -214,6 +199,7 @@ void TransformerXL::AttendOne(int layer, int s, int h, Batch& b, std::vector<int
       q_r[i * dh + k] = q[k] + rr[k];
     }
   }
+  std::vector<float>& ac = *probs;
   ac.resize(static_cast<size_t>(n) * klen);
   pos.resize(static_cast<size_t>(n) * klen);
   // Content term against the keys; position term against r for distances 0..klen-1.
@@ -221,7 +207,7 @@ void TransformerXL::AttendOne(int layer, int s, int h, Batch& b, std::vector<int
   MatMulNT(q_r.data(), dh, rel_.Row(layer, 0) + h * dh, w, pos.data(), klen, n, klen, dh);
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
-  const int window = settings.attend_len();
+  const int window = stream.settings().attend_len();
   for (int i = 0; i < n; ++i) {
     float* row = ac.data() + static_cast<size_t>(i) * klen;
     const float* p = pos.data() + static_cast<size_t>(i) * klen;
@@ -241,7 +227,63 @@ void TransformerXL::AttendOne(int layer, int s, int h, Batch& b, std::vector<int
     for (int j = lo; j <= hi; ++j) row[j] *= inv;
     for (int j = hi + 1; j < klen; ++j) row[j] = 0.0f;
   }
-  MatMulNN(ac.data(), klen, values.data(), dh, b.attn_vec.data() + b.offset[s] * w + h * dh, w, n, dh, klen);
+}
+
+// Mean over queries of the probability on the first `a` (memory) keys.
+static double MemoryShare(const std::vector<float>& probs, int n, int a) {
+  const int klen = static_cast<int>(probs.size()) / n;
+  double total = 0;
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < a; ++j) total += probs[static_cast<size_t>(i) * klen + j];
+  }
+  return total / n;
+}
+
+// One (stream, head) of relative attention over the attended memory plus the segment.
+void TransformerXL::AttendOne(int layer, int s, int h, Batch& b, std::vector<int>* selected, MemoryShareSample* share) {
+  const ModelConfig& c = config();
+  const int dh = c.d_head, w = c.attn_width();
+  const StreamState& stream = *b.streams[s];
+  const TramsSettings& settings = stream.settings();
+  const LayerPool& pool = stream.layer(layer);
+  const int n = static_cast<int>(b.tokens[s].size());
+  const int pool_size = stream.size();
+  const int a = b.attended[s];
+  const int klen = a + n;
+
+  // Which pool tokens (0 = oldest) this head attends: TRAMS top-k of the older part + the newest `remain`,
+  // or simply the newest `a`.
+  thread_local std::vector<int> chosen;
+  chosen.clear();
+  const bool selecting = settings.SelectsOnLayer(layer) && pool_size > settings.topk + settings.remain;
+  if (selecting) {
+    const int candidates = pool_size - settings.remain;
+    // Scores of candidates in pool order: ring rows are not contiguous, so copy them out.
+    thread_local std::vector<float> cand_scores;
+    cand_scores.resize(candidates);
+    for (int j = 0; j < candidates; ++j) cand_scores[j] = pool.scores[stream.RingRow(j) * c.n_head + h];
+    SelectTopK(cand_scores.data(), 1, candidates, settings.topk, &chosen);
+    if (selected != nullptr) *selected = chosen;
+    for (int j = candidates; j < pool_size; ++j) chosen.push_back(j);
+  } else {
+    for (int j = pool_size - a; j < pool_size; ++j) chosen.push_back(j);
+  }
+  thread_local std::vector<float> probs, values;
+  AttentionProbs(layer, s, h, b, chosen, &probs, &values);
+  MatMulNN(probs.data(), klen, values.data(), dh, b.attn_vec.data() + b.offset[s] * w + h * dh, w, n, dh, klen);
+
+  if (share != nullptr && selecting) {
+    // The paper's statistic: attention mass on the m memory tokens TRAMS attends, against the mass
+    // plain XL's newest m tokens would get for the same queries (an extra attention pass).
+    share->selected = MemoryShare(probs, n, a);
+    thread_local std::vector<int> recent;
+    recent.clear();
+    for (int j = pool_size - a; j < pool_size; ++j) recent.push_back(j);
+    thread_local std::vector<float> xl_probs;
+    AttentionProbs(layer, s, h, b, recent, &xl_probs, nullptr);
+    share->recent = MemoryShare(xl_probs, n, a);
+    share->valid = true;
+  }
 }
 
 void TransformerXL::AttentionLayer(int layer, Batch& b, std::vector<SegmentOutput>* outputs) {
@@ -257,11 +299,19 @@ void TransformerXL::AttentionLayer(int layer, Batch& b, std::vector<SegmentOutpu
   LinearNT(&pool_, in, d, lw.qkv.data, d, b.qkv.data(), 3 * w, b.rows, 3 * w, d);
 
   const int n_streams = static_cast<int>(b.streams.size());
+  std::vector<MemoryShareSample> shares(static_cast<size_t>(n_streams) * c.n_head);
   pool_.ParallelFor(static_cast<int64_t>(n_streams) * c.n_head, [&](int64_t task) {
     const int s = static_cast<int>(task / c.n_head), h = static_cast<int>(task % c.n_head);
     std::vector<int>* selected = b.options[s].selections ? &(*outputs)[s].selections[layer][h] : nullptr;
-    AttendOne(layer, s, h, b, selected);
+    AttendOne(layer, s, h, b, selected, b.options[s].memory_share ? &shares[task] : nullptr);
   });
+  for (size_t task = 0; task < shares.size(); ++task) {
+    if (!shares[task].valid) continue;
+    SegmentOutput& out = (*outputs)[task / c.n_head];
+    out.memory_share_selected += shares[task].selected;
+    out.memory_share_recent += shares[task].recent;
+    ++out.memory_share_samples;
+  }
 
   // The attention above has read the pools; now the segment's keys/values (and scores) enter them.
   pool_.ParallelFor(n_streams, [&](int64_t s) {

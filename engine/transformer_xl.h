@@ -28,6 +28,9 @@ struct OutputOptions {
   bool entropy = false;       // entropy of each scoring distribution (needs the full vocabulary)
   bool selections = false;    // record TRAMS-selected pool indices
   bool next_distribution = false;  // log p(v | segment) for every v after the segment's last token
+  // TRAMS statistic (costs an extra attention pass per selecting head): attention mass on the memory
+  // tokens TRAMS attends vs on the newest m tokens plain XL would attend, same queries.
+  bool memory_share = false;
 };
 
 struct SegmentInput {
@@ -49,6 +52,10 @@ struct SegmentOutput {
   // selections[layer][head] = selected pool indices (0 = oldest), empty where nothing was selected.
   std::vector<std::vector<std::vector<int>>> selections;
   std::vector<float> next_logprobs;  // vocab_size floats, when requested
+  // Sums over selecting (layer, head) pairs of the mean memory share; divide by the sample count.
+  double memory_share_selected = 0;
+  double memory_share_recent = 0;
+  int memory_share_samples = 0;
   int64_t tokens_scored = 0;
 };
 
@@ -77,10 +84,16 @@ class TransformerXL {
   TransformerXL(ModelWeights weights, const EngineOptions& options);
 
   struct Batch;
+  struct MemoryShareSample {
+    double selected = 0, recent = 0;
+    bool valid = false;
+  };
   absl::Status Check(absl::Span<const SegmentInput> batch) const;
+  void AttentionProbs(int layer, int stream, int head, const Batch& b, const std::vector<int>& chosen,
+                      std::vector<float>* probs, std::vector<float>* values) const;
   void Embed(Batch& b) const;
   void AttentionLayer(int layer, Batch& b, std::vector<SegmentOutput>* outputs);
-  void AttendOne(int layer, int stream, int head, Batch& b, std::vector<int>* selected);
+  void AttendOne(int layer, int stream, int head, Batch& b, std::vector<int>* selected, MemoryShareSample* share);
   void FeedForwardLayer(int layer, Batch& b);
   void Score(Batch& b, std::vector<SegmentOutput>* outputs);
 

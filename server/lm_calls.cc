@@ -179,6 +179,7 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
         pool_before_ = session_->stream->size();
         OutputOptions o = options_;
         o.selections = session_->stream->settings().mode == MemoryMode::kTrams;
+        o.memory_share = o.selections && svc_->SampleMemoryShare();
         Submit(segment_, o, a);
       } else if (input_closed_ && pending_.empty()) {
         EndWith(absl::OkStatus());
@@ -195,6 +196,7 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
 
   void OnJobDone(SegmentOutput out, Actions& a) override {
     v1::ScoreResponse resp;
+    svc_->RecordMemoryShare(out);
     AddTokenScores(*svc_, segment_, out, segment_start_, &ledger_, resp.mutable_tokens());
     RecordSelection(*session_->stream, segment_start_, pool_before_, static_cast<int>(segment_.size()), out, &ledger_);
     resp.set_position(session_->stream->position());
@@ -308,10 +310,12 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
     feed_start_ = session_->stream->position();
     pool_before_ = session_->stream->size();
     o.selections = session_->stream->settings().mode == MemoryMode::kTrams && !feeding_.empty();
+    o.memory_share = o.selections && svc_->SampleMemoryShare();
     Submit(feeding_, o, a);
   }
 
   void OnJobDone(SegmentOutput out, Actions& a) override {
+    svc_->RecordMemoryShare(out);
     if (!feeding_.empty()) {
       v1::GenerateResponse ignored;  // prompt/generated tokens: count them in the session's totals
       AddTokenScores(*svc_, feeding_, out, feed_start_, &ledger_, ignored.mutable_tokens());
@@ -366,6 +370,7 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
     feed_start_ = session_->stream->position();
     pool_before_ = session_->stream->size();
     o.selections = session_->stream->settings().mode == MemoryMode::kTrams;
+    o.memory_share = o.selections && svc_->SampleMemoryShare();
     Submit(feeding_, o, a);
   }
 

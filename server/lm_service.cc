@@ -143,6 +143,17 @@ absl::Status LmService::Encode(std::string* text, bool final, std::vector<int32_
   return absl::OkStatus();
 }
 
+bool LmService::SampleMemoryShare() {
+  const int every = options_.memory_share_every;
+  return every > 0 && segments_.fetch_add(1) % static_cast<uint64_t>(every) == 0;
+}
+
+void LmService::RecordMemoryShare(const SegmentOutput& out) const {
+  if (metrics_ == nullptr || out.memory_share_samples == 0) return;
+  metrics_->SelectionShare(out.memory_share_selected / out.memory_share_samples,
+                           out.memory_share_recent / out.memory_share_samples);
+}
+
 void LmService::RecordConsumed(Session* session, absl::Span<const int32_t> ids) const {
   // Keep the ids of the tokens the pool can still hold, plus one segment, for explanations.
   session->recent_ids.insert(session->recent_ids.end(), ids.begin(), ids.end());

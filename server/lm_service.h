@@ -63,6 +63,9 @@ class LmService final : public v1::TramsService::CallbackService {
   // Token ids from text (the stable prefix only, unless `final`), consuming what it encodes from `text`.
   absl::Status Encode(std::string* text, bool final, std::vector<int32_t>* out) const;
   absl::Status CheckIds(absl::Span<const int32_t> ids) const;
+  // Whether this segment samples the TRAMS memory-share statistic (every N-th segment server-wide).
+  bool SampleMemoryShare();
+  void RecordMemoryShare(const SegmentOutput& out) const;
   // Applies a committed call's bookkeeping to its session (counters, recent ids, explanation).
   void RecordConsumed(Session* session, absl::Span<const int32_t> ids) const;
 
@@ -76,6 +79,7 @@ class LmService final : public v1::TramsService::CallbackService {
   ServerOptions options_;
   std::atomic<bool> draining_{false};
   std::atomic<int> running_calls_{0};
+  std::atomic<uint64_t> segments_{0};
 };
 
 // Fills a proto Session from a snapshot.

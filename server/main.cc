@@ -36,6 +36,7 @@ ABSL_FLAG(std::string, metric, "code", "default TRAMS metric: code | paper");
 ABSL_FLAG(int, segment_len, 64, "default tokens per segment when scoring");
 ABSL_FLAG(int, max_batch, 64, "most sessions per engine forward");
 ABSL_FLAG(int, max_queue, 1024, "most queued segments before new work is refused");
+ABSL_FLAG(int, memory_share_every, 50, "sample the TRAMS attention-share metric every N segments (0: off)");
 ABSL_FLAG(int, batch_wait_us, 300, "how long a forward waits for more busy sessions to join its batch");
 
 namespace trams {
@@ -49,6 +50,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags(const ModelConfig& config) {
   o.port_file = absl::GetFlag(FLAGS_port_file);
   o.engine_threads = absl::GetFlag(FLAGS_threads);
   o.drain_seconds = absl::GetFlag(FLAGS_drain_seconds);
+  o.memory_share_every = std::max(0, absl::GetFlag(FLAGS_memory_share_every));
   o.limits.max_sessions = absl::GetFlag(FLAGS_max_sessions);
   o.limits.memory_budget_bytes = absl::GetFlag(FLAGS_memory_budget_mb) << 20;
   const std::string evict = absl::GetFlag(FLAGS_evict);

@@ -47,6 +47,7 @@ struct ServerOptions {
   std::string port_file;                          // written after start: "<grpc port> <metrics port>"
   int engine_threads = 0;                         // 0: one per core
   int drain_seconds = 10;                         // graceful shutdown deadline
+  int memory_share_every = 50;                    // sample the TRAMS attention statistic every N segments (0: off)
   SessionLimits limits;
   SessionDefaults defaults;
   SchedulerOptions scheduler;

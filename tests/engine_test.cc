@@ -309,3 +309,39 @@ TEST(TransactionTest, CommitKeepsTheAppendedTokens) {
 
 }  // namespace
 }  // namespace trams
+
+namespace trams {
+namespace {
+
+TEST(MemoryShareTest, MeasuredOnlyWhereTramsSelects) {
+  auto model = LoadModel();
+  auto stream = *model->NewStream(TramsSettings::Trams(24, 4, 8));
+  auto xl = *model->NewStream(TramsSettings::Xl(12));
+  const auto ids = Tokens(48, 10);
+  OutputOptions options;
+  options.memory_share = true;
+  int samples = 0;
+  for (size_t pos = 0; pos < ids.size(); pos += 8) {
+    auto seg = absl::MakeConstSpan(ids).subspan(pos, 8);
+    std::vector<SegmentOutput> out;
+    ASSERT_TRUE(model->Forward({{stream.get(), seg, options}, {xl.get(), seg, options}}, &out).ok());
+    EXPECT_EQ(out[1].memory_share_samples, 0) << "XL never selects";
+    if (stream->size() > 12 + 8) {  // the pool held more than m before this segment
+      EXPECT_EQ(out[0].memory_share_samples, 3 * 4) << "every layer and head selects";
+    }
+    if (out[0].memory_share_samples > 0) {
+      const double sel = out[0].memory_share_selected / out[0].memory_share_samples;
+      const double rec = out[0].memory_share_recent / out[0].memory_share_samples;
+      EXPECT_GT(sel, 0.0);
+      EXPECT_LT(sel, 1.0);
+      EXPECT_GT(rec, 0.0);
+      EXPECT_LT(rec, 1.0);
+      EXPECT_NE(sel, rec);
+      samples += out[0].memory_share_samples;
+    }
+  }
+  EXPECT_GT(samples, 0);
+}
+
+}  // namespace
+}  // namespace trams
