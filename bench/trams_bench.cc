@@ -1,4 +1,5 @@
-// trams-bench: tokens/s of the host engine on the paper's two model shapes (random weights),
+// trams-bench: tokens/s of the host engine on the paper's two model shapes (random weights, Zipf-distributed
+// token ids),
 // XL (m = 200) against TRAMS (M = 400, topk 50 + remain 150), batch 1 and 10, n = 64.
 // XL and TRAMS runs alternate so that machine noise hits both; the ratio is from the same run.
 // Also prints per-stream pool bytes and the forward's GFLOP/s next to plain sgemm GFLOP/s.
@@ -49,6 +50,25 @@ double SgemmGflops(int threads) {
   return best;
 }
 
+// Token ids drawn like words of real text: id = frequency rank (WikiText-103's vocabulary is sorted by
+// frequency), P(id) ~ 1 / (id + 1). With uniform ids most targets would fall in the largest tail
+// clusters of the adaptive softmax, which real text rarely hits.
+class Zipf {
+ public:
+  explicit Zipf(int64_t vocab) : cdf_(static_cast<size_t>(vocab)) {
+    double total = 0;
+    for (int64_t i = 0; i < vocab; ++i) cdf_[i] = (total += 1.0 / static_cast<double>(i + 1));
+    for (double& c : cdf_) c /= total;
+  }
+  int32_t Sample(std::mt19937& rng) {
+    const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+    return static_cast<int32_t>(std::lower_bound(cdf_.begin(), cdf_.end(), u) - cdf_.begin());
+  }
+
+ private:
+  std::vector<double> cdf_;
+};
+
 struct Run {
   double seconds = 0;
   int64_t tokens = 0;
@@ -59,7 +79,7 @@ struct Run {
 class Workload {
  public:
   Workload(TransformerXL& model, const TramsSettings& settings, int batch, int tgt_len)
-      : model_(model), ids_(batch, std::vector<int32_t>(tgt_len)) {
+      : model_(model), zipf_(model.config().vocab_size), ids_(batch, std::vector<int32_t>(tgt_len)) {
     for (int b = 0; b < batch; ++b) streams_.push_back(*model.NewStream(settings));
     run_.pool_bytes = streams_[0]->bytes();
   }
@@ -68,10 +88,9 @@ class Workload {
     return (streams_[0]->capacity() + static_cast<int>(ids_[0].size()) - 1) / static_cast<int>(ids_[0].size()) + 1;
   }
   void Step(std::mt19937& rng, bool timed) {
-    std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(model_.config().vocab_size - 1));
     std::vector<SegmentInput> in;
     for (size_t b = 0; b < streams_.size(); ++b) {
-      for (auto& t : ids_[b]) t = token(rng);
+      for (auto& t : ids_[b]) t = zipf_.Sample(rng);
       in.push_back({streams_[b].get(), ids_[b], {}});
     }
     const auto t0 = Clock::now();
@@ -85,6 +104,7 @@ class Workload {
 
  private:
   TransformerXL& model_;
+  Zipf zipf_;
   std::vector<std::unique_ptr<StreamState>> streams_;
   std::vector<std::vector<int32_t>> ids_;
   std::vector<SegmentOutput> out_;
