@@ -78,7 +78,7 @@ void RecordSelection(const StreamState& stream, int64_t start, int pool_before, 
 class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequest, v1::ScoreResponse>,
                                            v1::ScoreResponse> {
  public:
-  ScoreCall(LmService* svc, grpc::CallbackServerContext* ctx) : SessionCall(svc, "Score"), ctx_(ctx) {
+  ScoreCall(LmService* svc, grpc::CallbackServerContext* ctx) : SessionCall(svc, ctx, "Score") {
     Actions a;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -100,8 +100,10 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
       std::lock_guard<std::mutex> lock(mu_);
       reading_ = false;
       if (!ending()) {
-        if (!ok) {
-          input_closed_ = true;
+        if (!ok && ctx_->IsCancelled()) {
+          EndWith(absl::CancelledError("the call was cancelled; the session is unchanged"));
+        } else if (!ok) {
+          input_closed_ = true;  // the client half-closed: run what is left
           Absorb(svc_->Encode(&text_, /*final=*/true, &pending_));
         } else {
           if (!started_) First(a);
@@ -133,12 +135,14 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
     options_.alternatives = req_.options().alternatives();
     options_.entropy = req_.options().entropy();
     if (req_.has_expected_position()) expected_position_ = req_.expected_position();
+    session_id_ = *id;
     StartAcquire(*id, a);
   }
 
   void AbsorbInput() {
-    if (!req_.session_id().empty() && started_ && req_.session_id() != session_id_seen()) {
-      // Later messages may repeat the id but not change it.
+    if (!req_.session_id().empty() && req_.session_id() != session_id_) {
+      return EndWith(absl::InvalidArgumentError(absl::StrCat("a Score call stays on one session: '", req_.session_id(),
+                                                             "' after '", session_id_, "'")));
     }
     switch (req_.input_case()) {
       case v1::ScoreRequest::kText:
@@ -163,7 +167,6 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
         return;
     }
   }
-  std::string session_id_seen() const { return session_ ? session_->id : std::string(); }
 
   void OnSessionTaken(Actions&) override {}
 
@@ -213,8 +216,8 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
 
   void OnCommit(Session& session) override { ledger_.Apply(session, *svc_); }
 
-  grpc::CallbackServerContext* ctx_;
   v1::ScoreRequest req_;
+  std::string session_id_;
   OutputOptions options_;
   bool started_ = false;
   bool reading_ = false;
@@ -231,7 +234,7 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
 class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::GenerateResponse>, v1::GenerateResponse> {
  public:
   GenerateCall(LmService* svc, grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req)
-      : SessionCall(svc, "Generate"), req_(*req) {
+      : SessionCall(svc, ctx, "Generate"), req_(*req) {
     Actions a;
     {
       std::lock_guard<std::mutex> lock(mu_);

@@ -34,7 +34,8 @@ class SessionCall : public Reactor {
  protected:
   using Actions = CallActions<Response>;
 
-  SessionCall(LmService* svc, const char* method) : svc_(svc), method_(method), start_(Clock::now()) {
+  SessionCall(LmService* svc, grpc::CallbackServerContext* ctx, const char* method)
+      : svc_(svc), ctx_(ctx), method_(method), start_(Clock::now()) {
     svc_->CallStarted();
   }
   ~SessionCall() override { svc_->CallEnded(); }
@@ -81,6 +82,8 @@ class SessionCall : public Reactor {
   void MaybeFinish(Actions& a) {
     if (!end_.has_value() || finished_ || job_in_flight_ || write_in_flight_ || acquiring_) return;
     finished_ = true;
+    // A client that cancels may look like one that half-closed (its reads end first): never commit then.
+    if (end_->ok() && ctx_->IsCancelled()) end_ = absl::CancelledError("the call was cancelled; the session is unchanged");
     if (session_) {
       if (end_->ok()) {
         session_->stream->Commit();
@@ -171,6 +174,7 @@ class SessionCall : public Reactor {
   virtual void AfterEvent(Actions& a) = 0;
 
   LmService* svc_;
+  grpc::CallbackServerContext* ctx_;
   const char* method_;
   using Clock = std::chrono::steady_clock;
   Clock::time_point start_;
