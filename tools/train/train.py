@@ -337,6 +337,8 @@ def main():
     p.add_argument("--stop-after-steps", type=int, default=0, help="stop (with checkpoint) at this step (testing)")
     p.add_argument("--export-dtype", choices=["f16", "f32"], default="f16")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--new-max-steps", type=int, default=0,
+                   help="with --resume: change the schedule's length (the cosine continues from the current step)")
     p.add_argument("--bench-seconds", type=float, default=0.0, help="only measure training tokens/s, then exit")
     a = p.parse_args()
 
@@ -366,6 +368,9 @@ def main():
             if k in saved and getattr(a, k) != saved[k]:
                 log(f"resume: using checkpoint value {k}={saved[k]!r} (command line had {getattr(a, k)!r})")
                 setattr(a, k, saved[k])
+        if a.new_max_steps > 0:
+            log(f"resume: schedule length changed from {a.max_steps} to {a.new_max_steps} steps")
+            a.max_steps = a.new_max_steps
 
     # ---- data
     files, books = load_books(a.train_glob)
