@@ -23,6 +23,20 @@ int32_t Sampler::Sample(const std::vector<float>& logprobs) {
   if (params_.temperature == 0.0f) {
     return static_cast<int32_t>(std::max_element(logprobs.begin(), logprobs.end()) - logprobs.begin());
   }
+  if (params_.top_k == 0 && !(params_.top_p > 0.0f && params_.top_p < 1.0f)) {
+    // Plain temperature sampling needs no ordering: O(vocab).
+    weights_.resize(vocab);
+    const double top = *std::max_element(logprobs.begin(), logprobs.end());
+    double total = 0;
+    for (int32_t v = 0; v < vocab; ++v) total += weights_[v] = std::exp((logprobs[v] - top) / params_.temperature);
+    const double u = std::uniform_real_distribution<double>(0.0, total)(rng_);
+    double acc = 0;
+    for (int32_t v = 0; v < vocab; ++v) {
+      acc += weights_[v];
+      if (u < acc) return v;
+    }
+    return vocab - 1;
+  }
   // Candidates by descending probability (ties: lower id first, so results are reproducible).
   order_.resize(vocab);
   for (int32_t v = 0; v < vocab; ++v) order_[v] = v;

@@ -210,7 +210,11 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
       resp.set_ppl(std::exp(mean));
       resp.set_bits_per_token(mean / std::log(2.0));
     }
-    if (svc_->metrics()) svc_->metrics()->TokensScored(static_cast<int64_t>(segment_.size()));
+    if (svc_->metrics()) {
+      int64_t scored = 0;
+      for (float lp : out.logprob) scored += std::isnan(lp) ? 0 : 1;
+      svc_->metrics()->TokensScored(scored);
+    }
     Write(std::move(resp), a);
   }
 
