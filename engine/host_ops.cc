@@ -72,15 +72,44 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t)>& fn) 
   fn_ = nullptr;
 }
 
+// OpenBLAS computes a single row (m == 1) on its gemv path, whose rounding differs from the gemm path
+// that every m >= 2 takes (where a row's result does not depend on m or on its neighbours). A session's
+// results must not depend on what it is batched with, so a lone row is run as two.
+namespace {
+template <class Fn>
+void AsTwoRows(const float* a, int64_t k, float* c, int64_t n, float beta, Fn&& run) {
+  thread_local std::vector<float> a2, c2;
+  a2.assign(a, a + k);
+  a2.insert(a2.end(), a, a + k);
+  c2.assign(c, c + n);
+  c2.insert(c2.end(), c, c + n);
+  run(a2.data(), static_cast<int>(k), c2.data(), static_cast<int>(n));
+  (void)beta;
+  std::copy(c2.begin(), c2.begin() + n, c);
+}
+}  // namespace
+
 void MatMulNT(const float* a, int lda, const float* b, int ldb, float* c, int ldc, int64_t m, int64_t n, int64_t k,
               float beta) {
   if (m == 0 || n == 0) return;
+  if (m == 1) {
+    return AsTwoRows(a, k, c, n, beta, [&](const float* a2, int lda2, float* c2, int ldc2) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 2, static_cast<int>(n), static_cast<int>(k), 1.0f, a2,
+                  lda2, b, ldb, beta, c2, ldc2);
+    });
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
               1.0f, a, lda, b, ldb, beta, c, ldc);
 }
 
 void MatMulNN(const float* a, int lda, const float* b, int ldb, float* c, int ldc, int64_t m, int64_t n, int64_t k) {
   if (m == 0 || n == 0) return;
+  if (m == 1) {
+    return AsTwoRows(a, k, c, n, 0.0f, [&](const float* a2, int lda2, float* c2, int ldc2) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 2, static_cast<int>(n), static_cast<int>(k), 1.0f, a2,
+                  lda2, b, ldb, 0.0f, c2, ldc2);
+    });
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
               static_cast<int>(k), 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
 }
@@ -88,24 +117,17 @@ void MatMulNN(const float* a, int lda, const float* b, int ldb, float* c, int ld
 void LinearNT(ThreadPool* pool, const float* a, int lda, const float* b, int ldb, float* c, int ldc, int64_t m,
               int64_t n, int64_t k, float beta) {
   const int parts = pool == nullptr ? 1 : pool->size();
-  // Below ~32 rows per part the split costs more than it saves; then split the output columns.
-  if (parts == 1 || (m < 32 * parts && n < 256 * parts)) {
+  // Split by rows only (>= 32 per part): splitting the output columns would change a row's rounding with
+  // the split, and so with the batch it sits in.
+  if (parts == 1 || m < 32 * parts) {
     MatMulNT(a, lda, b, ldb, c, ldc, m, n, k, beta);
     return;
   }
-  if (m >= 32 * parts) {
-    const int64_t chunk = (m + parts - 1) / parts;
-    pool->ParallelFor(parts, [&](int64_t p) {
-      const int64_t begin = p * chunk, end = std::min(m, begin + chunk);
-      if (begin < end) MatMulNT(a + begin * lda, lda, b, ldb, c + begin * ldc, ldc, end - begin, n, k, beta);
-    });
-  } else {
-    const int64_t chunk = ((n + parts - 1) / parts + 15) / 16 * 16;
-    pool->ParallelFor(parts, [&](int64_t p) {
-      const int64_t begin = p * chunk, end = std::min(n, begin + chunk);
-      if (begin < end) MatMulNT(a, lda, b + begin * ldb, ldb, c + begin, ldc, m, end - begin, k, beta);
-    });
-  }
+  const int64_t chunk = (m + parts - 1) / parts;
+  pool->ParallelFor(parts, [&](int64_t p) {
+    const int64_t begin = p * chunk, end = std::min(m, begin + chunk);
+    if (begin < end) MatMulNT(a + begin * lda, lda, b, ldb, c + begin * ldc, ldc, end - begin, n, k, beta);
+  });
 }
 
 void LayerNormRows(const float* x, float* out, int64_t rows, int d, const float* g, const float* b, float eps) {

@@ -174,15 +174,27 @@ void TramsScorer::Score(const float* k, int ld_k, int64_t rows, SelectionMetric 
 void SelectTopK(const float* scores, int64_t stride, int candidates, int topk, std::vector<int>* out) {
   out->resize(candidates);
   for (int i = 0; i < candidates; ++i) (*out)[i] = i;
-  auto better = [&](int a, int b) {
-    const float sa = scores[a * stride], sb = scores[b * stride];
-    return sa > sb || (sa == sb && a < b);
-  };
-  if (topk < candidates) {
-    std::nth_element(out->begin(), out->begin() + topk, out->end(), better);
-    out->resize(topk);
+  if (topk >= candidates) return;
+  auto score = [&](int i) { return scores[i * stride]; };
+  auto better = [&](int a, int b) { return score(a) > score(b) || (score(a) == score(b) && a < b); };
+  std::nth_element(out->begin(), out->begin() + (topk - 1), out->end(), better);
+  // Scores within a relative kTieTolerance of the k-th best count as tied, and ties go to the older
+  // tokens. Equal keys (a token repeated in the pool) have equal true scores, but the float rounding of
+  // their keys depends on how the matrix products were batched; without the tolerance, that noise,
+  // not the data, would pick among them (and a session's results would depend on its batch).
+  const float kth = score((*out)[topk - 1]);
+  const float tol = kTieTolerance * std::max(std::fabs(kth), 1e-30f);
+  std::vector<int> chosen, tied;
+  for (int i = 0; i < candidates; ++i) {
+    if (score(i) > kth + tol) {
+      chosen.push_back(i);
+    } else if (score(i) >= kth - tol) {
+      tied.push_back(i);  // ascending index = older first
+    }
   }
-  std::sort(out->begin(), out->end());
+  for (size_t t = 0; chosen.size() < static_cast<size_t>(topk) && t < tied.size(); ++t) chosen.push_back(tied[t]);
+  std::sort(chosen.begin(), chosen.end());
+  *out = std::move(chosen);
 }
 
 }  // namespace trams

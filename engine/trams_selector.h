@@ -62,8 +62,12 @@ class TramsScorer {
   std::vector<float> row_sum_;  // [H, Dh], W_q,h 1
 };
 
+// Scores closer than this (relative) to the k-th best are treated as tied (see SelectTopK).
+constexpr float kTieTolerance = 1e-5f;
+
 // Pool indices [0, candidates) of the `topk` highest scores, ascending (pool order).
-// `scores` has stride `stride` (one float per head per token). Ties keep the older token.
+// `scores` has stride `stride` (one float per head per token). Ties, including scores within
+// kTieTolerance of the k-th best, keep the older tokens.
 void SelectTopK(const float* scores, int64_t stride, int candidates, int topk, std::vector<int>* out);
 
 }  // namespace trams

@@ -102,6 +102,8 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
       if (!ending()) {
         if (!ok && ctx_->IsCancelled()) {
           EndWith(absl::CancelledError("the call was cancelled; the session is unchanged"));
+        } else if (!ok && !started_) {
+          EndWith(absl::InvalidArgumentError("the Score call ended before naming a session"));
         } else if (!ok) {
           input_closed_ = true;  // the client half-closed: run what is left
           Absorb(svc_->Encode(&text_, /*final=*/true, &pending_));

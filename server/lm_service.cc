@@ -129,6 +129,7 @@ absl::Status LmService::CheckIds(absl::Span<const int32_t> ids) const {
 }
 
 absl::Status LmService::Encode(std::string* text, bool final, std::vector<int32_t>* out) const {
+  if (text->empty()) return absl::OkStatus();
   const Tokenizer* t = tokenizer();
   if (t == nullptr) {
     return absl::FailedPreconditionError(

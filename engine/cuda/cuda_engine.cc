@@ -1,0 +1,243 @@
+#include "engine/cuda/cuda_engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "engine/cuda/cuda_loader.h"
+
+namespace trams::cuda {
+namespace {
+
+trams_cuda_matrix View(const Matrix& m) {
+  trams_cuda_matrix v;
+  v.data = m.data;
+  v.rows = m.rows;
+  v.cols = m.cols;
+  return v;
+}
+
+}  // namespace
+
+ModelView::ModelView(const ModelWeights& w) {
+  const ModelConfig& c = w.config;
+  cutoffs_ = c.cutoffs;
+  trams_cuda_model_config& mc = model_.config;
+  mc.n_layer = c.n_layer;
+  mc.d_model = c.d_model;
+  mc.d_embed = c.d_embed;
+  mc.n_head = c.n_head;
+  mc.d_head = c.d_head;
+  mc.d_inner = c.d_inner;
+  mc.vocab_size = c.vocab_size;
+  mc.n_clusters = c.n_clusters();
+  mc.cutoffs = cutoffs_.data();
+  mc.div_val = c.div_val;
+  mc.pre_lnorm = c.pre_lnorm ? 1 : 0;
+  mc.same_length = c.same_length ? 1 : 0;
+  mc.clamp_len = c.clamp_len;
+  mc.layer_norm_epsilon = c.layer_norm_epsilon;
+  for (const EmbeddingCluster& e : w.embedding) embedding_.push_back({View(e.table), View(e.proj)});
+  for (const LayerWeights& l : w.layers) {
+    trams_cuda_layer_weights v;
+    v.qkv = View(l.qkv);
+    v.r_net = View(l.r_net);
+    v.o_net = View(l.o_net);
+    v.attn_ln_g = View(l.attn_ln_g);
+    v.attn_ln_b = View(l.attn_ln_b);
+    v.ff1_w = View(l.ff1_w);
+    v.ff1_b = View(l.ff1_b);
+    v.ff2_w = View(l.ff2_w);
+    v.ff2_b = View(l.ff2_b);
+    v.ff_ln_g = View(l.ff_ln_g);
+    v.ff_ln_b = View(l.ff_ln_b);
+    v.r_w_bias = View(l.r_w_bias);
+    v.r_r_bias = View(l.r_r_bias);
+    layers_.push_back(v);
+  }
+  for (const OutputCluster& o : w.output) output_.push_back({View(o.weight), View(o.bias), View(o.proj)});
+  model_.n_embedding = static_cast<int32_t>(embedding_.size());
+  model_.embedding = embedding_.data();
+  model_.layers = layers_.data();
+  model_.n_output = static_cast<int32_t>(output_.size());
+  model_.output = output_.data();
+  model_.cluster_weight = View(w.cluster_weight);
+  model_.cluster_bias = View(w.cluster_bias);
+}
+
+trams_cuda_stream_settings ToCudaSettings(const TramsSettings& s) {
+  trams_cuda_stream_settings c{};
+  c.mode = s.mode == MemoryMode::kNone ? TRAMS_CUDA_MODE_NONE
+           : s.mode == MemoryMode::kXl ? TRAMS_CUDA_MODE_XL
+                                       : TRAMS_CUDA_MODE_TRAMS;
+  c.mem_len = s.mem_len;
+  c.topk = s.topk;
+  c.remain = s.remain;
+  c.n_select_layers = static_cast<int32_t>(s.layers.size());
+  c.select_layers = s.layers.data();
+  c.metric = s.metric == SelectionMetric::kPaper ? TRAMS_CUDA_METRIC_PAPER : TRAMS_CUDA_METRIC_CODE;
+  return c;
+}
+
+CudaStream::~CudaStream() {
+  if (stream_ != nullptr) api_->stream_destroy(ctx_, stream_);
+}
+
+absl::StatusOr<trams_cuda_stream_info> CudaStream::Info() const {
+  trams_cuda_stream_info info{};
+  const trams_cuda_code code = api_->stream_info(ctx_, stream_, &info);
+  if (code != TRAMS_CUDA_OK) return FromCudaCode(code, api_->last_error());
+  return info;
+}
+
+absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const trams_cuda_api* api, const ModelWeights& weights,
+                                                               const CudaEngineOptions& options) {
+  if (api == nullptr) return absl::InvalidArgumentError("no CUDA backend API");
+  const ModelView view(weights);
+  trams_cuda_options o{};
+  o.device = options.device;
+  o.weight_dtype = options.weight_dtype;
+  o.arena_bytes = options.arena_bytes;
+  o.allow_tf32 = options.allow_tf32 ? 1 : 0;
+  o.output_chunk_floats = options.output_chunk_floats;
+  std::unique_ptr<CudaEngine> e(new CudaEngine());
+  e->api_ = api;
+  e->config_ = weights.config;
+  const trams_cuda_code code = api->create(&view.get(), &o, &e->ctx_);
+  if (code != TRAMS_CUDA_OK) {
+    return FromCudaCode(code, absl::StrCat("creating the ", api->backend, " context: ", api->last_error()).c_str());
+  }
+  return e;
+}
+
+CudaEngine::~CudaEngine() {
+  if (ctx_ != nullptr) api_->destroy(ctx_);
+}
+
+absl::Status CudaEngine::Check(trams_cuda_code code) const { return FromCudaCode(code, api_->last_error()); }
+
+absl::StatusOr<std::unique_ptr<CudaStream>> CudaEngine::NewStream(const TramsSettings& settings) {
+  const trams_cuda_stream_settings s = ToCudaSettings(settings);
+  std::unique_ptr<CudaStream> stream(new CudaStream());
+  stream->api_ = api_;
+  stream->ctx_ = ctx_;
+  stream->settings_ = settings;
+  absl::Status st = Check(api_->stream_create(ctx_, &s, &stream->stream_));
+  if (!st.ok()) return st;
+  return stream;
+}
+
+absl::StatusOr<int64_t> CudaEngine::StreamBytes(const TramsSettings& settings) {
+  const trams_cuda_stream_settings s = ToCudaSettings(settings);
+  int64_t bytes = 0;
+  absl::Status st = Check(api_->stream_bytes(ctx_, &s, &bytes));
+  if (!st.ok()) return st;
+  return bytes;
+}
+
+absl::Status CudaEngine::FillPoolWithZeroStates(CudaStream* stream) {
+  if (stream == nullptr) return absl::InvalidArgumentError("no stream");
+  return Check(api_->stream_fill_zero(ctx_, stream->stream_));
+}
+
+absl::Status CudaEngine::Forward(absl::Span<const CudaSegmentInput> batch, std::vector<SegmentOutput>* outputs) {
+  const ModelConfig& c = config_;
+  const int64_t vocab = c.vocab_size;
+  const size_t n = batch.size();
+  outputs->assign(n, SegmentOutput{});
+  std::vector<trams_cuda_segment> segs(n);
+  std::vector<std::vector<float>> full(n);
+  std::vector<std::vector<int32_t>> sel(n), sel_counts(n);
+  for (size_t b = 0; b < n; ++b) {
+    const CudaSegmentInput& in = batch[b];
+    if (in.stream == nullptr) return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " has no stream"));
+    if (in.options.alternatives < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, ": alternatives must not be negative"));
+    }
+    SegmentOutput& out = (*outputs)[b];
+    const size_t len = in.tokens.size();
+    trams_cuda_segment& s = segs[b];
+    s.stream = in.stream->stream_;
+    s.tokens = in.tokens.data();
+    s.n_tokens = static_cast<int32_t>(len);
+    out.logprob.resize(len);
+    s.logprob = out.logprob.data();
+    if (in.options.entropy || in.options.alternatives > 0) {
+      full[b].resize(len * static_cast<size_t>(vocab));
+      s.token_logprobs = full[b].data();
+    }
+    if (in.options.next_distribution) {
+      out.next_logprobs.resize(static_cast<size_t>(vocab));
+      s.next_logprobs = out.next_logprobs.data();
+    }
+    if (in.options.selections) {
+      const int topk = std::max(1, in.stream->settings_.topk);
+      sel[b].assign(static_cast<size_t>(c.n_layer) * c.n_head * topk, -1);
+      sel_counts[b].assign(static_cast<size_t>(c.n_layer) * c.n_head, 0);
+      s.selections = sel[b].data();
+      s.selection_counts = sel_counts[b].data();
+    }
+  }
+  const absl::Status st = Check(api_->forward(ctx_, segs.data(), static_cast<int32_t>(n)));
+  if (!st.ok()) {
+    outputs->clear();
+    return st;
+  }
+  std::vector<int32_t> order;
+  for (size_t b = 0; b < n; ++b) {
+    const CudaSegmentInput& in = batch[b];
+    SegmentOutput& out = (*outputs)[b];
+    const int64_t len = static_cast<int64_t>(in.tokens.size());
+    const bool first = in.stream->position_ == 0;
+    out.tokens_scored = len - (first ? 1 : 0);
+    in.stream->position_ += len;
+    if (in.options.entropy) out.entropy.assign(len, std::numeric_limits<float>::quiet_NaN());
+    if (in.options.alternatives > 0) out.alternatives.assign(len, {});
+    if (!full[b].empty()) {
+      for (int64_t i = first ? 1 : 0; i < len; ++i) {
+        const float* dist = full[b].data() + i * vocab;
+        if (in.options.entropy) {
+          double e = 0;
+          for (int64_t v = 0; v < vocab; ++v) e -= std::exp(static_cast<double>(dist[v])) * dist[v];
+          out.entropy[i] = static_cast<float>(e);
+        }
+        if (in.options.alternatives > 0) {
+          const int k = static_cast<int>(std::min<int64_t>(in.options.alternatives, vocab));
+          order.resize(vocab);
+          for (int64_t v = 0; v < vocab; ++v) order[v] = static_cast<int32_t>(v);
+          std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t x, int32_t y) {
+            return dist[x] > dist[y] || (dist[x] == dist[y] && x < y);
+          });
+          for (int j = 0; j < k; ++j) out.alternatives[i].push_back({order[j], dist[order[j]]});
+        }
+      }
+    }
+    if (in.options.selections) {
+      const int topk = std::max(1, in.stream->settings_.topk);
+      out.selections.assign(c.n_layer, std::vector<std::vector<int>>(c.n_head));
+      for (int l = 0; l < c.n_layer; ++l) {
+        for (int h = 0; h < c.n_head; ++h) {
+          const int count = sel_counts[b][l * c.n_head + h];
+          const int32_t* row = sel[b].data() + (static_cast<size_t>(l) * c.n_head + h) * topk;
+          out.selections[l][h].assign(row, row + count);
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaEngine::NextTokenLogProbs(const CudaStream& stream, std::vector<float>* out) {
+  out->resize(static_cast<size_t>(config_.vocab_size));
+  return Check(api_->next_logprobs(ctx_, stream.stream_, out->data()));
+}
+
+absl::StatusOr<trams_cuda_device_info> CudaEngine::DeviceInfo() {
+  trams_cuda_device_info info{};
+  absl::Status st = Check(api_->device_info(ctx_, &info));
+  if (!st.ok()) return st;
+  return info;
+}
+
+}  // namespace trams::cuda

@@ -1,0 +1,88 @@
+#include "engine/cuda/cuda_loader.h"
+
+#include <dlfcn.h>
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+
+namespace trams::cuda {
+
+std::string DefaultModulePath() {
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return "";
+  return (exe.parent_path() / kModuleFileName).string();
+}
+
+absl::StatusOr<std::unique_ptr<CudaModule>> CudaModule::Open(const std::string& path_in) {
+  const std::string path = path_in.empty() ? DefaultModulePath() : path_in;
+  if (path.empty()) return absl::NotFoundError("cannot locate the CUDA module: /proc/self/exe is unreadable");
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    return absl::NotFoundError(absl::StrCat("CUDA module not found at ", path, " (built without CUDA?)"));
+  }
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+  if (handle == nullptr) {
+    const char* err = dlerror();
+    return absl::FailedPreconditionError(absl::StrCat("cannot load ", path, ": ", err != nullptr ? err : "?"));
+  }
+  auto get_api = reinterpret_cast<trams_cuda_get_api_fn>(dlsym(handle, TRAMS_CUDA_GET_API_SYMBOL));
+  if (get_api == nullptr) {
+    dlclose(handle);
+    return absl::FailedPreconditionError(absl::StrCat(path, " does not export ", TRAMS_CUDA_GET_API_SYMBOL));
+  }
+  const trams_cuda_api* api = get_api(TRAMS_CUDA_API_VERSION);
+  if (api == nullptr || api->version != TRAMS_CUDA_API_VERSION ||
+      api->struct_size < static_cast<int32_t>(sizeof(trams_cuda_api))) {
+    dlclose(handle);
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " does not serve CUDA backend API version ", TRAMS_CUDA_API_VERSION));
+  }
+  std::unique_ptr<CudaModule> m(new CudaModule());
+  m->handle_ = handle;
+  m->api_ = api;
+  m->create_ops_ = dlsym(handle, TRAMS_CUDA_CREATE_OPS_SYMBOL);
+  m->path_ = path;
+  return m;
+}
+
+int CudaModule::DeviceCount(std::string* why) const {
+  int32_t count = 0;
+  const trams_cuda_code code = api_->device_count(&count);
+  if (code != TRAMS_CUDA_OK || count <= 0) {
+    if (why != nullptr) *why = api_->last_error();
+    return 0;
+  }
+  return count;
+}
+
+CudaAvailability ProbeCuda(const std::string& path) {
+  CudaAvailability out;
+  auto module = CudaModule::Open(path);
+  if (!module.ok()) {
+    out.message = absl::StrCat("no CUDA device: running on the host (", module.status().message(), ")");
+    return out;
+  }
+  std::string why;
+  out.devices = (*module)->DeviceCount(&why);
+  out.message = out.devices > 0 ? absl::StrCat("CUDA: ", out.devices, " device(s) via ", (*module)->path())
+                                : absl::StrCat("no CUDA device: running on the host (", why, ")");
+  out.module = std::move(*module);
+  return out;
+}
+
+absl::Status FromCudaCode(trams_cuda_code code, const char* message) {
+  const std::string m = message != nullptr ? message : "";
+  switch (code) {
+    case TRAMS_CUDA_OK: return absl::OkStatus();
+    case TRAMS_CUDA_INVALID_ARGUMENT: return absl::InvalidArgumentError(m);
+    case TRAMS_CUDA_RESOURCE_EXHAUSTED: return absl::ResourceExhaustedError(m);
+    case TRAMS_CUDA_UNAVAILABLE: return absl::UnavailableError(m);
+    case TRAMS_CUDA_FAILED_PRECONDITION: return absl::FailedPreconditionError(m);
+    case TRAMS_CUDA_INTERNAL: return absl::InternalError(m);
+  }
+  return absl::InternalError(absl::StrCat("unknown CUDA backend code ", static_cast<int>(code), ": ", m));
+}
+
+}  // namespace trams::cuda

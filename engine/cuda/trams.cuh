@@ -1,0 +1,39 @@
+// Per-element math of TRAMS (trams.cu): the score of a token entering the pool and the top-k rule.
+// Host twin: TramsScorer and SelectTopK in engine/trams_selector.cc, the ring of StreamState in
+// engine/memory_pool.cc. The kernel ranks each candidate by counting better ones (O(C^2) per head, with
+// C <= M a few hundred), which gives the same set as nth_element and keeps pool order for free.
+#pragma once
+
+#include "engine/cuda/hd_common.cuh"
+
+namespace trams::cuda {
+
+// Ring row of the `index`-th oldest pool token (StreamState::RingRow).
+TRAMS_HD int RingRow(int start, int index, int mem_len) { return (start + index) % mem_len; }
+// Ring row of the i-th token being appended to a pool of `size` (StreamState::AppendRow).
+TRAMS_HD int AppendRingRow(int start, int size, int i, int mem_len) { return (start + size + i) % mem_len; }
+
+// Score of key k (one head, d_head floats) with K' = W_q,h^T k: via the Gram matrix G = W_q,h W_q,h^T
+// (d_head x d_head, symmetric) and u = W_q,h 1, ||K'||^2 = k^T G k and sum K' = k . u.
+// code metric: ||K'|| * |sum K'|; paper metric: sum K' / sqrt(d_model). Same rounding steps as
+// TramsScorer::Score: y = k G in f32, products in f32, sums in double.
+TRAMS_HD float TramsScore(const float* k, const float* gram, const float* u, int d_head, int metric,
+                          double inv_sqrt_d_model) {
+  double sum = 0.0, sq = 0.0;
+  for (int a = 0; a < d_head; ++a) {
+    float y = 0.0f;
+    for (int b = 0; b < d_head; ++b) y += k[b] * gram[b * d_head + a];
+    sum += k[a] * u[a];
+    sq += k[a] * y;
+  }
+  if (metric == 0) return static_cast<float>(sqrt(sq > 0.0 ? sq : 0.0) * fabs(sum));
+  return static_cast<float>(sum * inv_sqrt_d_model);
+}
+
+// Candidate i ranks before candidate j: higher score, ties to the older (smaller pool index) token.
+TRAMS_HD bool TramsBetter(float si, int i, float sj, int j) { return si > sj || (si == sj && i < j); }
+
+// The attended pool index of slot `slot` when nothing is selected: the newest `a` tokens, oldest first.
+TRAMS_HD int NewestPoolIndex(int size, int a, int slot) { return size - a + slot; }
+
+}  // namespace trams::cuda
