@@ -7,6 +7,15 @@
 #include <limits>
 
 namespace trams {
+namespace {
+// Debian's serial OpenBLAS is built without locking: two sgemm calls at once from different threads can
+// corrupt each other's buffers (seen: wrong log-probs in about 1 of 4 server runs with 2 threads). Until
+// the host BLAS is one that is safe for concurrent callers, every call goes through this lock.
+std::mutex& BlasMutex() {
+  static std::mutex mu;
+  return mu;
+}
+}  // namespace
 
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
@@ -83,7 +92,10 @@ void AsTwoRows(const float* a, int64_t k, float* c, int64_t n, float beta, Fn&& 
   a2.insert(a2.end(), a, a + k);
   c2.assign(c, c + n);
   c2.insert(c2.end(), c, c + n);
-  run(a2.data(), static_cast<int>(k), c2.data(), static_cast<int>(n));
+  {
+    std::lock_guard<std::mutex> lock(BlasMutex());
+    run(a2.data(), static_cast<int>(k), c2.data(), static_cast<int>(n));
+  }
   (void)beta;
   std::copy(c2.begin(), c2.begin() + n, c);
 }
@@ -98,6 +110,7 @@ void MatMulNT(const float* a, int lda, const float* b, int ldb, float* c, int ld
                   lda2, b, ldb, beta, c2, ldc2);
     });
   }
+  std::lock_guard<std::mutex> lock(BlasMutex());
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
               1.0f, a, lda, b, ldb, beta, c, ldc);
 }
@@ -110,6 +123,7 @@ void MatMulNN(const float* a, int lda, const float* b, int ldb, float* c, int ld
                   lda2, b, ldb, 0.0f, c2, ldc2);
     });
   }
+  std::lock_guard<std::mutex> lock(BlasMutex());
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
               static_cast<int>(k), 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
 }
