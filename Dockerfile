@@ -4,7 +4,7 @@ FROM debian:12 AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       cmake ninja-build g++ pkg-config ca-certificates \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev prometheus-cpp-dev \
-      libopenblas-serial-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev \
+      libblis-serial-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -14,7 +14,7 @@ RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DTRAMS_WITH_CUDA=OF
 FROM debian:12
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libgrpc++1.51 libprotobuf32 libabsl20220623 libprometheus-cpp-pull1.0 libprometheus-cpp-core1.0 \
-      libopenblas0-serial \
+      libblis4-serial \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/build/server/trams-server /src/build/client/trams-client /src/build/engine/trams-eval /usr/local/bin/
 COPY --from=build /src/models /models

@@ -3,7 +3,7 @@
 set -euo pipefail
 build_pkgs=(cmake ninja-build g++ pkg-config ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev prometheus-cpp-dev libopenblas-serial-dev nlohmann-json3-dev
+  libabsl-dev prometheus-cpp-dev libblis-serial-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev)
 test_pkgs=(python3-numpy python3-grpcio prometheus grpc-proto curl)  # Node.js comes with the machine image
 pkgs=("${build_pkgs[@]}")

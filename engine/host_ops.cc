@@ -7,15 +7,6 @@
 #include <limits>
 
 namespace trams {
-namespace {
-// Debian's serial OpenBLAS is built without locking: two sgemm calls at once from different threads can
-// corrupt each other's buffers (seen: wrong log-probs in about 1 of 4 server runs with 2 threads). Until
-// the host BLAS is one that is safe for concurrent callers, every call goes through this lock.
-std::mutex& BlasMutex() {
-  static std::mutex mu;
-  return mu;
-}
-}  // namespace
 
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
@@ -81,9 +72,10 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t)>& fn) 
   fn_ = nullptr;
 }
 
-// OpenBLAS computes a single row (m == 1) on its gemv path, whose rounding differs from the gemm path
-// that every m >= 2 takes (where a row's result does not depend on m or on its neighbours). A session's
-// results must not depend on what it is batched with, so a lone row is run as two.
+// The BLAS computes a single row (m == 1) on a gemv-like path whose rounding differs from the gemm path
+// of m >= 2. A session's results should not depend on what it is batched with, so a lone row runs as two.
+// (Row results can still vary in the last bits with m on some shapes; TRAMS selection is made robust to
+// that in SelectTopK.)
 namespace {
 template <class Fn>
 void AsTwoRows(const float* a, int64_t k, float* c, int64_t n, float beta, Fn&& run) {
@@ -92,10 +84,7 @@ void AsTwoRows(const float* a, int64_t k, float* c, int64_t n, float beta, Fn&& 
   a2.insert(a2.end(), a, a + k);
   c2.assign(c, c + n);
   c2.insert(c2.end(), c, c + n);
-  {
-    std::lock_guard<std::mutex> lock(BlasMutex());
-    run(a2.data(), static_cast<int>(k), c2.data(), static_cast<int>(n));
-  }
+  run(a2.data(), static_cast<int>(k), c2.data(), static_cast<int>(n));
   (void)beta;
   std::copy(c2.begin(), c2.begin() + n, c);
 }
@@ -110,7 +99,6 @@ void MatMulNT(const float* a, int lda, const float* b, int ldb, float* c, int ld
                   lda2, b, ldb, beta, c2, ldc2);
     });
   }
-  std::lock_guard<std::mutex> lock(BlasMutex());
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
               1.0f, a, lda, b, ldb, beta, c, ldc);
 }
@@ -123,7 +111,6 @@ void MatMulNN(const float* a, int lda, const float* b, int ldb, float* c, int ld
                   lda2, b, ldb, 0.0f, c2, ldc2);
     });
   }
-  std::lock_guard<std::mutex> lock(BlasMutex());
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
               static_cast<int>(k), 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
 }

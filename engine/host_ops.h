@@ -1,5 +1,5 @@
-// Host (CPU) kernels: OpenBLAS sgemm for the matrix products, plain loops for the rest.
-// A small thread pool splits work across cores (Debian's serial OpenBLAS runs one core per call).
+// Host (CPU) kernels: BLIS sgemm (serial, thread-safe) for the matrix products, plain loops for the rest.
+// A small thread pool splits work across cores (the serial BLAS runs one core per call).
 #pragma once
 
 #include <condition_variable>
