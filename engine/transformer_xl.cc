@@ -240,7 +240,8 @@ static double MemoryShare(const std::vector<float>& probs, int n, int a) {
 }
 
 // One (stream, head) of relative attention over the attended memory plus the segment.
-void TransformerXL::AttendOne(int layer, int s, int h, Batch& b, std::vector<int>* selected, MemoryShareSample* share) {
+void TransformerXL::AttendOne(int layer, int s, int h, Batch& b, std::vector<int>* selected,
+                              std::vector<float>* selected_scores, MemoryShareSample* share) {
   const ModelConfig& c = config();
   const int dh = c.d_head, w = c.attn_width();
   const StreamState& stream = *b.streams[s];
@@ -264,6 +265,10 @@ void TransformerXL::AttendOne(int layer, int s, int h, Batch& b, std::vector<int
     for (int j = 0; j < candidates; ++j) cand_scores[j] = pool.scores[stream.RingRow(j) * c.n_head + h];
     SelectTopK(cand_scores.data(), 1, candidates, settings.topk, &chosen);
     if (selected != nullptr) *selected = chosen;
+    if (selected_scores != nullptr) {
+      selected_scores->clear();
+      for (int j : chosen) selected_scores->push_back(cand_scores[j]);
+    }
     for (int j = candidates; j < pool_size; ++j) chosen.push_back(j);
   } else {
     for (int j = pool_size - a; j < pool_size; ++j) chosen.push_back(j);
@@ -302,8 +307,10 @@ void TransformerXL::AttentionLayer(int layer, Batch& b, std::vector<SegmentOutpu
   std::vector<MemoryShareSample> shares(static_cast<size_t>(n_streams) * c.n_head);
   pool_.ParallelFor(static_cast<int64_t>(n_streams) * c.n_head, [&](int64_t task) {
     const int s = static_cast<int>(task / c.n_head), h = static_cast<int>(task % c.n_head);
-    std::vector<int>* selected = b.options[s].selections ? &(*outputs)[s].selections[layer][h] : nullptr;
-    AttendOne(layer, s, h, b, selected, b.options[s].memory_share ? &shares[task] : nullptr);
+    const bool record = b.options[s].selections;
+    AttendOne(layer, s, h, b, record ? &(*outputs)[s].selections[layer][h] : nullptr,
+              record ? &(*outputs)[s].selection_scores[layer][h] : nullptr,
+              b.options[s].memory_share ? &shares[task] : nullptr);
   });
   for (size_t task = 0; task < shares.size(); ++task) {
     if (!shares[task].valid) continue;
@@ -487,7 +494,10 @@ absl::Status TransformerXL::Forward(absl::Span<const SegmentInput> batch, std::v
 
   outputs->assign(batch.size(), SegmentOutput{});
   for (size_t s = 0; s < batch.size(); ++s) {
-    if (b.options[s].selections) (*outputs)[s].selections.assign(c.n_layer, std::vector<std::vector<int>>(c.n_head));
+    if (b.options[s].selections) {
+      (*outputs)[s].selections.assign(c.n_layer, std::vector<std::vector<int>>(c.n_head));
+      (*outputs)[s].selection_scores.assign(c.n_layer, std::vector<std::vector<float>>(c.n_head));
+    }
   }
   for (size_t s = 0; s < b.streams.size(); ++s) {
     b.streams[s]->SaveRowsBeforeAppend(static_cast<int>(b.tokens[s].size()));

@@ -51,6 +51,7 @@ struct SegmentOutput {
   std::vector<std::vector<TokenAlternative>> alternatives;  // same indexing, when requested
   // selections[layer][head] = selected pool indices (0 = oldest), empty where nothing was selected.
   std::vector<std::vector<std::vector<int>>> selections;
+  std::vector<std::vector<std::vector<float>>> selection_scores;  // their TRAMS scores, same shape
   std::vector<float> next_logprobs;  // vocab_size floats, when requested
   // Sums over selecting (layer, head) pairs of the mean memory share; divide by the sample count.
   double memory_share_selected = 0;
@@ -93,7 +94,8 @@ class TransformerXL {
                       std::vector<float>* probs, std::vector<float>* values) const;
   void Embed(Batch& b) const;
   void AttentionLayer(int layer, Batch& b, std::vector<SegmentOutput>* outputs);
-  void AttendOne(int layer, int stream, int head, Batch& b, std::vector<int>* selected, MemoryShareSample* share);
+  void AttendOne(int layer, int stream, int head, Batch& b, std::vector<int>* selected,
+                 std::vector<float>* selected_scores, MemoryShareSample* share);
   void FeedForwardLayer(int layer, Batch& b);
   void Score(Batch& b, std::vector<SegmentOutput>* outputs);
 

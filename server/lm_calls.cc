@@ -65,6 +65,7 @@ void RecordSelection(const StreamState& stream, int64_t start, int pool_before, 
   const bool selected = pool_before > s.topk + s.remain;
   rec.recent_from = start - (selected ? s.remain : std::min(pool_before, s.attend_len()));
   rec.selected.assign(out.selections.size(), {});
+  rec.scores = out.selection_scores;
   for (size_t l = 0; l < out.selections.size(); ++l) {
     rec.selected[l].resize(out.selections[l].size());
     for (size_t h = 0; h < out.selections[l].size(); ++h) {
@@ -103,7 +104,9 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
         if (!ok && ctx_->IsCancelled()) {
           EndWith(absl::CancelledError("the call was cancelled; the session is unchanged"));
         } else if (!ok && !started_) {
-          EndWith(absl::InvalidArgumentError("the Score call ended before naming a session"));
+          // No message at all: nothing to score. Fine if the metadata names a session, else an error.
+          absl::StatusOr<std::string> id = svc_->SessionIdOf(ctx_, "");
+          EndWith(id.ok() ? absl::OkStatus() : id.status());
         } else if (!ok) {
           input_closed_ = true;  // the client half-closed: run what is left
           Absorb(svc_->Encode(&text_, /*final=*/true, &pending_));

@@ -250,18 +250,16 @@ grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContex
     } else {
       resp->set_segment_start(rec.segment_start);
       resp->set_segment_len(rec.segment_len);
-      const StreamState& stream = *session.stream;
-      const int64_t pool_first = stream.position() - stream.size();
       for (size_t l = 0; l < rec.selected.size(); ++l) {
         v1::LayerSelection* layer = resp->add_layers();
         layer->set_layer(static_cast<int>(l));
         layer->set_recent_from(rec.recent_from);
-        const std::vector<float>& scores = stream.layer(static_cast<int>(l)).scores;
         for (size_t h = 0; h < rec.selected[l].size(); ++h) {
           if (rec.selected[l][h].empty()) continue;
           v1::HeadSelection* head = layer->add_heads();
           head->set_head(static_cast<int>(h));
-          for (int64_t pos : rec.selected[l][h]) {
+          for (size_t j = 0; j < rec.selected[l][h].size(); ++j) {
+            const int64_t pos = rec.selected[l][h][j];
             v1::SelectedToken* t = head->add_selected();
             t->set_position(pos);
             const int64_t k = pos - session.recent_first;
@@ -269,10 +267,8 @@ grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContex
               t->set_id(session.recent_ids[k]);
               t->set_text(TokenText(session.recent_ids[k]));
             }
-            const int64_t pool_index = pos - pool_first;
-            if (!scores.empty() && pool_index >= 0 && pool_index < stream.size()) {
-              t->set_score(scores[static_cast<size_t>(stream.RingRow(static_cast<int>(pool_index))) *
-                                      model_->config().n_head + h]);
+            if (l < rec.scores.size() && h < rec.scores[l].size() && j < rec.scores[l][h].size()) {
+              t->set_score(rec.scores[l][h][j]);
             }
           }
         }

@@ -33,6 +33,7 @@ struct SelectionRecord {
   int64_t recent_from = 0;
   // [layer][head] -> stream positions of the selected tokens (empty: that layer did not select).
   std::vector<std::vector<std::vector<int64_t>>> selected;
+  std::vector<std::vector<std::vector<float>>> scores;  // their TRAMS scores when selected
 };
 
 struct Session {

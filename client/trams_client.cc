@@ -1,0 +1,203 @@
+// TramsClient: unary calls, the bidi Score stream (writer thread + reading caller) and the
+// server-streaming Generate call, each mapped to absl::Status.
+#include "client/trams_client.h"
+
+#include <algorithm>
+#include <atomic>
+#include <thread>
+#include <utility>
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+
+#include "absl/time/clock.h"
+
+namespace trams::client {
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  // Both enums are the canonical codes 0..16 (absl/status/status.h says so of its own values).
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+TramsClient::TramsClient(std::shared_ptr<grpc::Channel> channel, ClientOptions options)
+    : stub_(v1::TramsService::NewStub(std::move(channel))), options_(options) {}
+
+std::unique_ptr<TramsClient> TramsClient::Connect(const std::string& target,
+                                                  ClientOptions options) {
+  return std::make_unique<TramsClient>(
+      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()), options);
+}
+
+std::unique_ptr<grpc::ClientContext> TramsClient::NewContext(const std::string& session_id) const {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  if (options_.timeout != absl::InfiniteDuration()) {
+    ctx->set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
+  }
+  if (options_.send_session_metadata && !session_id.empty()) {
+    ctx->AddMetadata(kSessionIdMetadata, session_id);
+  }
+  return ctx;
+}
+
+absl::StatusOr<v1::ModelInfo> TramsClient::GetModelInfo() {
+  auto ctx = NewContext("");
+  v1::ModelInfo info;
+  grpc::Status st = stub_->GetModelInfo(ctx.get(), v1::GetModelInfoRequest(), &info);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return info;
+}
+
+absl::StatusOr<v1::Session> TramsClient::CreateSession(const v1::CreateSessionRequest& request) {
+  auto ctx = NewContext(request.session_id());
+  v1::Session session;
+  grpc::Status st = stub_->CreateSession(ctx.get(), request, &session);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return session;
+}
+
+absl::StatusOr<v1::Session> TramsClient::GetSession(const std::string& session_id) {
+  auto ctx = NewContext(session_id);
+  v1::GetSessionRequest request;
+  request.set_session_id(session_id);
+  v1::Session session;
+  grpc::Status st = stub_->GetSession(ctx.get(), request, &session);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return session;
+}
+
+absl::StatusOr<std::vector<v1::Session>> TramsClient::ListSessions() {
+  auto ctx = NewContext("");
+  v1::ListSessionsResponse response;
+  grpc::Status st = stub_->ListSessions(ctx.get(), v1::ListSessionsRequest(), &response);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return std::vector<v1::Session>(response.sessions().begin(), response.sessions().end());
+}
+
+absl::Status TramsClient::DeleteSession(const std::string& session_id) {
+  auto ctx = NewContext(session_id);
+  v1::DeleteSessionRequest request;
+  request.set_session_id(session_id);
+  v1::DeleteSessionResponse response;
+  return FromGrpcStatus(stub_->DeleteSession(ctx.get(), request, &response));
+}
+
+absl::StatusOr<v1::ScoreResponse> TramsClient::ScoreText(const std::string& session_id,
+                                                         ChunkSource next_chunk,
+                                                         const ScoreParams& params,
+                                                         const ScoreCallback& on_response) {
+  auto ctx = NewContext(session_id);
+  std::unique_ptr<grpc::ClientReaderWriter<v1::ScoreRequest, v1::ScoreResponse>> stream =
+      stub_->Score(ctx.get());
+
+  // The writer runs on its own thread: the server answers segment by segment while the input is
+  // still arriving, and a caller that only wrote would stall once flow control fills up.
+  std::atomic<bool> stop_writing{false};
+  absl::Status source_status;  // written by the writer thread, read after join()
+  std::thread writer([&] {
+    v1::ScoreRequest request;
+    request.set_session_id(session_id);
+    if (params.expected_position.has_value()) {
+      request.set_expected_position(*params.expected_position);
+    }
+    request.mutable_options()->set_alternatives(params.alternatives);
+    request.mutable_options()->set_entropy(params.entropy);
+    bool header_sent = false;
+    while (!stop_writing.load(std::memory_order_relaxed)) {
+      absl::StatusOr<std::optional<std::string>> chunk = next_chunk();
+      if (!chunk.ok()) {
+        source_status = chunk.status();
+        ctx->TryCancel();
+        return;
+      }
+      if (!chunk->has_value()) break;
+      if ((*chunk)->empty()) continue;
+      request.set_text(std::move(**chunk));
+      if (!stream->Write(request)) return;  // the call is over; Finish() says why
+      header_sent = true;
+      request.Clear();  // later messages carry only their chunk
+    }
+    // An empty input still names the session, so the server can answer (or reject) the call.
+    if (!header_sent && !stop_writing.load() && !stream->Write(request)) return;
+    stream->WritesDone();
+  });
+
+  absl::Status callback_status;
+  v1::ScoreResponse response;
+  v1::ScoreResponse last;
+  while (stream->Read(&response)) {
+    if (callback_status.ok()) {
+      callback_status = on_response(response);
+      if (!callback_status.ok()) {
+        stop_writing = true;
+        ctx->TryCancel();
+      }
+    }
+    last.Swap(&response);
+    last.clear_tokens();
+  }
+  stop_writing = true;
+  writer.join();
+  grpc::Status st = stream->Finish();
+  if (!source_status.ok()) return source_status;
+  if (!callback_status.ok()) return callback_status;
+  if (!st.ok()) return FromGrpcStatus(st);
+  return last;
+}
+
+absl::StatusOr<v1::ScoreResponse> TramsClient::ScoreText(const std::string& session_id,
+                                                         std::string_view text, size_t chunk_bytes,
+                                                         const ScoreParams& params,
+                                                         const ScoreCallback& on_response) {
+  if (chunk_bytes == 0) return absl::InvalidArgumentError("chunk_bytes must be at least 1");
+  size_t offset = 0;
+  ChunkSource source = [&]() -> absl::StatusOr<std::optional<std::string>> {
+    if (offset >= text.size()) return std::optional<std::string>();
+    size_t n = std::min(chunk_bytes, text.size() - offset);
+    std::string chunk(text.substr(offset, n));
+    offset += n;
+    return std::optional<std::string>(std::move(chunk));
+  };
+  return ScoreText(session_id, std::move(source), params, on_response);
+}
+
+absl::StatusOr<GenerateSummary> TramsClient::Generate(const std::string& session_id,
+                                                      v1::GenerateRequest request,
+                                                      const TokenCallback& on_token) {
+  request.set_session_id(session_id);
+  auto ctx = NewContext(session_id);
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
+      stub_->Generate(ctx.get(), request);
+  GenerateSummary summary;
+  absl::Status callback_status;
+  v1::GenerateResponse response;
+  while (reader->Read(&response)) {
+    summary.position = response.position();
+    if (response.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+      summary.finish_reason = response.finish_reason();
+    }
+    for (const v1::TokenScore& token : response.tokens()) {
+      ++summary.tokens;
+      if (!callback_status.ok()) continue;
+      callback_status = on_token(token);
+      if (!callback_status.ok()) ctx->TryCancel();
+    }
+  }
+  grpc::Status st = reader->Finish();
+  if (!callback_status.ok()) return callback_status;
+  if (!st.ok()) return FromGrpcStatus(st);
+  return summary;
+}
+
+absl::StatusOr<v1::ExplainSelectionResponse> TramsClient::ExplainSelection(
+    const std::string& session_id) {
+  auto ctx = NewContext(session_id);
+  v1::ExplainSelectionRequest request;
+  request.set_session_id(session_id);
+  v1::ExplainSelectionResponse response;
+  grpc::Status st = stub_->ExplainSelection(ctx.get(), request, &response);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return response;
+}
+
+}  // namespace trams::client
