@@ -90,6 +90,14 @@ trams_cuda_code NextLogProbs(trams_cuda_context* ctx, const trams_cuda_stream* s
   });
 }
 
+template <Status (Context::*method)(Stream*)>
+trams_cuda_code StreamCall(trams_cuda_context* ctx, trams_cuda_stream* stream) {
+  return Guard([&] {
+    if (ctx == nullptr) return InvalidArgument("null context");
+    return (Ctx(ctx)->*method)(Str(stream));
+  });
+}
+
 }  // namespace
 
 const char* LastErrorMessage() { return last_error.c_str(); }
@@ -129,6 +137,9 @@ trams_cuda_api MakeApiTable(const char* backend, DeviceCountFn device_count, Cre
   api.stream_info = &StreamInfo;
   api.forward = &Forward;
   api.next_logprobs = &NextLogProbs;
+  api.stream_begin_transaction = &StreamCall<&Context::BeginTransaction>;
+  api.stream_commit = &StreamCall<&Context::CommitTransaction>;
+  api.stream_rollback = &StreamCall<&Context::RollbackTransaction>;
   return api;
 }
 

@@ -58,6 +58,7 @@ void Stream::CommitAppend(int n) {
     }
   }
   position_ += n;
+  if (in_transaction_) appended_ += n;
 }
 
 Context::Context(std::unique_ptr<DeviceOps> ops, const trams_cuda_options& options)
@@ -574,6 +575,8 @@ Status Context::GetStreamInfo(const Stream* stream, trams_cuda_stream_info* out)
   out->size = stream->size();
   out->position = stream->position();
   out->bytes = stream->bytes();
+  out->in_transaction = stream->in_transaction() ? 1 : 0;
+  out->undo_bytes = stream->undo_bytes();
   return Status::Ok();
 }
 

@@ -44,6 +44,8 @@ class Stream {
   int AppendRow(int i) const { return (start_ + size_ + i) % settings_.mem_len; }
   // StreamState::CommitAppend without the hidden state (the device copy is made by the forward).
   void CommitAppend(int n);
+  bool in_transaction() const { return in_transaction_; }
+  int64_t undo_bytes() const;
 
  private:
   friend class Context;
@@ -54,6 +56,16 @@ class Stream {
   int64_t arena_offset_ = 0, bytes_ = 0;
   std::vector<float*> keys_, values_, scores_;  // per layer; scores_ null where the layer never selects
   float* last_hidden_ = nullptr;                // [d_model]
+
+  // Transaction (StreamState's undo log, kept in host memory): the cursor and hidden state at begin, and
+  // per layer the overwritten rows in overwrite order.
+  bool in_transaction_ = false;
+  int saved_start_ = 0, saved_size_ = 0;
+  int64_t saved_position_ = 0;
+  std::vector<float> saved_hidden_;
+  int64_t appended_ = 0;  // tokens appended since begin
+  int saved_rows_ = 0;    // overwrite indices [0, saved_rows_) are handled (saved or never live)
+  std::vector<std::vector<float>> undo_keys_, undo_values_, undo_scores_;
 };
 
 class Context {
@@ -72,6 +84,9 @@ class Context {
   Status Forward(const trams_cuda_segment* segments, int n_segments);
   Status NextLogProbs(const Stream* stream, float* out);
   Status GetDeviceInfo(trams_cuda_device_info* out);
+  Status BeginTransaction(Stream* stream);
+  Status CommitTransaction(Stream* stream);
+  Status RollbackTransaction(Stream* stream);
 
  private:
   struct Config {
@@ -105,7 +120,6 @@ class Context {
   };
   struct Workspace;
   struct Plan;
-  struct Target;
 
   Context(std::unique_ptr<DeviceOps> ops, const trams_cuda_options& options);
   Status Init(const trams_cuda_model& model);
@@ -119,11 +133,18 @@ class Context {
   Status ParseSettings(const trams_cuda_stream_settings& in, StreamSettings* out) const;
   int64_t StreamBytesFor(const StreamSettings& s) const;
   Status CheckStream(const Stream* stream) const;
+  // Copies the live rows the next `n` appended tokens overwrite into the stream's undo log (in a
+  // transaction); StreamState::SaveRowsBeforeAppend.
+  Status SaveRowsBeforeAppend(Stream& stream, int n);
 
   // y[m, n] = x[m, k] W^T (W [n, k]) or x W (W [k, n], `w_is_kn`), through a converted copy of x when W is
   // not f32. x is contiguous (ld k).
   Status Linear(const float* x, int m, int k, const DeviceMatrix& w, bool w_is_kn, float* y, int64_t ldy,
                 void* convert_scratch);
+  void CarveWorkspace(class Carver& cv, const Plan& plan, Workspace* ws) const;
+  int64_t OutputChunkFloats() const;
+  // Sizes the workspace for `plan` (growing it if needed) and carves `ws` from it.
+  Status PrepareWorkspace(const Plan& plan, Workspace* ws);
   Status RunForward(Plan& plan, Workspace& ws);
   Status Embed(const Plan& plan, Workspace& ws);
   Status AttentionLayer(int layer, const Plan& plan, Workspace& ws);

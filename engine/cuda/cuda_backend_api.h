@@ -144,6 +144,7 @@ typedef struct trams_cuda_segment {
   float* token_logprobs; /* [n_tokens * vocab_size]: the distribution that scored token i (NaN row if unscored) */
   float* next_logprobs;  /* [vocab_size]: log p(v | segment) after the last token */
   int32_t* selections;   /* [n_layer * n_head * topk]: TRAMS-selected pool indices (0 = oldest), ascending */
+  float* selection_scores; /* [n_layer * n_head * topk]: their TRAMS scores, same layout */
   int32_t* selection_counts; /* [n_layer * n_head]: entries used in each row of `selections` (0 = none) */
 } trams_cuda_segment;
 
@@ -152,6 +153,8 @@ typedef struct trams_cuda_stream_info {
   int32_t size;     /* tokens in the pool */
   int64_t position; /* tokens consumed */
   int64_t bytes;    /* arena bytes held */
+  int32_t in_transaction;
+  int64_t undo_bytes; /* host memory of the transaction's undo log */
 } trams_cuda_stream_info;
 
 typedef struct trams_cuda_device_info {
@@ -201,6 +204,15 @@ typedef struct trams_cuda_api {
   trams_cuda_code (*forward)(trams_cuda_context* ctx, const trams_cuda_segment* segments, int32_t n_segments);
   /* log p(v | stream so far), vocab_size floats; the stream must have consumed a token. */
   trams_cuda_code (*next_logprobs)(trams_cuda_context* ctx, const trams_cuda_stream* stream, float* out);
+
+  /* Transactions (StreamState::BeginTransaction / Commit / Rollback): after begin, each forward first copies
+   * the live pool rows it is about to overwrite to host memory (at most the pool per layer over the whole
+   * transaction); rollback puts them back with the cursor and the last hidden state, commit drops them.
+   * Rollback also undoes a forward that failed with TRAMS_CUDA_INTERNAL. Begin on a stream already in a
+   * transaction restarts it; commit and rollback outside one do nothing. */
+  trams_cuda_code (*stream_begin_transaction)(trams_cuda_context* ctx, trams_cuda_stream* stream);
+  trams_cuda_code (*stream_commit)(trams_cuda_context* ctx, trams_cuda_stream* stream);
+  trams_cuda_code (*stream_rollback)(trams_cuda_context* ctx, trams_cuda_stream* stream);
 } trams_cuda_api;
 
 /* Returns NULL when the module cannot serve `version`. */

@@ -91,6 +91,22 @@ absl::StatusOr<trams_cuda_stream_info> CudaStream::Info() const {
   return info;
 }
 
+absl::Status CudaStream::BeginTransaction() {
+  absl::Status st = FromCudaCode(api_->stream_begin_transaction(ctx_, stream_), api_->last_error());
+  if (st.ok()) saved_position_ = position_;
+  return st;
+}
+
+absl::Status CudaStream::Commit() { return FromCudaCode(api_->stream_commit(ctx_, stream_), api_->last_error()); }
+
+absl::Status CudaStream::Rollback() {
+  trams_cuda_stream_info info{};
+  const bool active = api_->stream_info(ctx_, stream_, &info) == TRAMS_CUDA_OK && info.in_transaction;
+  absl::Status st = FromCudaCode(api_->stream_rollback(ctx_, stream_), api_->last_error());
+  if (st.ok() && active) position_ = saved_position_;
+  return st;
+}
+
 absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const trams_cuda_api* api, const ModelWeights& weights,
                                                                const CudaEngineOptions& options) {
   if (api == nullptr) return absl::InvalidArgumentError("no CUDA backend API");
@@ -149,6 +165,7 @@ absl::Status CudaEngine::Forward(absl::Span<const CudaSegmentInput> batch, std::
   std::vector<trams_cuda_segment> segs(n);
   std::vector<std::vector<float>> full(n);
   std::vector<std::vector<int32_t>> sel(n), sel_counts(n);
+  std::vector<std::vector<float>> sel_scores(n);
   for (size_t b = 0; b < n; ++b) {
     const CudaSegmentInput& in = batch[b];
     if (in.stream == nullptr) return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " has no stream"));
@@ -175,7 +192,9 @@ absl::Status CudaEngine::Forward(absl::Span<const CudaSegmentInput> batch, std::
       const int topk = std::max(1, in.stream->settings_.topk);
       sel[b].assign(static_cast<size_t>(c.n_layer) * c.n_head * topk, -1);
       sel_counts[b].assign(static_cast<size_t>(c.n_layer) * c.n_head, 0);
+      sel_scores[b].assign(sel[b].size(), 0.0f);
       s.selections = sel[b].data();
+      s.selection_scores = sel_scores[b].data();
       s.selection_counts = sel_counts[b].data();
     }
   }
@@ -216,11 +235,13 @@ absl::Status CudaEngine::Forward(absl::Span<const CudaSegmentInput> batch, std::
     if (in.options.selections) {
       const int topk = std::max(1, in.stream->settings_.topk);
       out.selections.assign(c.n_layer, std::vector<std::vector<int>>(c.n_head));
+      out.selection_scores.assign(c.n_layer, std::vector<std::vector<float>>(c.n_head));
       for (int l = 0; l < c.n_layer; ++l) {
         for (int h = 0; h < c.n_head; ++h) {
           const int count = sel_counts[b][l * c.n_head + h];
-          const int32_t* row = sel[b].data() + (static_cast<size_t>(l) * c.n_head + h) * topk;
-          out.selections[l][h].assign(row, row + count);
+          const size_t at = (static_cast<size_t>(l) * c.n_head + h) * topk;
+          out.selections[l][h].assign(sel[b].data() + at, sel[b].data() + at + count);
+          out.selection_scores[l][h].assign(sel_scores[b].data() + at, sel_scores[b].data() + at + count);
         }
       }
     }

@@ -1,7 +1,8 @@
 // CudaEngine: the engine on a CUDA backend (or its host emulation), behind the C ABI of
 // cuda_backend_api.h, with TransformerXL's types: ModelWeights in, TramsSettings per stream,
 // OutputOptions / SegmentOutput per segment (engine/transformer_xl.h). Entropy and alternatives are
-// computed on the host from the full distributions the device returns.
+// computed on the host from the full distributions the device returns. Not computed on the device:
+// OutputOptions::memory_share (its samples stay 0).
 // Thread safety: the device context serializes calls; a CudaStream is used by one call at a time and must
 // be destroyed before its engine.
 #pragma once
@@ -54,6 +55,11 @@ class CudaStream {
   int64_t position() const { return position_; }
   absl::StatusOr<trams_cuda_stream_info> Info() const;
 
+  // StreamState's transactions: Rollback() restores the pools, cursor and prediction state of Begin().
+  absl::Status BeginTransaction();
+  absl::Status Commit();
+  absl::Status Rollback();
+
  private:
   friend class CudaEngine;
   CudaStream() = default;
@@ -62,6 +68,7 @@ class CudaStream {
   trams_cuda_stream* stream_ = nullptr;
   TramsSettings settings_;
   int64_t position_ = 0;
+  int64_t saved_position_ = 0;
 };
 
 struct CudaSegmentInput {

@@ -238,13 +238,26 @@ class EmulatedOps final : public DeviceOps {
         const int candidates = s.size - s.remain;
         cand.resize(static_cast<size_t>(candidates));
         for (int j = 0; j < candidates; ++j) cand[j] = s.scores[RingRow(s.start, j, s.mem_len) * g.n_head + h];
-        int taken = 0;
+        // The k-th best (rank topk - 1 in the strict order), then the near-tie band around it.
+        float kth = 0.0f;
         for (int j = 0; j < candidates; ++j) {
           int rank = 0;
           for (int i = 0; i < candidates; ++i) rank += TramsBetter(cand[i], i, cand[j], j) ? 1 : 0;
-          if (rank >= s.topk) continue;
+          if (rank == s.topk - 1) kth = cand[j];
+        }
+        const TieBand band = TramsTieBand(kth);
+        int above = 0;
+        for (int j = 0; j < candidates; ++j) above += TramsTieClass(cand[j], band) == 2 ? 1 : 0;
+        const int needed = s.topk - above;
+        int taken = 0, tied = 0;
+        for (int j = 0; j < candidates; ++j) {
+          const int cls = TramsTieClass(cand[j], band);
+          const bool keep = cls == 2 || (cls == 1 && tied < needed);
+          if (cls == 1) ++tied;
+          if (!keep) continue;
           rows[taken] = RingRow(s.start, j, s.mem_len);
           if (g.selected != nullptr) g.selected[bh * g.topk_max + taken] = j;
+          if (g.selected_scores != nullptr) g.selected_scores[bh * g.topk_max + taken] = cand[j];
           ++taken;
         }
         for (int r = 0; r < s.remain; ++r) rows[taken + r] = RingRow(s.start, candidates + r, s.mem_len);

@@ -118,14 +118,16 @@ struct AttnArgs {
   int same_length = 0;
 };
 
-// Which ring rows each (stream, head) attends: the TRAMS top-k of the older pool tokens (pool order, ties
-// to the older token) then the newest `remain`, or simply the newest `a`. Writes att_rows and, where given,
-// the selected pool indices ([B][H][topk_max]) and their counts ([B][H], 0 when nothing was selected).
+// Which ring rows each (stream, head) attends: the TRAMS top-k of the older pool tokens (pool order;
+// scores within the near-tie band of the k-th best go to the older tokens, as SelectTopK) then the newest
+// `remain`, or simply the newest `a`. Writes att_rows and, where given, the selected pool indices and
+// their scores ([B][H][topk_max]) and their counts ([B][H], 0 when nothing was selected).
 struct SelectArgs {
   const StreamLayerMeta* streams = nullptr;
   int batch = 0, n_head = 0, a_max = 0, topk_max = 0;
   int32_t* att_rows = nullptr;
   int32_t* selected = nullptr;
+  float* selected_scores = nullptr;
   int32_t* counts = nullptr;
 };
 

@@ -1,10 +1,10 @@
 // TRAMS kernels: selection of the attended pool rows per (stream, head) and the pool append with the
 // score of each entering token. Per-element math: trams.cuh.
 //
-// Selection ranks each candidate j by counting the candidates that beat it (higher score, ties to the
-// older token): j is kept iff rank < topk, exactly the set SelectTopK's nth_element keeps, and a block
-// prefix count over the flags puts the kept ones in pool order. Candidates come in tiles of blockDim
-// scores through shared memory, so any pool size works.
+// Selection finds the k-th best score by counting, for each candidate, the candidates that beat it (higher
+// score, ties to the older token); then, as SelectTopK, every candidate above the near-tie band around it
+// is kept and the band fills the remaining places oldest first. Block prefix counts keep pool order.
+// Candidates come in tiles of blockDim scores through shared memory, so any pool size works.
 #include "engine/cuda/block_reduce.cuh"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/trams.cuh"
@@ -18,9 +18,27 @@ __device__ __forceinline__ float CandidateScore(const StreamLayerMeta& s, int n_
   return s.scores[static_cast<int64_t>(RingRow(s.start, j, s.mem_len)) * n_head + h];
 }
 
+// Exclusive prefix count of `flag` over the block's threads (in thread order) and the block's total.
+// `counts` is __shared__ int[blockDim / 32]; every thread must call it.
+__device__ __forceinline__ int BlockPrefixCount(bool flag, int* counts, int* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const unsigned ballot = __ballot_sync(0xffffffffu, flag);
+  __syncthreads();  // counts may still be read from the previous call
+  if (lane == 0) counts[warp] = __popc(ballot);
+  __syncthreads();
+  int before = __popc(ballot & ((1u << lane) - 1u));
+  *total = 0;
+  for (int w = 0; w < warps; ++w) {
+    if (w < warp) before += counts[w];
+    *total += counts[w];
+  }
+  return before;
+}
+
 __global__ void TramsSelectKernel(SelectArgs g) {
   __shared__ float tile[kSelectThreads];
   __shared__ int warp_counts[kSelectThreads / 32];
+  __shared__ float kth_shared;
   const int h = blockIdx.x, b = blockIdx.y, tid = threadIdx.x;
   const StreamLayerMeta& s = g.streams[b];
   const int64_t bh = static_cast<int64_t>(b) * g.n_head + h;
@@ -33,8 +51,8 @@ __global__ void TramsSelectKernel(SelectArgs g) {
     return;
   }
   const int candidates = s.size - s.remain;
-  const int lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
-  int taken = 0;  // same value in every thread
+
+  // 1. The k-th best score: the candidate with exactly topk - 1 better ones (the order is strict).
   for (int base = 0; base < candidates; base += blockDim.x) {
     const int j = base + tid;
     const float sj = j < candidates ? CandidateScore(s, g.n_head, h, j) : 0.0f;
@@ -48,21 +66,37 @@ __global__ void TramsSelectKernel(SelectArgs g) {
         for (int t = 0; t < limit; ++t) rank += TramsBetter(tile[t], ibase + t, sj, j) ? 1 : 0;
       }
     }
-    const bool keep = j < candidates && rank < s.topk;
-    const unsigned ballot = __ballot_sync(0xffffffffu, keep);
-    if (lane == 0) warp_counts[warp] = __popc(ballot);
-    __syncthreads();
-    int before = __popc(ballot & ((1u << lane) - 1u)), total = 0;
-    for (int w = 0; w < warps; ++w) {
-      if (w < warp) before += warp_counts[w];
-      total += warp_counts[w];
-    }
+    if (j < candidates && rank == s.topk - 1) kth_shared = sj;
+  }
+  __syncthreads();
+  const TieBand band = TramsTieBand(kth_shared);
+
+  // 2. Candidates above the band are kept; the band fills the remaining places oldest first.
+  int above = 0;
+  for (int j = tid; j < candidates; j += blockDim.x) {
+    above += TramsTieClass(CandidateScore(s, g.n_head, h, j), band) == 2 ? 1 : 0;
+  }
+  __shared__ int reduce_scratch[32];
+  const int needed = s.topk - BlockSum(above, reduce_scratch);
+
+  // 3. In pool order: the tied ones seen so far decide, then a prefix count places the kept ones.
+  int taken = 0, tied_so_far = 0;  // same values in every thread
+  for (int base = 0; base < candidates; base += blockDim.x) {
+    const int j = base + tid;
+    const float sj = j < candidates ? CandidateScore(s, g.n_head, h, j) : 0.0f;
+    const int cls = j < candidates ? TramsTieClass(sj, band) : 0;
+    int tied_total = 0, kept_total = 0;
+    const int tied_before = tied_so_far + BlockPrefixCount(cls == 1, warp_counts, &tied_total);
+    const bool keep = cls == 2 || (cls == 1 && tied_before < needed);
+    const int kept_before = BlockPrefixCount(keep, warp_counts, &kept_total);
     if (keep) {
-      rows[taken + before] = RingRow(s.start, j, s.mem_len);
-      if (g.selected != nullptr) g.selected[bh * g.topk_max + taken + before] = j;
+      const int pos = taken + kept_before;
+      rows[pos] = RingRow(s.start, j, s.mem_len);
+      if (g.selected != nullptr) g.selected[bh * g.topk_max + pos] = j;
+      if (g.selected_scores != nullptr) g.selected_scores[bh * g.topk_max + pos] = sj;
     }
-    taken += total;
-    __syncthreads();  // warp_counts is rewritten by the next tile
+    taken += kept_total;
+    tied_so_far += tied_total;
   }
   for (int r = tid; r < s.remain; r += blockDim.x) rows[taken + r] = RingRow(s.start, candidates + r, s.mem_len);
   if (tid == 0 && g.counts != nullptr) g.counts[bh] = taken;

@@ -1,7 +1,7 @@
 // Per-element math of TRAMS (trams.cu): the score of a token entering the pool and the top-k rule.
 // Host twin: TramsScorer and SelectTopK in engine/trams_selector.cc, the ring of StreamState in
-// engine/memory_pool.cc. The kernel ranks each candidate by counting better ones (O(C^2) per head, with
-// C <= M a few hundred), which gives the same set as nth_element and keeps pool order for free.
+// engine/memory_pool.cc. The kernel finds the k-th best by counting, for each candidate, the better ones
+// (O(C^2) per head, with C <= M a few hundred), then applies SelectTopK's near-tie band in pool order.
 #pragma once
 
 #include "engine/cuda/hd_common.cuh"
@@ -32,6 +32,28 @@ TRAMS_HD float TramsScore(const float* k, const float* gram, const float* u, int
 
 // Candidate i ranks before candidate j: higher score, ties to the older (smaller pool index) token.
 TRAMS_HD bool TramsBetter(float si, int i, float sj, int j) { return si > sj || (si == sj && i < j); }
+
+// SelectTopK's near-tie rule (trams::kTieTolerance, engine/trams_selector.h; the host tests check the two
+// agree): scores within this relative distance of the k-th best count as tied with it, and tied tokens are
+// kept oldest first. Candidates above the band are always kept, those below never.
+constexpr float kTramsTieTolerance = 1e-5f;
+
+struct TieBand {
+  float lo;
+  float hi;
+};
+
+TRAMS_HD TieBand TramsTieBand(float kth) {
+  const float magnitude = fabsf(kth) > 1e-30f ? fabsf(kth) : 1e-30f;
+  const float tol = kTramsTieTolerance * magnitude;
+  TieBand band;
+  band.hi = kth + tol;
+  band.lo = kth - tol;
+  return band;
+}
+
+// 2: above the band (kept), 1: in the band (kept while places remain, oldest first), 0: below.
+TRAMS_HD int TramsTieClass(float score, TieBand band) { return score > band.hi ? 2 : score >= band.lo ? 1 : 0; }
 
 // The attended pool index of slot `slot` when nothing is selected: the newest `a` tokens, oldest first.
 TRAMS_HD int NewestPoolIndex(int size, int a, int slot) { return size - a + slot; }

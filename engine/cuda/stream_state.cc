@@ -1,0 +1,233 @@
+// Stream state on the device beyond the forward: the reference code's zero-filled pool
+// (TransformerXL::FillPoolWithZeroStates) and transactions, StreamState's undo log (engine/memory_pool.cc)
+// with the saved rows in host memory, copied in at most two contiguous ring runs per layer and array.
+#include <algorithm>
+#include <cmath>
+
+#include "engine/cuda/workspace.h"
+
+namespace trams::cuda {
+namespace {
+
+// fn(ring_row, count, k) for the ring rows (s0 + k) % m, k in [k0, k1), as contiguous runs.
+template <class Fn>
+Status ForEachRun(int s0, int m, int k0, int k1, Fn&& fn) {
+  for (int k = k0; k < k1;) {
+    const int row = (s0 + k) % m;
+    const int count = std::min(k1 - k, m - row);
+    TRAMS_CUDA_RETURN_IF_ERROR(fn(row, count, k));
+    k += count;
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+int64_t Stream::undo_bytes() const {
+  int64_t floats = static_cast<int64_t>(saved_hidden_.size());
+  for (const auto& v : undo_keys_) floats += static_cast<int64_t>(v.size());
+  for (const auto& v : undo_values_) floats += static_cast<int64_t>(v.size());
+  for (const auto& v : undo_scores_) floats += static_cast<int64_t>(v.size());
+  return floats * static_cast<int64_t>(sizeof(float));
+}
+
+Status Context::BeginTransaction(Stream* stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  TRAMS_CUDA_RETURN_IF_ERROR(ops_->Activate());
+  TRAMS_CUDA_RETURN_IF_ERROR(CheckStream(stream));
+  Stream& s = *stream;
+  std::vector<float> hidden(static_cast<size_t>(c_.d_model));
+  TRAMS_CUDA_RETURN_IF_ERROR(ops_->Download(hidden.data(), s.last_hidden_, hidden.size() * sizeof(float)));
+  s.in_transaction_ = true;
+  s.saved_start_ = s.start_;
+  s.saved_size_ = s.size_;
+  s.saved_position_ = s.position_;
+  s.saved_hidden_ = std::move(hidden);
+  s.appended_ = 0;
+  s.saved_rows_ = 0;
+  s.undo_keys_.assign(c_.n_layer, {});
+  s.undo_values_.assign(c_.n_layer, {});
+  s.undo_scores_.assign(c_.n_layer, {});
+  return Status::Ok();
+}
+
+Status Context::SaveRowsBeforeAppend(Stream& s, int n) {
+  const int m = s.capacity();
+  if (!s.in_transaction_ || m == 0) return Status::Ok();
+  // Overwrite index k (counted from the transaction's start) lands on ring row (s0 + k) % m, which held a
+  // live token at the start iff k >= m - size0. Indices past m repeat rows already saved.
+  const int s0 = s.saved_start_ + s.saved_size_, size0 = s.saved_size_;
+  const int target = static_cast<int>(std::min<int64_t>(m, s.appended_ + n));
+  const int k0 = std::max(s.saved_rows_, m - size0);
+  if (k0 < target) {
+    const int w = c_.width(), h = c_.n_head;
+    std::vector<size_t> old_k(c_.n_layer), old_v(c_.n_layer), old_s(c_.n_layer);
+    Status st;
+    for (int l = 0; l < c_.n_layer && st.ok(); ++l) {
+      std::vector<float>& uk = s.undo_keys_[l];
+      std::vector<float>& uv = s.undo_values_[l];
+      std::vector<float>& us = s.undo_scores_[l];
+      old_k[l] = uk.size();
+      old_v[l] = uv.size();
+      old_s[l] = us.size();
+      uk.resize(old_k[l] + static_cast<size_t>(target - k0) * w);
+      uv.resize(old_v[l] + static_cast<size_t>(target - k0) * w);
+      if (s.scores_[l] != nullptr) us.resize(old_s[l] + static_cast<size_t>(target - k0) * h);
+      st = ForEachRun(s0, m, k0, target, [&](int row, int count, int k) -> Status {
+        const size_t j = static_cast<size_t>(k - k0);
+        const size_t bytes = static_cast<size_t>(count) * w * sizeof(float);
+        TRAMS_CUDA_RETURN_IF_ERROR(ops_->Download(uk.data() + old_k[l] + j * w, s.keys_[l] + static_cast<int64_t>(row) * w, bytes));
+        TRAMS_CUDA_RETURN_IF_ERROR(
+            ops_->Download(uv.data() + old_v[l] + j * w, s.values_[l] + static_cast<int64_t>(row) * w, bytes));
+        if (s.scores_[l] == nullptr) return Status::Ok();
+        return ops_->Download(us.data() + old_s[l] + j * h, s.scores_[l] + static_cast<int64_t>(row) * h,
+                              static_cast<size_t>(count) * h * sizeof(float));
+      });
+    }
+    if (!st.ok()) {  // leave the log as it was
+      for (int l = 0; l < c_.n_layer; ++l) {
+        if (s.undo_keys_[l].size() > old_k[l]) s.undo_keys_[l].resize(old_k[l]);
+        if (s.undo_values_[l].size() > old_v[l]) s.undo_values_[l].resize(old_v[l]);
+        if (s.undo_scores_[l].size() > old_s[l]) s.undo_scores_[l].resize(old_s[l]);
+      }
+      return st.Annotate("saving pool rows for the transaction");
+    }
+  }
+  s.saved_rows_ = std::max(s.saved_rows_, target);
+  return Status::Ok();
+}
+
+Status Context::RollbackTransaction(Stream* stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  TRAMS_CUDA_RETURN_IF_ERROR(ops_->Activate());
+  TRAMS_CUDA_RETURN_IF_ERROR(CheckStream(stream));
+  Stream& s = *stream;
+  if (!s.in_transaction_) return Status::Ok();
+  const int m = s.capacity();
+  if (m > 0) {
+    const int s0 = s.saved_start_ + s.saved_size_, first = m - s.saved_size_;
+    const int w = c_.width(), h = c_.n_head;
+    for (int l = 0; l < c_.n_layer; ++l) {
+      const Status st = ForEachRun(s0, m, first, s.saved_rows_, [&](int row, int count, int k) -> Status {
+        const size_t j = static_cast<size_t>(k - first);
+        const size_t bytes = static_cast<size_t>(count) * w * sizeof(float);
+        TRAMS_CUDA_RETURN_IF_ERROR(ops_->Upload(s.keys_[l] + static_cast<int64_t>(row) * w, s.undo_keys_[l].data() + j * w, bytes));
+        TRAMS_CUDA_RETURN_IF_ERROR(
+            ops_->Upload(s.values_[l] + static_cast<int64_t>(row) * w, s.undo_values_[l].data() + j * w, bytes));
+        if (s.scores_[l] == nullptr) return Status::Ok();
+        return ops_->Upload(s.scores_[l] + static_cast<int64_t>(row) * h, s.undo_scores_[l].data() + j * h,
+                            static_cast<size_t>(count) * h * sizeof(float));
+      });
+      if (!st.ok()) return st.Annotate("rolling back layer " + std::to_string(l));
+    }
+  }
+  TRAMS_CUDA_RETURN_IF_ERROR(
+      ops_->Upload(s.last_hidden_, s.saved_hidden_.data(), s.saved_hidden_.size() * sizeof(float)));
+  TRAMS_CUDA_RETURN_IF_ERROR(ops_->Synchronize());  // the log is freed below
+  s.start_ = s.saved_start_;
+  s.size_ = s.saved_size_;
+  s.position_ = s.saved_position_;
+  s.in_transaction_ = false;
+  s.saved_hidden_.clear();
+  s.undo_keys_.clear();
+  s.undo_values_.clear();
+  s.undo_scores_.clear();
+  return Status::Ok();
+}
+
+Status Context::CommitTransaction(Stream* stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  TRAMS_CUDA_RETURN_IF_ERROR(CheckStream(stream));
+  Stream& s = *stream;
+  s.in_transaction_ = false;
+  s.saved_hidden_.clear();
+  s.undo_keys_.clear();
+  s.undo_values_.clear();
+  s.undo_scores_.clear();
+  s.appended_ = 0;
+  s.saved_rows_ = 0;
+  return Status::Ok();
+}
+
+Status Context::FillZero(Stream* stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  TRAMS_CUDA_RETURN_IF_ERROR(ops_->Activate());
+  TRAMS_CUDA_RETURN_IF_ERROR(CheckStream(stream));
+  const int m = stream->capacity();
+  if (m == 0) return Status::Ok();
+  const int d = c_.d_model, w = c_.width(), H = c_.n_head;
+  Plan p;
+  p.fill_rows = 1;
+  Workspace ws;
+  TRAMS_CUDA_RETURN_IF_ERROR(PrepareWorkspace(p, &ws));
+  std::vector<StreamLayerMeta> metas(c_.n_layer);
+  for (int l = 0; l < c_.n_layer; ++l) {
+    metas[l].keys = stream->keys_[l];
+    metas[l].values = stream->values_[l];
+    metas[l].scores = stream->scores_[l];
+    metas[l].metric = stream->settings().metric;
+    metas[l].mem_len = m;
+  }
+  const std::vector<AppendItem> item(1);  // packed row 0 -> ring row 0
+  const std::vector<int32_t> zeros(static_cast<size_t>(m), 0);
+  MetaBlob blob;
+  const int64_t o_metas = blob.Add(metas), o_item = blob.Add(item), o_zeros = blob.Add(zeros);
+  TRAMS_CUDA_RETURN_IF_ERROR(EnsureMeta(blob.size()));
+  const StreamLayerMeta* dev_metas = MetaBlob::Ptr<const StreamLayerMeta>(meta_, o_metas);
+  const AppendItem* dev_item = MetaBlob::Ptr<const AppendItem>(meta_, o_item);
+  const int32_t* dev_zeros = MetaBlob::Ptr<const int32_t>(meta_, o_zeros);
+
+  Status s = ops_->Upload(meta_, blob.data(), static_cast<size_t>(blob.size()));
+  if (s.ok()) s = ops_->Zero(ws.zero_row, sizeof(float) * d);
+  for (int l = 0; l < c_.n_layer && s.ok(); ++l) {
+    const Layer& lw = layers_[l];
+    const float* in = ws.zero_row;
+    if (c_.pre_lnorm) {
+      LayerNormArgs ln;
+      ln.x = ws.zero_row;
+      ln.gamma = lw.attn_ln_g;
+      ln.beta = lw.attn_ln_b;
+      ln.out = ws.zero_normed;
+      ln.rows = 1;
+      ln.d = d;
+      ln.eps = c_.eps;
+      s = ops_->LayerNorm(ln);
+      in = ws.zero_normed;
+    }
+    if (s.ok()) s = Linear(in, 1, d, lw.qkv, false, ws.zero_qkv, 3 * w, ws.convert);
+    AppendArgs ap;
+    ap.streams = dev_metas + l;
+    ap.items = dev_item;
+    ap.n_items = 1;
+    ap.qkv = ws.zero_qkv;
+    ap.n_head = H;
+    ap.d_head = c_.d_head;
+    ap.gram = lw.gram;
+    ap.row_sum = lw.row_sum;
+    ap.inv_sqrt_d_model = 1.0 / std::sqrt(static_cast<double>(d));
+    if (s.ok()) s = ops_->PoolAppend(ap);
+    if (m == 1) continue;
+    // Ring row 0 to rows 1..M-1.
+    GatherArgs g;
+    g.src_idx = dev_zeros;
+    g.rows = m - 1;
+    for (int part = 0; part < 3 && s.ok(); ++part) {
+      float* base = part == 0 ? stream->keys_[l] : part == 1 ? stream->values_[l] : stream->scores_[l];
+      if (base == nullptr) continue;
+      const int width = part == 2 ? H : w;
+      g.src = base;
+      g.src_ld = width;
+      g.dst = base + width;
+      g.dst_ld = width;
+      g.width = width;
+      s = ops_->Gather(g);
+    }
+  }
+  if (s.ok()) s = ops_->Synchronize();
+  if (!s.ok()) return s.Annotate("filling the pool with zero states");
+  stream->start_ = 0;
+  stream->size_ = m;
+  return Status::Ok();
+}
+
+}  // namespace trams::cuda

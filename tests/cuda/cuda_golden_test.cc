@@ -1,0 +1,493 @@
+// End-to-end tests of the CUDA backend through its C ABI (CudaEngine), on the "emulated" backend (host,
+// always) and the "cuda" backend (skipped without a device):
+//  - the golden files of tests/golden (PyTorch reference): log-probs and entropies within 1e-4, top-5 ids
+//    and TRAMS-selected pool indices identical (f32 weights);
+//  - the host engine (TransformerXL) on ragged batches that mix XL, TRAMS and no-memory streams,
+//    segments longer than the pool, selection on some layers, the next-token distribution;
+//  - the contract: bad input changes nothing, a full arena is ResourceExhausted, f16/bf16 stay close.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "engine/cuda/cuda_engine.h"
+#include "engine/random_weights.h"
+#include "engine/transformer_xl.h"
+#include "tests/cuda/backends.h"
+
+namespace trams::cuda {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr double kLogProbTolerance = 1e-4;
+
+std::string GoldenDir() { return std::string(TRAMS_TEST_DATA_DIR) + "/golden"; }
+
+std::vector<std::string> CaseNames() {
+  std::vector<std::string> names;
+  const fs::path dir = GoldenDir() + "/cases";
+  if (!fs::exists(dir)) return names;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.path().extension() == ".json") names.push_back(entry.path().stem().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+json ReadJson(const std::string& path) {
+  std::ifstream in(path);
+  return json::parse(in);
+}
+
+TramsSettings SettingsOf(const json& c) {
+  const std::string mode = c["mode"];
+  TramsSettings s;
+  if (mode == "xl") {
+    s = TramsSettings::Xl(c["mem_len"]);
+  } else if (mode == "none") {
+    s = TramsSettings::NoMemory();
+  } else {
+    s = TramsSettings::Trams(c["mem_len"], c["topk"], c["remain"]);
+    if (c.contains("trams_layers") && !c["trams_layers"].is_null()) s.layers = c["trams_layers"].get<std::vector<int>>();
+    if (c.value("metric", "code") == "paper") s.metric = SelectionMetric::kPaper;
+  }
+  return s;
+}
+
+// The engine of `backend` on `weights`, or a skip reason.
+std::unique_ptr<CudaEngine> MakeEngine(const std::string& backend, const ModelWeights& weights, std::string* skip,
+                                       CudaEngineOptions options = {}) {
+  const trams_cuda_api* api = testing::ApiFor(backend, skip);
+  if (api == nullptr) return nullptr;
+  options.arena_bytes = std::min<int64_t>(options.arena_bytes, int64_t{64} << 20);
+  auto engine = CudaEngine::Create(api, weights, options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return engine.ok() ? std::move(*engine) : nullptr;
+}
+
+class CudaGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
+
+TEST_P(CudaGoldenTest, MatchesReference) {
+  const auto& [backend, name] = GetParam();
+  const json c = ReadJson(GoldenDir() + "/cases/" + name + ".json");
+  auto weights = LoadModelDirectory(GoldenDir() + "/models/" + c["model"].get<std::string>());
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  std::string skip;
+  auto engine = MakeEngine(backend, *weights, &skip);
+  if (engine == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+  ASSERT_NE(engine, nullptr);
+
+  const TramsSettings settings = SettingsOf(c);
+  const bool compat = c.value("reference_compat", false);
+  const auto inputs = c["inputs"].get<std::vector<std::vector<int32_t>>>();
+  const int n = c["tgt_len"];
+  const int streams = static_cast<int>(inputs.size());
+  const int64_t length = static_cast<int64_t>(inputs[0].size());
+  std::vector<std::unique_ptr<CudaStream>> state;
+  for (int b = 0; b < streams; ++b) {
+    auto s = engine->NewStream(settings);
+    ASSERT_TRUE(s.ok()) << s.status();
+    if (compat) {
+      ASSERT_TRUE(engine->FillPoolWithZeroStates(s->get()).ok());
+    }
+    state.push_back(std::move(*s));
+  }
+  OutputOptions options;
+  options.alternatives = 5;
+  options.entropy = true;
+  options.selections = true;
+  double max_lp_err = 0;
+  int64_t compared = 0, selections_compared = 0;
+  int segment = 0;
+  for (int64_t pos = 0; pos < length; pos += n, ++segment) {
+    const int64_t len = std::min<int64_t>(n, length - pos);
+    std::vector<CudaSegmentInput> batch;
+    for (int b = 0; b < streams; ++b) {
+      batch.push_back({state[b].get(), absl::MakeConstSpan(inputs[b]).subspan(pos, len), options});
+    }
+    std::vector<SegmentOutput> out;
+    const absl::Status st = engine->Forward(batch, &out);
+    ASSERT_TRUE(st.ok()) << st;
+    for (int b = 0; b < streams; ++b) {
+      for (int64_t i = 0; i < len; ++i) {
+        const json& want = c["logprobs"][b][pos + i];
+        const float got = out[b].logprob[i];
+        if (want.is_null()) {
+          if (!compat) {
+            EXPECT_TRUE(std::isnan(got)) << "stream " << b << " token " << pos + i << " should be unscored";
+          }
+          continue;
+        }
+        ASSERT_FALSE(std::isnan(got)) << "stream " << b << " token " << pos + i;
+        max_lp_err = std::max(max_lp_err, std::fabs(got - want.get<double>()));
+        EXPECT_NEAR(got, want.get<double>(), kLogProbTolerance) << "logprob, stream " << b << " token " << pos + i;
+        EXPECT_NEAR(out[b].entropy[i], c["entropy"][b][pos + i].get<double>(), kLogProbTolerance)
+            << "entropy, stream " << b << " token " << pos + i;
+        std::vector<int32_t> got_top;
+        for (const auto& alt : out[b].alternatives[i]) got_top.push_back(alt.id);
+        EXPECT_EQ(got_top, c["top_ids"][b][pos + i].get<std::vector<int32_t>>())
+            << "top-5 ids, stream " << b << " token " << pos + i;
+        ++compared;
+      }
+      const json& want_sel = c["selections"][segment];
+      for (int l = 0; l < engine->config().n_layer; ++l) {
+        for (int h = 0; h < engine->config().n_head; ++h) {
+          const auto want = want_sel[l][b][h].get<std::vector<int>>();
+          EXPECT_EQ(out[b].selections[l][h], want)
+              << "selection, segment " << segment << " layer " << l << " stream " << b << " head " << h;
+          if (!want.empty()) ++selections_compared;
+        }
+      }
+    }
+  }
+  EXPECT_GT(compared, 0);
+  std::printf("[ %s ] %s: %lld log-probs, max |err| %.3g; %lld non-empty selections identical\n", backend.c_str(),
+              name.c_str(), static_cast<long long>(compared), max_lp_err, static_cast<long long>(selections_compared));
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CudaGoldenTest,
+                         ::testing::Combine(::testing::ValuesIn(testing::BackendNames()),
+                                            ::testing::ValuesIn(CaseNames())),
+                         [](const auto& param_info) { return std::get<0>(param_info.param) + "_" + std::get<1>(param_info.param); });
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(CudaGoldenTest);
+
+// ---------------------------------------------------------------------------------------------------
+// Against the host engine.
+
+class CudaVsHostTest : public ::testing::TestWithParam<std::string> {};
+
+std::vector<int32_t> RandomTokens(std::mt19937& rng, int n, int64_t vocab) {
+  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> ids(n);
+  for (auto& t : ids) t = dist(rng);
+  return ids;
+}
+
+void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, double tol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isnan(want[i])) {
+      EXPECT_TRUE(std::isnan(got[i])) << what << " [" << i << "]";
+      continue;
+    }
+    ASSERT_NEAR(got[i], want[i], tol) << what << " [" << i << "]";
+  }
+}
+
+// Streams with different settings and segment lengths in one batch, several segments, so that padding,
+// ring wrap-around, selection on some layers and segments longer than the pool are all exercised.
+TEST_P(CudaVsHostTest, RaggedMixedBatchesMatchTheHostEngine) {
+  for (const std::string model : {"plain_postln", "adaptive_preln", "adaptive_samelen"}) {
+    SCOPED_TRACE(model);
+    auto weights = LoadModelDirectory(GoldenDir() + "/models/" + model);
+    ASSERT_TRUE(weights.ok()) << weights.status();
+    std::string skip;
+    auto engine = MakeEngine(GetParam(), *weights, &skip);
+    if (engine == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+    ASSERT_NE(engine, nullptr);
+    auto host = TransformerXL::FromWeights(*weights, EngineOptions{1});
+    const int n_layer = weights->config.n_layer;
+
+    TramsSettings partial = TramsSettings::Trams(20, 4, 6);
+    partial.layers = {n_layer - 1};
+    TramsSettings paper = TramsSettings::Trams(16, 5, 3);
+    paper.metric = SelectionMetric::kPaper;
+    const std::vector<TramsSettings> settings = {TramsSettings::Trams(24, 4, 8), TramsSettings::Xl(12),
+                                                 TramsSettings::NoMemory(), partial, paper,
+                                                 TramsSettings::Trams(6, 2, 2)};
+    std::vector<std::unique_ptr<CudaStream>> dev;
+    std::vector<std::unique_ptr<StreamState>> ref;
+    for (const TramsSettings& s : settings) {
+      auto d = engine->NewStream(s);
+      ASSERT_TRUE(d.ok()) << d.status();
+      dev.push_back(std::move(*d));
+      ref.push_back(*host->NewStream(s));
+    }
+    std::mt19937 rng(17);
+    const std::vector<std::vector<int>> lengths = {{5, 9, 3, 7, 1, 8}, {8, 1, 6, 2, 9, 11}, {3, 12, 7, 5, 4, 2},
+                                                   {9, 4, 1, 8, 6, 7}, {2, 7, 9, 3, 8, 5}, {6, 6, 6, 6, 6, 6}};
+    for (size_t seg = 0; seg < lengths.size(); ++seg) {
+      std::vector<std::vector<int32_t>> ids;
+      for (size_t b = 0; b < settings.size(); ++b) ids.push_back(RandomTokens(rng, lengths[seg][b], weights->config.vocab_size));
+      OutputOptions o;
+      o.selections = true;
+      o.next_distribution = seg % 2 == 1;
+      o.entropy = seg == 3;
+      std::vector<CudaSegmentInput> dbatch;
+      std::vector<SegmentInput> hbatch;
+      for (size_t b = 0; b < settings.size(); ++b) {
+        // Skip a stream now and then: batches need not hold every stream.
+        if ((seg + b) % 5 == 4) continue;
+        dbatch.push_back({dev[b].get(), ids[b], o});
+        hbatch.push_back({ref[b].get(), ids[b], o});
+      }
+      std::vector<SegmentOutput> dout, hout;
+      ASSERT_TRUE(host->Forward(hbatch, &hout).ok());
+      const absl::Status st = engine->Forward(dbatch, &dout);
+      ASSERT_TRUE(st.ok()) << st;
+      for (size_t k = 0; k < dbatch.size(); ++k) {
+        const std::string what = "segment " + std::to_string(seg) + " entry " + std::to_string(k);
+        ExpectClose(dout[k].logprob, hout[k].logprob, kLogProbTolerance, what + " logprob");
+        ExpectClose(dout[k].next_logprobs, hout[k].next_logprobs, kLogProbTolerance, what + " next");
+        ExpectClose(dout[k].entropy, hout[k].entropy, kLogProbTolerance, what + " entropy");
+        EXPECT_EQ(dout[k].selections, hout[k].selections) << what;
+        ASSERT_EQ(dout[k].selection_scores.size(), hout[k].selection_scores.size()) << what;
+        for (size_t l = 0; l < hout[k].selection_scores.size(); ++l) {
+          for (size_t h = 0; h < hout[k].selection_scores[l].size(); ++h) {
+            ExpectClose(dout[k].selection_scores[l][h], hout[k].selection_scores[l][h], 1e-4, what + " scores");
+          }
+        }
+        EXPECT_EQ(dout[k].tokens_scored, hout[k].tokens_scored) << what;
+      }
+    }
+    for (size_t b = 0; b < settings.size(); ++b) {
+      auto info = dev[b]->Info();
+      ASSERT_TRUE(info.ok());
+      EXPECT_EQ(info->size, ref[b]->size()) << "stream " << b;
+      EXPECT_EQ(info->position, ref[b]->position()) << "stream " << b;
+      std::vector<float> dnext, hnext;
+      ASSERT_TRUE(engine->NextTokenLogProbs(*dev[b], &dnext).ok());
+      ASSERT_TRUE(host->NextTokenLogProbs(*ref[b], &hnext).ok());
+      ExpectClose(dnext, hnext, kLogProbTolerance, "NextTokenLogProbs stream " + std::to_string(b));
+    }
+  }
+}
+
+TEST_P(CudaVsHostTest, ReferenceCompatZeroPoolMatchesTheHostEngine) {
+  auto weights = LoadModelDirectory(GoldenDir() + "/models/adaptive_preln");
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  std::string skip;
+  auto engine = MakeEngine(GetParam(), *weights, &skip);
+  if (engine == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+  ASSERT_NE(engine, nullptr);
+  auto host = TransformerXL::FromWeights(*weights, EngineOptions{1});
+  const TramsSettings s = TramsSettings::Trams(10, 3, 4);
+  auto dev = *engine->NewStream(s);
+  auto ref = *host->NewStream(s);
+  ASSERT_TRUE(engine->FillPoolWithZeroStates(dev.get()).ok());
+  host->FillPoolWithZeroStates(ref.get());
+  std::mt19937 rng(3);
+  for (int seg = 0; seg < 4; ++seg) {
+    const auto ids = RandomTokens(rng, 5, weights->config.vocab_size);
+    OutputOptions o;
+    o.selections = true;
+    std::vector<SegmentOutput> dout, hout;
+    ASSERT_TRUE(host->Forward({SegmentInput{ref.get(), ids, o}}, &hout).ok());
+    ASSERT_TRUE(engine->Forward({CudaSegmentInput{dev.get(), ids, o}}, &dout).ok());
+    ExpectClose(dout[0].logprob, hout[0].logprob, kLogProbTolerance, "logprob");
+    EXPECT_EQ(dout[0].selections, hout[0].selections);
+  }
+}
+
+TEST_P(CudaVsHostTest, BadInputChangesNothing) {
+  auto weights = LoadModelDirectory(GoldenDir() + "/models/plain_postln");
+  ASSERT_TRUE(weights.ok());
+  std::string skip;
+  auto engine = MakeEngine(GetParam(), *weights, &skip);
+  if (engine == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+  ASSERT_NE(engine, nullptr);
+  auto a = *engine->NewStream(TramsSettings::Trams(24, 4, 8));
+  auto b = *engine->NewStream(TramsSettings::Xl(8));
+  const std::vector<int32_t> good = {1, 2, 3}, bad = {4, 97, 5}, empty;
+  std::vector<SegmentOutput> out;
+  absl::Status st = engine->Forward({CudaSegmentInput{a.get(), good, {}}, CudaSegmentInput{b.get(), bad, {}}}, &out);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_NE(std::string(st.message()).find("outside the vocabulary"), std::string::npos) << st;
+  st = engine->Forward({CudaSegmentInput{a.get(), good, {}}, CudaSegmentInput{a.get(), good, {}}}, &out);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  st = engine->Forward({CudaSegmentInput{a.get(), empty, {}}}, &out);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_EQ(a->Info()->position, 0);
+  EXPECT_EQ(b->Info()->position, 0);
+  std::vector<float> next;
+  EXPECT_EQ(engine->NextTokenLogProbs(*a, &next).code(), absl::StatusCode::kFailedPrecondition);
+  auto bad_settings = engine->NewStream(TramsSettings::Trams(8, 6, 6));
+  EXPECT_EQ(bad_settings.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_P(CudaVsHostTest, FullArenaIsResourceExhaustedNotACrash) {
+  auto weights = LoadModelDirectory(GoldenDir() + "/models/plain_postln");
+  ASSERT_TRUE(weights.ok());
+  std::string skip;
+  auto probe = MakeEngine(GetParam(), *weights, &skip);
+  if (probe == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+  ASSERT_NE(probe, nullptr);
+  const TramsSettings s = TramsSettings::Trams(400, 50, 150);
+  const int64_t bytes = *probe->StreamBytes(s);
+  EXPECT_GE(bytes, StreamState::BytesFor(weights->config, s));
+  probe.reset();
+  CudaEngineOptions options;
+  options.arena_bytes = 3 * bytes + bytes / 2;
+  auto engine = MakeEngine(GetParam(), *weights, &skip, options);
+  ASSERT_NE(engine, nullptr);
+  std::vector<std::unique_ptr<CudaStream>> streams;
+  for (int i = 0; i < 3; ++i) {
+    auto st = engine->NewStream(s);
+    ASSERT_TRUE(st.ok()) << st.status();
+    streams.push_back(std::move(*st));
+  }
+  auto full = engine->NewStream(s);
+  EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted) << full.status();
+  EXPECT_NE(std::string(full.status().message()).find("arena"), std::string::npos) << full.status();
+  auto info = engine->DeviceInfo();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->streams, 3);
+  EXPECT_EQ(info->arena_used, 3 * bytes);
+  streams.pop_back();  // a freed block is reused
+  EXPECT_TRUE(engine->NewStream(s).ok());
+}
+
+TEST_P(CudaVsHostTest, HalfPrecisionWeightsStayClose) {
+  auto weights = LoadModelDirectory(GoldenDir() + "/models/adaptive_samelen");
+  ASSERT_TRUE(weights.ok());
+  auto host = TransformerXL::FromWeights(*weights, EngineOptions{1});
+  for (trams_cuda_dtype dtype : {TRAMS_CUDA_F16, TRAMS_CUDA_BF16}) {
+    CudaEngineOptions options;
+    options.weight_dtype = dtype;
+    std::string skip;
+    auto engine = MakeEngine(GetParam(), *weights, &skip, options);
+    if (engine == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+    ASSERT_NE(engine, nullptr);
+    const TramsSettings s = TramsSettings::Trams(12, 3, 5);
+    auto dev = *engine->NewStream(s);
+    auto ref = *host->NewStream(s);
+    std::mt19937 rng(5);
+    double worst = 0;
+    for (int seg = 0; seg < 3; ++seg) {
+      const auto ids = RandomTokens(rng, 8, weights->config.vocab_size);
+      std::vector<SegmentOutput> dout, hout;
+      ASSERT_TRUE(host->Forward({SegmentInput{ref.get(), ids, {}}}, &hout).ok());
+      ASSERT_TRUE(engine->Forward({CudaSegmentInput{dev.get(), ids, {}}}, &dout).ok());
+      for (size_t i = 0; i < ids.size(); ++i) {
+        if (std::isnan(hout[0].logprob[i])) continue;
+        const double rel = std::fabs(dout[0].logprob[i] - hout[0].logprob[i]) / std::max(1.0f, std::fabs(hout[0].logprob[i]));
+        worst = std::max(worst, rel);
+      }
+    }
+    EXPECT_LT(worst, 1e-2) << (dtype == TRAMS_CUDA_F16 ? "f16" : "bf16");
+  }
+}
+
+TEST_P(CudaVsHostTest, RandomWeightsWithLargerShapes) {
+  // A wider model than the golden ones (d_head 64, cutoffs with projections, two selecting layers).
+  ModelConfig c;
+  c.n_layer = 2;
+  c.d_model = 64;
+  c.d_embed = 64;
+  c.n_head = 2;
+  c.d_head = 32;
+  c.d_inner = 128;
+  c.vocab_size = 500;
+  c.cutoffs = {100, 300};
+  c.div_val = 2;
+  c.tie_projs = {false, true, true};
+  c.same_length = true;
+  c.clamp_len = 20;
+  ASSERT_TRUE(c.Validate().ok());
+  const ModelWeights weights = RandomModelWeights(c, 11);
+  std::string skip;
+  auto engine = MakeEngine(GetParam(), weights, &skip);
+  if (engine == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+  ASSERT_NE(engine, nullptr);
+  auto host = TransformerXL::FromWeights(weights, EngineOptions{1});
+  const TramsSettings s = TramsSettings::Trams(40, 10, 12);
+  std::vector<std::unique_ptr<CudaStream>> dev;
+  std::vector<std::unique_ptr<StreamState>> ref;
+  for (int b = 0; b < 3; ++b) {
+    dev.push_back(*engine->NewStream(s));
+    ref.push_back(*host->NewStream(s));
+  }
+  std::mt19937 rng(23);
+  for (int seg = 0; seg < 5; ++seg) {
+    std::vector<std::vector<int32_t>> ids;
+    std::vector<CudaSegmentInput> dbatch;
+    std::vector<SegmentInput> hbatch;
+    OutputOptions o;
+    o.selections = true;
+    o.alternatives = 3;
+    for (int b = 0; b < 3; ++b) ids.push_back(RandomTokens(rng, 12 + 3 * b, c.vocab_size));
+    for (int b = 0; b < 3; ++b) {
+      dbatch.push_back({dev[b].get(), ids[b], o});
+      hbatch.push_back({ref[b].get(), ids[b], o});
+    }
+    std::vector<SegmentOutput> dout, hout;
+    ASSERT_TRUE(host->Forward(hbatch, &hout).ok());
+    ASSERT_TRUE(engine->Forward(dbatch, &dout).ok());
+    for (int b = 0; b < 3; ++b) {
+      ExpectClose(dout[b].logprob, hout[b].logprob, kLogProbTolerance, "logprob");
+      EXPECT_EQ(dout[b].selections, hout[b].selections) << "segment " << seg << " stream " << b;
+      ASSERT_EQ(dout[b].alternatives.size(), hout[b].alternatives.size());
+      for (size_t i = 0; i < hout[b].alternatives.size(); ++i) {
+        ASSERT_EQ(dout[b].alternatives[i].size(), hout[b].alternatives[i].size());
+        for (size_t k = 0; k < hout[b].alternatives[i].size(); ++k) {
+          EXPECT_EQ(dout[b].alternatives[i][k].id, hout[b].alternatives[i][k].id);
+        }
+      }
+    }
+  }
+}
+
+// A transaction over several segments rolls back to the exact state (pools, cursor, prediction state):
+// what follows matches the host engine that went through the same begin / forward / rollback.
+TEST_P(CudaVsHostTest, RollbackRestoresTheStreamExactly) {
+  auto weights = LoadModelDirectory(GoldenDir() + "/models/plain_postln");
+  ASSERT_TRUE(weights.ok());
+  std::string skip;
+  auto engine = MakeEngine(GetParam(), *weights, &skip);
+  if (engine == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+  ASSERT_NE(engine, nullptr);
+  auto host = TransformerXL::FromWeights(*weights, EngineOptions{1});
+  std::mt19937 rng(29);
+  for (const TramsSettings& s : {TramsSettings::Trams(10, 3, 4), TramsSettings::Xl(7), TramsSettings::NoMemory()}) {
+    auto dev = *engine->NewStream(s);
+    auto ref = *host->NewStream(s);
+    OutputOptions o;
+    o.selections = true;
+    auto run = [&](int n, bool compare) {
+      const auto ids = RandomTokens(rng, n, weights->config.vocab_size);
+      std::vector<SegmentOutput> dout, hout;
+      ASSERT_TRUE(host->Forward({SegmentInput{ref.get(), ids, o}}, &hout).ok());
+      ASSERT_TRUE(engine->Forward({CudaSegmentInput{dev.get(), ids, o}}, &dout).ok());
+      if (!compare) return;
+      ExpectClose(dout[0].logprob, hout[0].logprob, kLogProbTolerance, "logprob");
+      EXPECT_EQ(dout[0].selections, hout[0].selections);
+    };
+    run(6, true);
+    for (int round = 0; round < 3; ++round) {
+      ASSERT_TRUE(dev->BeginTransaction().ok());
+      ref->BeginTransaction();
+      for (int seg = 0; seg < round + 1; ++seg) run(3 + 5 * seg, true);
+      const auto info = dev->Info();
+      ASSERT_TRUE(info.ok());
+      EXPECT_EQ(info->in_transaction, 1);
+      EXPECT_EQ(info->undo_bytes > 0, ref->undo_bytes() > 0);
+      if (round == 1) {
+        ASSERT_TRUE(dev->Commit().ok());
+        ref->Commit();
+      } else {
+        ASSERT_TRUE(dev->Rollback().ok());
+        ref->Rollback();
+      }
+      EXPECT_EQ(dev->Info()->position, ref->position());
+      EXPECT_EQ(dev->position(), ref->position());
+      EXPECT_EQ(dev->Info()->size, ref->size());
+      run(4, true);
+    }
+    std::vector<float> dnext, hnext;
+    ASSERT_TRUE(engine->NextTokenLogProbs(*dev, &dnext).ok());
+    ASSERT_TRUE(host->NextTokenLogProbs(*ref, &hnext).ok());
+    ExpectClose(dnext, hnext, kLogProbTolerance, "next after transactions");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, CudaVsHostTest, ::testing::ValuesIn(testing::BackendNames()),
+                         [](const auto& param_info) { return param_info.param; });
+
+}  // namespace
+}  // namespace trams::cuda
