@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "engine/cuda/cuda_loader.h"
 #include "server/log.h"
 #include "server/server_app.h"
 
@@ -106,7 +107,20 @@ int Run() {
     LogError("bad flags", {{"error", std::string(options.status().message())}});
     return 2;
   }
-  LogInfo("no GPU backend in this build: running on the host");
+  {
+    // One line on where the model runs. The CUDA backend is not wired into the server yet (trams-eval
+    // uses it): with a device present, the server still serves from host memory, and says so.
+    auto module = cuda::CudaModule::Open();
+    std::string why;
+    const int devices = module.ok() ? (*module)->DeviceCount(&why) : 0;
+    if (!module.ok()) why = std::string(module.status().message());
+    if (devices > 0) {
+      LogInfo("a CUDA device is present, but the server runs sessions on the host in this version",
+              {{"devices", std::to_string(devices)}});
+    } else {
+      LogInfo("no CUDA device: running on the host", {{"reason", why}});
+    }
+  }
   auto app = ServerApp::Start(*options);
   if (!app.ok()) {
     LogError("cannot start", {{"model", model_dir}, {"error", std::string(app.status().message())}});

@@ -13,7 +13,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "engine/cuda/cuda_engine.h"
+#include "engine/cuda/cuda_loader.h"
 #include "engine/evaluator.h"
+#include "engine/evaluator_loop.h"
 #include "engine/status_macros.h"
 #include "engine/tokenizer.h"
 
@@ -34,6 +37,7 @@ ABSL_FLAG(bool, reference_compat, false,
           "reproduce the authors' evaluation quirks: zero-filled initial pool, in-segment label shift");
 ABSL_FLAG(bool, json, false, "print one JSON object on stdout");
 ABSL_FLAG(int, threads, 0, "worker threads (0: one per core)");
+ABSL_FLAG(std::string, device, "auto", "auto (a CUDA GPU if there is one, else the host) | cpu | cuda");
 
 namespace trams {
 namespace {
@@ -84,17 +88,33 @@ void DrawProgress(int64_t done, int64_t total) {
   std::fflush(stderr);
 }
 
+// The CUDA module when the flag asks for it and a device is there; null (with one line on stderr) else.
+absl::StatusOr<std::unique_ptr<cuda::CudaModule>> PickDevice() {
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device == "cpu") return nullptr;
+  if (device != "auto" && device != "cuda") {
+    return absl::InvalidArgumentError(absl::StrCat("--device must be auto, cpu or cuda, got '", device, "'"));
+  }
+  auto module = cuda::CudaModule::Open();
+  std::string why;
+  if (module.ok() && (*module)->DeviceCount(&why) > 0) return std::move(*module);
+  if (!module.ok()) why = std::string(module.status().message());
+  if (device == "cuda") return absl::FailedPreconditionError(absl::StrCat("--device cuda: ", why));
+  std::fprintf(stderr, "trams-eval: no CUDA device (%s): running on the host\n", why.c_str());
+  return nullptr;
+}
+
 absl::Status Run() {
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) return absl::InvalidArgumentError("--model is required");
   const std::string input = absl::GetFlag(FLAGS_input), input_ids = absl::GetFlag(FLAGS_input_ids);
   if (input.empty() == input_ids.empty()) return absl::InvalidArgumentError("give exactly one of --input and --input_ids");
-  EngineOptions engine_options;
-  engine_options.threads = absl::GetFlag(FLAGS_threads);
-  ASSIGN_OR_RETURN(auto model, TransformerXL::Load(model_dir, engine_options));
+  ASSIGN_OR_RETURN(std::unique_ptr<cuda::CudaModule> gpu, PickDevice());
+  ASSIGN_OR_RETURN(ModelWeights weights, LoadModelDirectory(model_dir));
+  const ModelConfig config = weights.config;
   std::vector<int32_t> ids;
   if (!input.empty()) {
-    ASSIGN_OR_RETURN(auto tokenizer, Tokenizer::Load(model_dir, model->config().vocab_size));
+    ASSIGN_OR_RETURN(auto tokenizer, Tokenizer::Load(model_dir, config.vocab_size));
     ASSIGN_OR_RETURN(std::string text, ReadFile(input));
     ASSIGN_OR_RETURN(ids, tokenizer->Encode(text));
   } else {
@@ -102,13 +122,24 @@ absl::Status Run() {
   }
   if (ids.empty()) return absl::InvalidArgumentError("the input holds no tokens");
   EvalOptions options;
-  ASSIGN_OR_RETURN(options.settings, SettingsFromFlags(model->config()));
+  ASSIGN_OR_RETURN(options.settings, SettingsFromFlags(config));
   options.tgt_len = absl::GetFlag(FLAGS_tgt_len);
   options.batch = absl::GetFlag(FLAGS_batch);
   options.max_tokens = absl::GetFlag(FLAGS_max_tokens);
   options.reference_compat = absl::GetFlag(FLAGS_reference_compat);
   if (isatty(STDERR_FILENO)) options.progress = DrawProgress;
-  ASSIGN_OR_RETURN(EvalResult r, Evaluate(*model, ids, options));
+  EvalResult r;
+  std::string device_name = "cpu";
+  if (gpu != nullptr) {
+    ASSIGN_OR_RETURN(auto engine, cuda::CudaEngine::Create(&gpu->api(), weights));
+    ASSIGN_OR_RETURN(r, (EvaluateLoop<cuda::CudaEngine, cuda::CudaSegmentInput>(*engine, ids, options)));
+    device_name = engine->backend();
+  } else {
+    EngineOptions engine_options;
+    engine_options.threads = absl::GetFlag(FLAGS_threads);
+    auto model = TransformerXL::FromWeights(std::move(weights), engine_options);
+    ASSIGN_OR_RETURN(r, Evaluate(*model, ids, options));
+  }
   const TramsSettings& s = options.settings;
   const int64_t peak = PeakResidentBytes();
   if (absl::GetFlag(FLAGS_json)) {
@@ -116,11 +147,11 @@ absl::Status Run() {
         "{\"loss\": %.6f, \"ppl\": %.4f, \"bpc\": %.5f, \"tokens\": %lld, \"scored\": %lld, \"seconds\": %.3f, "
         "\"tokens_per_second\": %.1f, \"peak_memory_bytes\": %lld, \"pool_bytes_per_stream\": %lld, "
         "\"mode\": \"%s\", \"mem_len\": %d, \"topk\": %d, \"remain\": %d, \"tgt_len\": %d, \"batch\": %d, "
-        "\"reference_compat\": %s}\n",
+        "\"reference_compat\": %s, \"device\": \"%s\"}\n",
         r.loss, r.ppl, r.bpc, static_cast<long long>(r.tokens), static_cast<long long>(r.scored), r.seconds,
         r.tokens_per_second, static_cast<long long>(peak), static_cast<long long>(r.pool_bytes_per_stream),
         std::string(MemoryModeName(s.mode)).c_str(), s.mem_len, s.topk, s.remain, options.tgt_len, options.batch,
-        options.reference_compat ? "true" : "false");
+        options.reference_compat ? "true" : "false", device_name.c_str());
   } else {
     std::printf("mode %s  M %d  topk %d  remain %d  n %d  batch %d%s\n", std::string(MemoryModeName(s.mode)).c_str(),
                 s.mem_len, s.topk, s.remain, options.tgt_len, options.batch,

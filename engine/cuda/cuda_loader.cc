@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 
+#include <cstdlib>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -9,9 +10,16 @@
 namespace trams::cuda {
 
 std::string DefaultModulePath() {
+  // $TRAMS_CUDA_MODULE, else next to the executable or one folder up (build/engine/trams-eval and
+  // build/server/trams-server find build/libtrams_cuda.so), else an installed copy beside it.
+  if (const char* env = std::getenv("TRAMS_CUDA_MODULE"); env != nullptr && *env != '\0') return env;
   std::error_code ec;
   const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
   if (ec) return "";
+  for (const auto& dir : {exe.parent_path(), exe.parent_path().parent_path()}) {
+    const auto candidate = dir / kModuleFileName;
+    if (std::filesystem::exists(candidate, ec)) return candidate.string();
+  }
   return (exe.parent_path() / kModuleFileName).string();
 }
 
