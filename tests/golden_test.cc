@@ -10,6 +10,7 @@
 
 #include "engine/evaluator.h"
 #include "engine/transformer_xl.h"
+#include "tests/golden_cases.h"
 
 namespace trams {
 namespace {
@@ -19,38 +20,10 @@ using nlohmann::json;
 
 constexpr double kLogProbTolerance = 1e-4;
 
-std::string GoldenDir() { return std::string(TRAMS_TEST_DATA_DIR) + "/golden"; }
-
-std::vector<std::string> CaseNames() {
-  std::vector<std::string> names;
-  const fs::path dir = GoldenDir() + "/cases";
-  if (!fs::exists(dir)) return names;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    if (entry.path().extension() == ".json") names.push_back(entry.path().stem().string());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-json ReadJson(const std::string& path) {
-  std::ifstream in(path);
-  return json::parse(in);
-}
-
-TramsSettings SettingsOf(const json& c) {
-  const std::string mode = c["mode"];
-  TramsSettings s;
-  if (mode == "xl") {
-    s = TramsSettings::Xl(c["mem_len"]);
-  } else if (mode == "none") {
-    s = TramsSettings::NoMemory();
-  } else {
-    s = TramsSettings::Trams(c["mem_len"], c["topk"], c["remain"]);
-    if (c.contains("trams_layers") && !c["trams_layers"].is_null()) s.layers = c["trams_layers"].get<std::vector<int>>();
-    if (c.value("metric", "code") == "paper") s.metric = SelectionMetric::kPaper;
-  }
-  return s;
-}
+using golden::CaseNames;
+using golden::GoldenDir;
+using golden::ReadJson;
+using golden::SettingsOf;
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {};
 
