@@ -164,8 +164,8 @@ void AddBiasReluRows(float* x, int64_t rows, int d, const float* bias) {
 double LogSoftmaxRow(float* x, int64_t n) {
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i] - mx));
+  double sum = 0;  // float exp (1 ulp), double sum: vocabulary-sized rows would lose digits in float
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(x[i] - mx);
   const double lse = mx + std::log(sum);
   for (int64_t i = 0; i < n; ++i) x[i] = static_cast<float>(x[i] - lse);
   return lse;
