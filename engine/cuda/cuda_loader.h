@@ -1,6 +1,6 @@
 // Finds and loads the CUDA backend module (libtrams_cuda.so) at run time, so that one binary runs with
 // or without a GPU and cuBLAS never sits in the static TLS of a process that runs the metrics exposer
-// (see /work/shared/BUILD-NOTES.md, pitfall 1). Plain C++: no CUDA headers, no CUDA libraries.
+// (the shared build notes, pitfall 1: static TLS and the metrics exposer). Plain C++: no CUDA headers, no CUDA libraries.
 // The module is opened RTLD_LOCAL | RTLD_NODELETE (the CUDA runtime does not survive being unloaded).
 #pragma once
 
