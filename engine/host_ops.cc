@@ -118,9 +118,9 @@ void MatMulNN(const float* a, int lda, const float* b, int ldb, float* c, int ld
 void LinearNT(ThreadPool* pool, const float* a, int lda, const float* b, int ldb, float* c, int ldc, int64_t m,
               int64_t n, int64_t k, float beta) {
   const int parts = pool == nullptr ? 1 : pool->size();
-  // Split by rows only (>= 32 per part): splitting the output columns would change a row's rounding with
+  // Split by rows only (>= 8 per part): splitting the output columns would change a row's rounding with
   // the split, and so with the batch it sits in.
-  if (parts == 1 || m < 32 * parts) {
+  if (parts == 1 || m < 8 * parts) {
     MatMulNT(a, lda, b, ldb, c, ldc, m, n, k, beta);
     return;
   }

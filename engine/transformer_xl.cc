@@ -160,10 +160,27 @@ void TransformerXL::Embed(Batch& b) const {
   }
 }
 
+// Segments of at most this many tokens (decoding) attend with plain loops straight from the pool rows:
+// a BLAS call per head costs more than the work, and gathering the keys would copy the whole window.
+constexpr int kDirectRows = 4;
+
+// Dot product with a fixed order (8 lanes, then a fixed tree): the compiler vectorizes it, and the result
+// does not depend on anything but the two rows.
+static inline float Dot(const float* x, const float* y, int n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int k = 0;
+  for (; k + 8 <= n; k += 8) {
+    for (int l = 0; l < 8; ++l) acc[l] += x[k + l] * y[k + l];
+  }
+  float tail = 0;
+  for (; k < n; ++k) tail += x[k] * y[k];
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
+}
+
 // Attention probabilities [n, klen] of one (stream, head) over the pool tokens `chosen` (pool order,
-// treated as contiguous) plus the segment; fills `values` [klen, Dh] when given.
+// treated as contiguous) plus the segment; `value_rows` (when given) gets each key's value row.
 void TransformerXL::AttentionProbs(int layer, int s, int h, const Batch& b, const std::vector<int>& chosen,
-                                   std::vector<float>* probs, std::vector<float>* values) const {
+                                   std::vector<float>* probs, std::vector<const float*>* value_rows) const {
   const ModelConfig& c = config();
   const int dh = c.d_head, w = c.attn_width();
   const StreamState& stream = *b.streams[s];
@@ -172,24 +189,23 @@ void TransformerXL::AttentionProbs(int layer, int s, int h, const Batch& b, cons
   const int a = static_cast<int>(chosen.size());
   const int klen = a + n;
 
-  thread_local std::vector<float> keys, q_w, q_r, pos;
-  keys.resize(static_cast<size_t>(klen) * dh);
-  if (values != nullptr) values->resize(static_cast<size_t>(klen) * dh);
+  thread_local std::vector<const float*> key_rows;
+  key_rows.resize(klen);
+  if (value_rows != nullptr) value_rows->resize(klen);
   for (int j = 0; j < a; ++j) {
     const size_t row = static_cast<size_t>(stream.RingRow(chosen[j])) * w + h * dh;
-    std::memcpy(keys.data() + j * dh, pool.keys.data() + row, sizeof(float) * dh);
-    if (values != nullptr) std::memcpy(values->data() + j * dh, pool.values.data() + row, sizeof(float) * dh);
+    key_rows[j] = pool.keys.data() + row;
+    if (value_rows != nullptr) (*value_rows)[j] = pool.values.data() + row;
   }
   const float* qkv = b.qkv.data() + b.offset[s] * 3 * w;
   for (int i = 0; i < n; ++i) {
-    std::memcpy(keys.data() + (a + i) * dh, qkv + i * 3 * w + w + h * dh, sizeof(float) * dh);
-    if (values != nullptr) {
-      std::memcpy(values->data() + (a + i) * dh, qkv + i * 3 * w + 2 * w + h * dh, sizeof(float) * dh);
-    }
+    key_rows[a + i] = qkv + i * 3 * w + w + h * dh;
+    if (value_rows != nullptr) (*value_rows)[a + i] = qkv + i * 3 * w + 2 * w + h * dh;
   }
   const LayerWeights& lw = weights_.layers[layer];
   const float* rw = lw.r_w_bias.data + h * dh;
   const float* rr = lw.r_r_bias.data + h * dh;
+  thread_local std::vector<float> keys, q_w, q_r, pos;
   q_w.resize(static_cast<size_t>(n) * dh);
   q_r.resize(static_cast<size_t>(n) * dh);
   for (int i = 0; i < n; ++i) {
@@ -201,19 +217,38 @@ void TransformerXL::AttentionProbs(int layer, int s, int h, const Batch& b, cons
   }
   std::vector<float>& ac = *probs;
   ac.resize(static_cast<size_t>(n) * klen);
-  pos.resize(static_cast<size_t>(n) * klen);
-  // Content term against the keys; position term against r for distances 0..klen-1.
-  MatMulNT(q_w.data(), dh, keys.data(), dh, ac.data(), klen, n, klen, dh);
-  MatMulNT(q_r.data(), dh, rel_.Row(layer, 0) + h * dh, w, pos.data(), klen, n, klen, dh);
-
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
   const int window = stream.settings().attend_len();
+  auto visible = [&](int i) {  // [lo, hi]: keys query i may see
+    const int hi = a + i;
+    return std::pair<int, int>((c.same_length && window > 0) ? std::max(0, hi - window + 1) : 0, hi);
+  };
+  if (n <= kDirectRows) {
+    for (int i = 0; i < n; ++i) {
+      float* row = ac.data() + static_cast<size_t>(i) * klen;
+      const auto [lo, hi] = visible(i);
+      for (int j = lo; j <= hi; ++j) {
+        row[j] = (Dot(q_w.data() + i * dh, key_rows[j], dh) +
+                  Dot(q_r.data() + i * dh, rel_.Row(layer, hi - j) + h * dh, dh)) * scale;
+      }
+    }
+  } else {
+    // Content term against the gathered keys; position term against r for distances 0..klen-1.
+    keys.resize(static_cast<size_t>(klen) * dh);
+    for (int j = 0; j < klen; ++j) std::memcpy(keys.data() + j * dh, key_rows[j], sizeof(float) * dh);
+    pos.resize(static_cast<size_t>(n) * klen);
+    MatMulNT(q_w.data(), dh, keys.data(), dh, ac.data(), klen, n, klen, dh);
+    MatMulNT(q_r.data(), dh, rel_.Row(layer, 0) + h * dh, w, pos.data(), klen, n, klen, dh);
+    for (int i = 0; i < n; ++i) {
+      float* row = ac.data() + static_cast<size_t>(i) * klen;
+      const float* p = pos.data() + static_cast<size_t>(i) * klen;
+      const auto [lo, hi] = visible(i);
+      for (int j = lo; j <= hi; ++j) row[j] = (row[j] + p[hi - j]) * scale;
+    }
+  }
   for (int i = 0; i < n; ++i) {
     float* row = ac.data() + static_cast<size_t>(i) * klen;
-    const float* p = pos.data() + static_cast<size_t>(i) * klen;
-    const int hi = a + i;  // last visible key (distance 0)
-    const int lo = (c.same_length && window > 0) ? std::max(0, hi - window + 1) : 0;
-    for (int j = lo; j <= hi; ++j) row[j] = (row[j] + p[hi - j]) * scale;
+    const auto [lo, hi] = visible(i);
     // Softmax over [lo, hi]; everything else gets probability 0.
     float mx = -std::numeric_limits<float>::infinity();
     for (int j = lo; j <= hi; ++j) mx = std::max(mx, row[j]);
@@ -274,8 +309,25 @@ void TransformerXL::AttendOne(int layer, int s, int h, Batch& b, std::vector<int
     for (int j = pool_size - a; j < pool_size; ++j) chosen.push_back(j);
   }
   thread_local std::vector<float> probs, values;
-  AttentionProbs(layer, s, h, b, chosen, &probs, &values);
-  MatMulNN(probs.data(), klen, values.data(), dh, b.attn_vec.data() + b.offset[s] * w + h * dh, w, n, dh, klen);
+  thread_local std::vector<const float*> value_rows;
+  AttentionProbs(layer, s, h, b, chosen, &probs, &value_rows);
+  float* out = b.attn_vec.data() + b.offset[s] * w + h * dh;
+  if (n <= kDirectRows) {
+    for (int i = 0; i < n; ++i) {
+      float* o = out + static_cast<size_t>(i) * w;
+      std::fill(o, o + dh, 0.0f);
+      const float* p = probs.data() + static_cast<size_t>(i) * klen;
+      for (int j = 0; j < klen; ++j) {
+        if (p[j] == 0.0f) continue;
+        const float* v = value_rows[j];
+        for (int k = 0; k < dh; ++k) o[k] += p[j] * v[k];
+      }
+    }
+  } else {
+    values.resize(static_cast<size_t>(klen) * dh);
+    for (int j = 0; j < klen; ++j) std::memcpy(values.data() + j * dh, value_rows[j], sizeof(float) * dh);
+    MatMulNN(probs.data(), klen, values.data(), dh, out, w, n, dh, klen);
+  }
 
   if (share != nullptr && selecting) {
     // The paper's statistic: attention mass on the m memory tokens TRAMS attends, against the mass

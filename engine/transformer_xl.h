@@ -91,7 +91,7 @@ class TransformerXL {
   };
   absl::Status Check(absl::Span<const SegmentInput> batch) const;
   void AttentionProbs(int layer, int stream, int head, const Batch& b, const std::vector<int>& chosen,
-                      std::vector<float>* probs, std::vector<float>* values) const;
+                      std::vector<float>* probs, std::vector<const float*>* value_rows) const;
   void Embed(Batch& b) const;
   void AttentionLayer(int layer, Batch& b, std::vector<SegmentOutput>* outputs);
   void AttendOne(int layer, int stream, int head, Batch& b, std::vector<int>* selected,

@@ -49,11 +49,17 @@ TEST(EngineTest, SegmentationDoesNotMatterWhileNothingIsEvicted) {
   for (const TramsSettings& settings : {TramsSettings::Xl(64), TramsSettings::Trams(64, 20, 44)}) {
     auto whole = *model->NewStream(settings);
     auto pieces = *model->NewStream(settings);
+    auto single = *model->NewStream(settings);
     const auto a = Score(*model, whole.get(), ids, 60);
     const auto b = Score(*model, pieces.get(), ids, 7);
+    const auto one = Score(*model, single.get(), ids, 1);  // decoding: the direct attention path
     ASSERT_EQ(a.size(), b.size());
-    EXPECT_TRUE(std::isnan(a[0]) && std::isnan(b[0])) << "the first token of a stream has no context";
-    for (size_t i = 1; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2e-5) << "token " << i;
+    ASSERT_EQ(a.size(), one.size());
+    EXPECT_TRUE(std::isnan(a[0]) && std::isnan(b[0]) && std::isnan(one[0])) << "the first token has no context";
+    for (size_t i = 1; i < a.size(); ++i) {
+      EXPECT_NEAR(a[i], b[i], 2e-5) << "token " << i;
+      EXPECT_NEAR(a[i], one[i], 2e-5) << "token " << i;
+    }
   }
 }
 
