@@ -26,7 +26,7 @@ def load_rows(path):
     with open(path) as f:
         data = json.load(f)
     if isinstance(data, dict):
-        data = data.get("results", data.get("rows", []))
+        data = data.get("ablations", data.get("results", data.get("rows", [])))
     rows = []
     for r in data:
         if not all(k in r for k in ("M", "m", "bpc")):
