@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "engine/ring_cursor.h"
+
 namespace trams {
 
 StreamState::StreamState(const ModelConfig& config, const TramsSettings& settings) : settings_(settings) {
@@ -39,20 +41,7 @@ int StreamState::AppendRow(int i) const {
 }
 
 void StreamState::CommitAppend(int n, const float* last_hidden, int d_model) {
-  const int m = settings_.mem_len;
-  if (m > 0) {
-    const int total = size_ + std::min(n, m);
-    if (n >= m) {
-      // Only the last m of the appended tokens survive; they were written at rows AppendRow(n - m + j).
-      start_ = (start_ + size_ + n - m) % m;
-      size_ = m;
-    } else if (total > m) {
-      start_ = (start_ + total - m) % m;
-      size_ = m;
-    } else {
-      size_ = total;
-    }
-  }
+  AdvanceRing(settings_.mem_len, n, &start_, &size_);
   position_ += n;
   if (in_transaction_) appended_ += n;
   last_hidden_.assign(last_hidden, last_hidden + d_model);

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "engine/cuda/hd_common.cuh"
+#include "engine/ring_cursor.h"
 
 namespace trams::cuda {
 namespace {
@@ -44,19 +45,7 @@ int StreamSettings::attend_len() const {
 }
 
 void Stream::CommitAppend(int n) {
-  const int m = settings_.mem_len;
-  if (m > 0) {
-    const int total = size_ + std::min(n, m);
-    if (n >= m) {
-      start_ = (start_ + size_ + n - m) % m;
-      size_ = m;
-    } else if (total > m) {
-      start_ = (start_ + total - m) % m;
-      size_ = m;
-    } else {
-      size_ = total;
-    }
-  }
+  AdvanceRing(settings_.mem_len, n, &start_, &size_);
   position_ += n;
   if (in_transaction_) appended_ += n;
 }

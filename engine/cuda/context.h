@@ -147,6 +147,7 @@ class Context {
   Status PrepareWorkspace(const Plan& plan, Workspace* ws);
   Status RunForward(Plan& plan, Workspace& ws);
   Status Embed(const Plan& plan, Workspace& ws);
+  Status PreNorm(const float* gamma, const float* beta, int rows, Workspace& ws, const float** in);
   Status AttentionLayer(int layer, const Plan& plan, Workspace& ws);
   Status FeedForwardLayer(int layer, Workspace& ws, int64_t rows);
   // Head log-probs of `rows` hidden rows into ws.head ([rows, head_size]).

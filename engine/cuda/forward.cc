@@ -395,23 +395,28 @@ Status Context::Embed(const Plan& p, Workspace& ws) {
   return Status::Ok();
 }
 
+// Pre-LN layers read LayerNorm(x) (into ws.normed); post-LN layers read x itself.
+Status Context::PreNorm(const float* gamma, const float* beta, int rows, Workspace& ws, const float** in) {
+  if (!c_.pre_lnorm) return Status::Ok();
+  LayerNormArgs ln;
+  ln.x = ws.x;
+  ln.gamma = gamma;
+  ln.beta = beta;
+  ln.out = ws.normed;
+  ln.rows = rows;
+  ln.d = c_.d_model;
+  ln.eps = c_.eps;
+  TRAMS_CUDA_RETURN_IF_ERROR(ops_->LayerNorm(ln));
+  *in = ws.normed;
+  return Status::Ok();
+}
+
 Status Context::AttentionLayer(int l, const Plan& p, Workspace& ws) {
   const Layer& lw = layers_[l];
   const int d = c_.d_model, w = c_.width(), H = c_.n_head, dh = c_.d_head, B = p.batch;
   const int rows = static_cast<int>(p.rows);
   const float* in = ws.x;
-  if (c_.pre_lnorm) {
-    LayerNormArgs ln;
-    ln.x = ws.x;
-    ln.gamma = lw.attn_ln_g;
-    ln.beta = lw.attn_ln_b;
-    ln.out = ws.normed;
-    ln.rows = rows;
-    ln.d = d;
-    ln.eps = c_.eps;
-    TRAMS_CUDA_RETURN_IF_ERROR(ops_->LayerNorm(ln));
-    in = ws.normed;
-  }
+  TRAMS_CUDA_RETURN_IF_ERROR(PreNorm(lw.attn_ln_g, lw.attn_ln_b, rows, ws, &in));
   TRAMS_CUDA_RETURN_IF_ERROR(Linear(in, rows, d, lw.qkv, false, ws.qkv, 3 * w, ws.convert));
 
   const StreamLayerMeta* metas = ws.metas + static_cast<int64_t>(l) * B;
@@ -545,18 +550,7 @@ Status Context::FeedForwardLayer(int l, Workspace& ws, int64_t rows64) {
   const Layer& lw = layers_[l];
   const int d = c_.d_model, di = c_.d_inner, rows = static_cast<int>(rows64);
   const float* in = ws.x;
-  if (c_.pre_lnorm) {
-    LayerNormArgs ln;
-    ln.x = ws.x;
-    ln.gamma = lw.ff_ln_g;
-    ln.beta = lw.ff_ln_b;
-    ln.out = ws.normed;
-    ln.rows = rows;
-    ln.d = d;
-    ln.eps = c_.eps;
-    TRAMS_CUDA_RETURN_IF_ERROR(ops_->LayerNorm(ln));
-    in = ws.normed;
-  }
+  TRAMS_CUDA_RETURN_IF_ERROR(PreNorm(lw.ff_ln_g, lw.ff_ln_b, rows, ws, &in));
   TRAMS_CUDA_RETURN_IF_ERROR(Linear(in, rows, d, lw.ff1_w, false, ws.inner, di, ws.convert));
   BiasReluArgs br;
   br.x = ws.inner;
