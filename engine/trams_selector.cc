@@ -63,6 +63,12 @@ absl::Status TramsSettings::Validate(const ModelConfig& config) const {
     return absl::InvalidArgumentError(absl::StrCat("memory sizes must not be negative (mem_len ", mem_len, ", topk ",
                                                    topk, ", remain ", remain, ")"));
   }
+  // Bounded first, so that every later sum and product of sizes fits (topk + remain in int, pool bytes
+  // in int64) whatever a client sends.
+  if (mem_len > kMaxMemLen || topk > kMaxMemLen || remain > kMaxMemLen) {
+    return absl::InvalidArgumentError(absl::StrCat("memory sizes must be at most ", kMaxMemLen, " (mem_len ", mem_len,
+                                                   ", topk ", topk, ", remain ", remain, ")"));
+  }
   switch (mode) {
     case MemoryMode::kNone:
       if (mem_len != 0) return absl::InvalidArgumentError("mode 'none' keeps no memory: mem_len must be 0");
@@ -97,6 +103,10 @@ absl::StatusOr<TramsSettings> MakeTramsSettings(absl::string_view mode, int mem_
   if (mem_len < 0 || topk < 0 || remain < 0) {
     return absl::InvalidArgumentError(absl::StrCat("memory sizes must not be negative (M ", mem_len, ", topk ", topk,
                                                    ", remain ", remain, ")"));
+  }
+  if (mem_len > kMaxMemLen || topk > kMaxMemLen || remain > kMaxMemLen) {
+    return absl::InvalidArgumentError(absl::StrCat("memory sizes must be at most ", kMaxMemLen, " (M ", mem_len,
+                                                   ", topk ", topk, ", remain ", remain, ")"));
   }
   TramsSettings s;
   if (mode == "xl") {

@@ -23,6 +23,9 @@ enum class SelectionMetric {
 std::string_view MemoryModeName(MemoryMode mode);
 std::string_view SelectionMetricName(SelectionMetric metric);
 
+// Largest pool (and topk, remain) any stream may ask for, so that size arithmetic cannot overflow.
+constexpr int kMaxMemLen = 1 << 20;
+
 // Per-stream memory settings. Pool capacity is `mem_len` (M); attended memory is topk + remain (m).
 struct TramsSettings {
   MemoryMode mode = MemoryMode::kTrams;

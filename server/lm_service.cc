@@ -16,6 +16,7 @@ class UnaryDone {
  public:
   UnaryDone(LmService* svc, grpc::CallbackServerContext* ctx, const char* method)
       : svc_(svc), reactor_(ctx->DefaultReactor()), method_(method), start_(std::chrono::steady_clock::now()) {}
+  grpc::ServerUnaryReactor* reactor() const { return reactor_; }
   grpc::ServerUnaryReactor* Finish(const absl::Status& status) {
     const grpc::Status g = ToGrpcStatus(status);
     if (svc_->metrics()) {
@@ -222,10 +223,11 @@ grpc::ServerUnaryReactor* LmService::ListSessions(grpc::CallbackServerContext* c
 
 grpc::ServerUnaryReactor* LmService::DeleteSession(grpc::CallbackServerContext* ctx,
                                                    const v1::DeleteSessionRequest* req, v1::DeleteSessionResponse*) {
-  UnaryDone done(this, ctx, "DeleteSession");
+  auto done = std::make_shared<UnaryDone>(this, ctx, "DeleteSession");
   absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
-  if (!id.ok()) return done.Finish(id.status());
-  return done.Finish(sessions_->Delete(*id));
+  if (!id.ok()) return done->Finish(id.status());
+  sessions_->Delete(*id, [done](absl::Status s) { done->Finish(s); });
+  return done->reactor();
 }
 
 grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContext* ctx,
@@ -234,7 +236,7 @@ grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContex
   auto done = std::make_shared<UnaryDone>(this, ctx, "ExplainSelection");
   absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
   if (!id.ok()) return done->Finish(id.status());
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = done->reactor();  // gRPC allows one DefaultReactor() per call
   // Taken like a call so that it reads a settled session (after the running call, if any).
   sessions_->Acquire(*id, [this, done, resp](absl::StatusOr<std::shared_ptr<Session>> s) {
     if (!s.ok()) {
@@ -244,7 +246,11 @@ grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContex
     Session& session = **s;
     const SelectionRecord& rec = session.last_selection;
     absl::Status status;
-    if (rec.segment_start < 0) {
+    if (session.stream->settings().mode != MemoryMode::kTrams) {
+      status = absl::FailedPreconditionError(absl::StrCat(
+          "session '", session.id, "' uses mode '", std::string(MemoryModeName(session.stream->settings().mode)),
+          "', which attends the newest tokens and selects nothing; ExplainSelection needs mode trams"));
+    } else if (rec.segment_start < 0) {
       status = absl::FailedPreconditionError(
           absl::StrCat("session '", session.id, "' has not run a segment yet: score or generate first"));
     } else {

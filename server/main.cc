@@ -3,6 +3,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <fstream>
 #include <thread>
 
@@ -21,7 +23,10 @@ ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address (port 0: pi
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464", "Prometheus /metrics address (empty: off)");
 ABSL_FLAG(std::string, port_file, "", "write '<grpc port> <metrics port>' here once serving");
 ABSL_FLAG(int, threads, 0, "engine threads (0: one per core)");
-ABSL_FLAG(int, drain_seconds, 10, "on SIGTERM: seconds in-flight calls get to finish");
+ABSL_FLAG(int, drain_seconds, 10, "on SIGTERM: seconds in-flight calls get to finish (then they are cancelled)");
+ABSL_FLAG(double, drain_grace_seconds, 1.0,
+          "on SIGTERM: seconds health checks answer NOT_SERVING before the listener closes (set to your load "
+          "balancer's health-check interval)");
 ABSL_FLAG(int, max_sessions, 1024, "most sessions held at once");
 ABSL_FLAG(int64_t, memory_budget_mb, 4096, "session memory budget (pools + undo logs of running calls), MiB");
 ABSL_FLAG(std::string, evict, "lru", "when full: lru (evict the least recently used idle session) | refuse");
@@ -85,17 +90,34 @@ absl::StatusOr<ServerOptions> OptionsFromFlags(const ModelConfig& config) {
 }
 
 int Run() {
-  // Signals are taken by one thread with sigwait; block them before any thread starts.
+  // Signals are taken by one thread with sigwait; block them before any thread starts. Loading a model
+  // cannot be interrupted, so a signal before the server serves ends the process at once.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::mutex signal_mu;
+  std::condition_variable signal_cv;
+  int signal_seen = 0;
+  bool serving = false;
+  std::thread signal_waiter([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    std::lock_guard<std::mutex> lock(signal_mu);
+    if (!serving) {
+      LogError("stopped by a signal while starting", {{"signal", std::to_string(sig)}});
+      std::_Exit(1);
+    }
+    signal_seen = sig;
+    signal_cv.notify_all();
+  });
+  signal_waiter.detach();
 
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) {
-    LogError("--model is required");
-    return 2;
+    LogError("--model is required (a model directory with config.json and model.safetensors); see --help");
+    return 1;
   }
   auto config = LoadModelConfig(model_dir + "/config.json");
   if (!config.ok()) {
@@ -105,7 +127,7 @@ int Run() {
   absl::StatusOr<ServerOptions> options = OptionsFromFlags(*config);
   if (!options.ok()) {
     LogError("bad flags", {{"error", std::string(options.status().message())}});
-    return 2;
+    return 1;
   }
   {
     // One line on where the model runs. The CUDA backend is not wired into the server yet (trams-eval
@@ -131,6 +153,10 @@ int Run() {
     std::ofstream(options->port_file + ".tmp") << grpc_port << " " << metrics_port << "\n";
     std::rename((options->port_file + ".tmp").c_str(), options->port_file.c_str());
   }
+  {
+    std::lock_guard<std::mutex> lock(signal_mu);
+    serving = true;
+  }
   LogInfo("serving", {{"model", model_dir},
                       {"grpc_port", std::to_string(grpc_port)},
                       {"metrics_port", std::to_string(metrics_port)},
@@ -147,10 +173,18 @@ int Run() {
   });
 
   int sig = 0;
-  sigwait(&signals, &sig);
+  {
+    std::unique_lock<std::mutex> lock(signal_mu);
+    signal_cv.wait(lock, [&] { return signal_seen != 0; });
+    sig = signal_seen;
+  }
+  const double grace = std::max(0.0, absl::GetFlag(FLAGS_drain_grace_seconds));
   LogInfo("draining", {{"signal", std::to_string(sig)},
-                       {"running_calls", std::to_string((*app)->service().running_calls())}});
-  (*app)->Shutdown(std::chrono::seconds(options->drain_seconds));
+                       {"running_calls", std::to_string((*app)->service().running_calls())},
+                       {"grace_seconds", absl::StrCat(grace)},
+                       {"drain_seconds", std::to_string(options->drain_seconds)}});
+  (*app)->Shutdown(std::chrono::seconds(std::max(0, options->drain_seconds)),
+                   std::chrono::milliseconds(static_cast<int64_t>(grace * 1000)));
   stop = true;
   reaper.join();
   LogInfo("stopped");

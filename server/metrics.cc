@@ -5,6 +5,7 @@
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
 
 namespace trams {
 namespace {
@@ -71,6 +72,14 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                            .Name("trams_sessions_evicted_total")
                            .Help("Sessions removed by the server, by reason (memory_budget, max_sessions, idle_ttl)")
                            .Register(*registry_);
+  for (const char* reason : {"memory_budget", "max_sessions", "idle_ttl"}) {
+    sessions_evicted_->Add({{"reason", reason}});  // exported from zero, so rate() and increase() work at once
+  }
+  memory_budget_ = &BuildGauge()
+                        .Name("trams_memory_budget_bytes")
+                        .Help("Capacity of the session memory budget (--memory_budget_mb), in bytes")
+                        .Register(*registry_)
+                        .Add({});
   memory_in_use_ = &BuildGauge()
                         .Name("trams_memory_budget_used_bytes")
                         .Help("Bytes counted against the session memory budget (pools + undo reservations)")
@@ -124,6 +133,8 @@ void Metrics::SetSessions(int64_t count, int64_t bytes_in_use) {
   sessions_active_->Set(static_cast<double>(count));
   memory_in_use_->Set(static_cast<double>(bytes_in_use));
 }
+void Metrics::SetMemoryBudget(int64_t bytes) { memory_budget_->Set(static_cast<double>(bytes)); }
+std::string Metrics::Text() const { return prometheus::TextSerializer().Serialize(registry_->Collect()); }
 void Metrics::SetPoolBytes(const std::string& device, int64_t bytes) {
   pool_bytes_->Add({{"device", device}}).Set(static_cast<double>(bytes));
 }

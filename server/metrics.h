@@ -40,7 +40,10 @@ class Metrics {
   void SessionCreated();
   void SessionEvicted(const std::string& reason);
   void SetSessions(int64_t count, int64_t bytes_in_use);
+  void SetMemoryBudget(int64_t bytes);
   void SetPoolBytes(const std::string& device, int64_t bytes);
+  // The exposition text /metrics would serve (for tests and diagnostics).
+  std::string Text() const;
   // Sampled TRAMS statistics: attention probability on the attended memory tokens, and the share
   // plain XL's most recent m tokens would have received, both over the full pool.
   void SelectionShare(double selected_share, double recent_share);
@@ -61,6 +64,7 @@ class Metrics {
   prometheus::Counter* sessions_created_;
   prometheus::Family<prometheus::Counter>* sessions_evicted_;
   prometheus::Gauge* memory_in_use_;
+  prometheus::Gauge* memory_budget_;
   prometheus::Family<prometheus::Gauge>* pool_bytes_;
   prometheus::Histogram* selected_share_;
   prometheus::Histogram* recent_share_;

@@ -3,7 +3,11 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <algorithm>
+#include <thread>
+
 #include "absl/strings/str_cat.h"
+#include "server/listen_address.h"
 #include "server/log.h"
 
 namespace trams {
@@ -11,6 +15,11 @@ namespace trams {
 absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions& options,
                                                             std::unique_ptr<TransformerXL> model) {
   std::unique_ptr<ServerApp> app(new ServerApp());
+  absl::Status address = CheckListenAddress("listen", options.listen);
+  if (address.ok() && !options.metrics_listen.empty()) {
+    address = CheckListenAddress("metrics_listen", options.metrics_listen);
+  }
+  if (!address.ok()) return address;
   if (model == nullptr) {
     EngineOptions engine_options;
     engine_options.threads = options.engine_threads;
@@ -40,26 +49,47 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // No SO_REUSEPORT: a second server on a busy port must fail, not split the traffic (and the sessions)
+  // with the first one.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &app->grpc_port_);
   builder.RegisterService(app->service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.requests.max_chunk_bytes + (1 << 20)));
   app->server_ = builder.BuildAndStart();
   if (app->server_ == nullptr || app->grpc_port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen, ": the address is in use or not local to this machine"));
   }
   app->server_->GetHealthCheckService()->SetServingStatus("trams.v1.TramsService", true);
   return app;
 }
 
-void ServerApp::Shutdown(std::chrono::milliseconds drain) {
+void ServerApp::Shutdown(std::chrono::milliseconds drain, std::chrono::milliseconds grace) {
   if (shut_down_) return;
   shut_down_ = true;
-  service_->StartDraining();
-  server_->GetHealthCheckService()->SetServingStatus(false);
-  server_->Shutdown(std::chrono::system_clock::now() + drain);
-  scheduler_->Stop();
+  // Start() may have failed half way: stop only what was built.
+  if (service_) service_->StartDraining();  // new streaming calls and sessions: UNAVAILABLE
+  if (server_) {
+    using Clock = std::chrono::steady_clock;
+    server_->GetHealthCheckService()->SetServingStatus(false);
+    const auto start = Clock::now();
+    // Health checks keep answering NOT_SERVING for the grace period, so that load balancers move new
+    // traffic away; running calls go on meanwhile, until the drain deadline.
+    std::this_thread::sleep_until(start + grace);
+    const auto deadline = start + std::max(grace, drain);
+    while (service_->running_calls() > 0 && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (service_->running_calls() == 0) {
+      // Every call has sent its status; give the clients a moment to read it before the connections
+      // close (closing a socket with unread input resets it, and the peer may lose what it had not read).
+      std::this_thread::sleep_for(kCloseLinger);
+    }
+    server_->Shutdown(std::chrono::system_clock::now());  // cancels what is left; those calls roll back
+  }
+  if (scheduler_) scheduler_->Stop();
 }
 
-ServerApp::~ServerApp() { Shutdown(std::chrono::milliseconds(0)); }
+ServerApp::~ServerApp() { Shutdown(std::chrono::milliseconds(0), std::chrono::milliseconds(0)); }
 
 }  // namespace trams

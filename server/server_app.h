@@ -27,10 +27,12 @@ class ServerApp {
   int metrics_port() const { return metrics_port_; }
   LmService& service() { return *service_; }
   SessionManager& sessions() { return *sessions_; }
+  Metrics& metrics() { return *metrics_; }
 
-  // Stops taking calls (UNAVAILABLE, health NOT_SERVING), lets running calls finish until `drain`
-  // has passed, cancels the rest (their sessions roll back), then stops the engine worker.
-  void Shutdown(std::chrono::milliseconds drain);
+  // Drains: health turns NOT_SERVING at once and new streaming calls and sessions get UNAVAILABLE;
+  // health checks are still answered for `grace`; running calls may finish until max(grace, drain)
+  // has passed; the rest are cancelled (their sessions roll back); then the engine worker stops.
+  void Shutdown(std::chrono::milliseconds drain, std::chrono::milliseconds grace = std::chrono::milliseconds(0));
   // Removes sessions idle past the TTL (main calls it periodically).
   int ExpireIdle() { return sessions_->ExpireIdle(); }
 
@@ -46,6 +48,7 @@ class ServerApp {
   int grpc_port_ = 0;
   int metrics_port_ = 0;
   bool shut_down_ = false;
+  static constexpr std::chrono::milliseconds kCloseLinger{200};
 };
 
 }  // namespace trams

@@ -27,7 +27,11 @@ int64_t NowMs() {
 }
 
 SessionManager::SessionManager(const TransformerXL* model, const SessionLimits& limits, Metrics* metrics)
-    : model_(model), limits_(limits), metrics_(metrics) {}
+    : model_(model), limits_(limits), metrics_(metrics) {
+  if (metrics_) metrics_->SetMemoryBudget(limits_.memory_budget_bytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  PublishGauges();
+}
 
 absl::Status SessionManager::NotFound(const std::string& id) const {
   auto it = tombstones_.find(id);
@@ -37,7 +41,8 @@ absl::Status SessionManager::NotFound(const std::string& id) const {
   return absl::NotFoundError(absl::StrCat("session '", id, "' does not exist"));
 }
 
-void SessionManager::Remove(const std::shared_ptr<Session>& s, const std::string& reason) {
+void SessionManager::Remove(std::shared_ptr<Session> s, const std::string& reason) {
+  // `s` is a copy: the caller's reference may be the map entry erased below.
   s->removed = true;
   if (!s->busy) idle_lru_.erase(s->lru);
   bytes_in_use_ -= s->pool_bytes;
@@ -55,30 +60,52 @@ void SessionManager::Remove(const std::shared_ptr<Session>& s, const std::string
 }
 
 absl::Status SessionManager::MakeRoom(int64_t bytes, bool new_session) {
-  auto fits = [&] {
-    return bytes_in_use_ + bytes <= limits_.memory_budget_bytes &&
-           (!new_session || static_cast<int>(sessions_.size()) < limits_.max_sessions);
+  const bool count_limited = new_session;
+  auto fits = [&](int64_t in_use, size_t count) {
+    return in_use + bytes <= limits_.memory_budget_bytes &&
+           (!count_limited || static_cast<int64_t>(count) < limits_.max_sessions);
   };
-  if (fits()) return absl::OkStatus();
+  if (fits(bytes_in_use_, sessions_.size())) return absl::OkStatus();
+  // Decide before evicting: find the fewest least-recently-used idle sessions whose removal makes the
+  // request fit. If even all of them would not do, evict nobody (a request that cannot fit must not
+  // wipe the idle sessions on its way to failing).
+  size_t victims = 0;
   if (limits_.eviction == EvictionPolicy::kLeastRecentlyUsed) {
-    while (!fits() && !idle_lru_.empty()) {
-      const std::string victim = idle_lru_.front();
-      const bool for_memory = bytes_in_use_ + bytes > limits_.memory_budget_bytes;
-      const char* why = for_memory ? "memory_budget" : "max_sessions";
-      Remove(sessions_.at(victim), absl::StrCat("evicted (least recently used) to make room, reason ", why,
-                                               ", at unix ms ", NowMs()));
-      if (metrics_) metrics_->SessionEvicted(why);
+    int64_t in_use = bytes_in_use_;
+    size_t count = sessions_.size();
+    for (auto it = idle_lru_.begin(); it != idle_lru_.end() && !fits(in_use, count); ++it) {
+      in_use -= sessions_.at(*it)->pool_bytes;
+      --count;
+      ++victims;
     }
-    if (fits()) return absl::OkStatus();
+    if (!fits(in_use, count)) victims = 0;
   }
-  if (new_session && static_cast<int>(sessions_.size()) >= limits_.max_sessions) {
-    return absl::ResourceExhaustedError(absl::StrCat("the server holds its maximum of ", limits_.max_sessions,
-                                                     " sessions; delete one or retry later"));
+  if (victims == 0) {
+    if (bytes > limits_.memory_budget_bytes) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "%d bytes needed, more than the whole memory budget of %d bytes: use a smaller mem_len", bytes,
+          limits_.memory_budget_bytes));
+    }
+    if (new_session && static_cast<int64_t>(sessions_.size()) >= limits_.max_sessions &&
+        bytes_in_use_ + bytes <= limits_.memory_budget_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat("the server holds its maximum of ", limits_.max_sessions,
+                                                       " sessions; delete one or retry later"));
+    }
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "memory budget exhausted: %d bytes needed, %d of %d in use%s", bytes, bytes_in_use_,
+        limits_.memory_budget_bytes,
+        limits_.eviction == EvictionPolicy::kRefuse ? " (eviction is off)"
+                                                    : ", and evicting every idle session would not make room"));
   }
-  return absl::ResourceExhaustedError(absl::StrFormat(
-      "memory budget exhausted: %d bytes needed, %d of %d in use%s", bytes, bytes_in_use_,
-      limits_.memory_budget_bytes,
-      limits_.eviction == EvictionPolicy::kRefuse ? " (eviction is off)" : ", and no idle session can be evicted"));
+  for (size_t i = 0; i < victims; ++i) {
+    const std::string victim = idle_lru_.front();
+    const bool for_memory = bytes_in_use_ + bytes > limits_.memory_budget_bytes;
+    const char* why = for_memory ? "memory_budget" : "max_sessions";
+    Remove(sessions_.at(victim), absl::StrCat("evicted (least recently used) to make room, reason ", why,
+                                             ", at unix ms ", NowMs()));
+    if (metrics_) metrics_->SessionEvicted(why);
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const TramsSettings& memory, int segment_len) {
@@ -140,12 +167,11 @@ SessionSnapshot Snapshot(const Session& s) {
   snap.created_ms = s.created_ms;
   snap.last_used_ms = s.last_used_ms;
   snap.busy = s.busy;
-  if (!s.busy) {  // a running call owns the counters; report them between calls only
-    snap.position = s.stream->position();
-    snap.pool_tokens = s.stream->size();
-    snap.tokens_scored = s.tokens_scored;
-    snap.nll_sum = s.nll_sum;
-  }
+  // A running call owns the stream and counters: report what the last call left.
+  snap.position = s.committed.position;
+  snap.pool_tokens = s.committed.pool_tokens;
+  snap.tokens_scored = s.committed.tokens_scored;
+  snap.nll_sum = s.committed.nll_sum;
   return snap;
 }
 }  // namespace
@@ -165,19 +191,41 @@ std::vector<SessionSnapshot> SessionManager::List() {
   return out;
 }
 
-absl::Status SessionManager::Delete(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
+void SessionManager::Delete(const std::string& id, std::function<void(absl::Status)> done) {
+  std::unique_lock<std::mutex> lock(mu_);
   auto it = sessions_.find(id);
-  if (it == sessions_.end()) return NotFound(id);
-  if (it->second->busy) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("session '", id, "' has a call running; delete it when the call ends (or cancel the call)"));
+  if (it == sessions_.end()) {
+    absl::Status missing = NotFound(id);
+    lock.unlock();
+    return done(missing);
   }
-  Remove(it->second, "");
-  return absl::OkStatus();
+  std::shared_ptr<Session> s = it->second;
+  if (!s->busy) {
+    Remove(s, "");
+    lock.unlock();
+    return done(absl::OkStatus());
+  }
+  if (!s->holder_ending || !s->holder_ending()) {
+    lock.unlock();
+    return done(absl::FailedPreconditionError(
+        absl::StrCat("session '", id, "' has a call running; delete it when the call ends (or cancel the call)")));
+  }
+  // The holder is unwinding (a client cancel that has not finished yet): delete right after it, ahead of
+  // any queued calls (they then find the session gone).
+  auto ready = [this, done = std::move(done)](absl::StatusOr<std::shared_ptr<Session>> taken) {
+    if (!taken.ok()) return done(taken.status());
+    {
+      std::lock_guard<std::mutex> guard(mu_);
+      Remove(*taken, "");
+    }
+    Release(*taken);
+    done(absl::OkStatus());
+  };
+  s->waiters.push_front({std::move(ready), /*reserve_undo=*/false, {}});
 }
 
-absl::StatusOr<std::shared_ptr<Session>> SessionManager::Take(const std::shared_ptr<Session>& s, bool reserve_undo) {
+absl::StatusOr<std::shared_ptr<Session>> SessionManager::Take(const std::shared_ptr<Session>& s, bool reserve_undo,
+                                                               std::function<bool()> ending) {
   if (s->removed) return NotFound(s->id);
   // A call may overwrite every live pool row: reserve room for its undo log first.
   const int64_t undo = reserve_undo ? s->pool_bytes : 0;
@@ -192,31 +240,36 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Take(const std::shared_
   }
   bytes_in_use_ += undo;
   s->undo_reserved = undo;
+  s->holder_ending = std::move(ending);
   s->last_used_ms = NowMs();
   PublishGauges();
   return s;
 }
 
-void SessionManager::Acquire(const std::string& id, ReadyFn ready, bool reserve_undo) {
+void SessionManager::Acquire(const std::string& id, ReadyFn ready, bool reserve_undo, std::function<bool()> ending) {
   std::unique_lock<std::mutex> lock(mu_);
   auto it = sessions_.find(id);
   absl::StatusOr<std::shared_ptr<Session>> result = absl::UnknownError("");
   if (it == sessions_.end()) {
     result = NotFound(id);
   } else if (it->second->busy) {
-    it->second->waiters.push_back({std::move(ready), reserve_undo});  // calls on one session run in order
+    it->second->waiters.push_back({std::move(ready), reserve_undo, std::move(ending)});  // calls run in order
     return;
   } else {
-    result = Take(it->second, reserve_undo);
+    result = Take(it->second, reserve_undo, std::move(ending));
   }
   lock.unlock();
   ready(std::move(result));  // may start the call at once: never under the lock
 }
 
 void SessionManager::Release(const std::shared_ptr<Session>& s) {
+  // The releasing call still owns the stream and counters here: publish them for Get/List.
+  const Session::Committed committed{s->stream->position(), s->stream->size(), s->tokens_scored, s->nll_sum};
   std::unique_lock<std::mutex> lock(mu_);
+  s->committed = committed;
   bytes_in_use_ -= s->undo_reserved;
   s->undo_reserved = 0;
+  s->holder_ending = nullptr;
   s->busy = false;
   s->last_used_ms = NowMs();
   if (!s->removed) {
@@ -227,7 +280,7 @@ void SessionManager::Release(const std::shared_ptr<Session>& s) {
   while (!s->waiters.empty()) {
     Session::Waiter next = std::move(s->waiters.front());
     s->waiters.pop_front();
-    absl::StatusOr<std::shared_ptr<Session>> r = Take(s, next.reserve_undo);
+    absl::StatusOr<std::shared_ptr<Session>> r = Take(s, next.reserve_undo, std::move(next.ending));
     const bool taken = r.ok();
     lock.unlock();
     next.ready(std::move(r));

@@ -50,6 +50,12 @@ struct Session {
   SelectionRecord last_selection;
 
   // Guarded by the manager.
+  struct Committed {  // the state as of the last call's end, for Get/List while a call runs
+    int64_t position = 0;
+    int pool_tokens = 0;
+    int64_t tokens_scored = 0;
+    double nll_sum = 0;
+  } committed;
   bool busy = false;
   bool removed = false;
   int64_t pool_bytes = 0;
@@ -57,7 +63,9 @@ struct Session {
   struct Waiter {
     std::function<void(absl::StatusOr<std::shared_ptr<Session>>)> ready;
     bool reserve_undo;
+    std::function<bool()> ending;
   };
+  std::function<bool()> holder_ending;  // set while a call holds the session
   std::deque<Waiter> waiters;  // calls queued behind the running one
   std::list<std::string>::iterator lru;  // position in the idle list (valid when !busy)
 };
@@ -83,13 +91,18 @@ class SessionManager {
   absl::StatusOr<SessionSnapshot> Create(std::string id, const TramsSettings& memory, int segment_len);
   absl::StatusOr<SessionSnapshot> Get(const std::string& id);
   std::vector<SessionSnapshot> List();
-  absl::Status Delete(const std::string& id);
+  // Deletes the session and calls `done` (at once, or on the releasing thread). A session held by a call
+  // that is ending (cancelled, or past its end) is deleted as soon as that call lets go; one held by a
+  // live call is FAILED_PRECONDITION.
+  void Delete(const std::string& id, std::function<void(absl::Status)> done);
 
   // Takes the session for one call. `ready` runs once the session is free (at once, or later on the
   // releasing thread) with the session or an error (NOT_FOUND, evicted, RESOURCE_EXHAUSTED for the undo
   // reservation). The call must Release() what it acquired.
   using ReadyFn = std::function<void(absl::StatusOr<std::shared_ptr<Session>>)>;
-  void Acquire(const std::string& id, ReadyFn ready, bool reserve_undo = true);
+  // `ending` (optional) tells, under the manager's lock, whether the holding call is already ending;
+  // it is dropped at Release.
+  void Acquire(const std::string& id, ReadyFn ready, bool reserve_undo = true, std::function<bool()> ending = {});
   void Release(const std::shared_ptr<Session>& session);
 
   // Evicts sessions idle longer than the TTL; returns how many.
@@ -99,8 +112,9 @@ class SessionManager {
  private:
   absl::Status NotFound(const std::string& id) const;            // mu_ held
   absl::Status MakeRoom(int64_t bytes, bool new_session);        // mu_ held
-  void Remove(const std::shared_ptr<Session>& s, const std::string& reason);  // mu_ held
-  absl::StatusOr<std::shared_ptr<Session>> Take(const std::shared_ptr<Session>& s, bool reserve_undo);  // mu_ held
+  void Remove(std::shared_ptr<Session> s, const std::string& reason);  // mu_ held
+  absl::StatusOr<std::shared_ptr<Session>> Take(const std::shared_ptr<Session>& s, bool reserve_undo,
+                                                 std::function<bool()> ending);  // mu_ held
   void PublishGauges();                                          // mu_ held
 
   const TransformerXL* model_;

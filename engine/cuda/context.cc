@@ -32,6 +32,7 @@ Status Expect(const trams_cuda_matrix& m, int64_t rows, int64_t cols, const std:
 }
 
 constexpr int64_t kAlign = 256;
+constexpr int kMaxMemLen = 1 << 20;  // the host engine's bound (engine/trams_selector.h): sizes cannot overflow
 int64_t AlignUp(int64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 
 }  // namespace
@@ -417,6 +418,11 @@ Status Context::ParseSettings(const trams_cuda_stream_settings& in, StreamSettin
   if (in.mem_len < 0 || in.topk < 0 || in.remain < 0) {
     return InvalidArgument("memory sizes must not be negative (mem_len " + std::to_string(in.mem_len) + ", topk " +
                            std::to_string(in.topk) + ", remain " + std::to_string(in.remain) + ")");
+  }
+  if (in.mem_len > kMaxMemLen || in.topk > kMaxMemLen || in.remain > kMaxMemLen) {
+    return InvalidArgument("memory sizes must be at most " + std::to_string(kMaxMemLen) + " (mem_len " +
+                           std::to_string(in.mem_len) + ", topk " + std::to_string(in.topk) + ", remain " +
+                           std::to_string(in.remain) + ")");
   }
   StreamSettings s;
   s.mode = in.mode;
