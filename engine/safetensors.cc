@@ -13,11 +13,13 @@
 #include <numeric>
 #include <optional>
 #include <set>
+#include <string_view>
 #include <utility>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "engine/echo.h"
 #include "engine/status_macros.h"
 
 namespace trams {
@@ -26,8 +28,8 @@ namespace {
 // The format and our memcpy-based readers are little-endian.
 static_assert(std::endian::native == std::endian::little, "trams assumes a little-endian host");
 
-constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // the reference implementation's limit
-constexpr int kMaxHeaderDepth = 8;                  // a valid header needs 3 (object, entry, shape)
+constexpr size_t kMaxHeaderDepth = 8;  // a valid header needs 3 (object, entry, shape)
+constexpr size_t kMaxListLength = 64;   // shape rank (PyTorch allows 64 dims); data_offsets has 2
 constexpr std::string_view kMetadataKey = "__metadata__";
 
 using nlohmann::json;
@@ -67,10 +69,12 @@ std::optional<size_t> CheckedNumBytes(const std::vector<int64_t>& shape, size_t 
 // a corrupt header can nest deeply.
 std::string Describe(const json& j) {
   if (j.is_structured()) return std::string(j.type_name());
-  std::string text = j.dump();
-  if (text.size() > 64) text = text.substr(0, 64) + "...";
-  return text;
+  // Strings of a parsed header are valid UTF-8, but replace rather than throw if one is not.
+  return EchoForError(j.dump(-1, ' ', false, json::error_handler_t::replace));
 }
+
+// Names come from the file: long enough for real tensor names, capped for hostile ones.
+std::string EchoName(std::string_view name) { return EchoForError(name, 128); }
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -83,7 +87,7 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& path, const std::
                                             const json& entry, const uint8_t* base,
                                             uint64_t data_size) {
   auto error = [&](absl::string_view what) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", name, "': ", what));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", EchoName(name), "': ", what));
   };
   if (!entry.is_object()) return error("header entry is not a JSON object");
   TensorInfo t;
@@ -95,7 +99,7 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& path, const std::
   const std::string dtype_name = dtype_it->get<std::string>();
   std::optional<DType> dtype = ParseDType(dtype_name);
   if (!dtype) {
-    return error(absl::StrCat("unknown or unsupported dtype \"", dtype_name,
+    return error(absl::StrCat("unknown or unsupported dtype \"", EchoForError(dtype_name),
                               "\" (supported: F32, F16, BF16, I32, I64, U8)"));
   }
   t.dtype = *dtype;
@@ -145,6 +149,141 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& path, const std::
   t.nbytes = *nbytes;
   return t;
 }
+
+// Reads a safetensors header in one pass of SAX events, keeping only the tensor table and the
+// metadata; each entry is checked by ParseTensorEntry as soon as it closes, and reading stops at the
+// first problem. (The DOM parser with a callback, used before, rescans the parent object after every
+// child object: a header of n entries cost O(n^2), 40k entries took 31 s.) Nesting, list lengths and
+// the entry count are bounded while reading, so a hostile header cannot make us build much.
+class HeaderReader {
+ public:
+  HeaderReader(const std::string& path, const uint8_t* data, uint64_t data_size)
+      : path_(path), data_(data), data_size_(data_size) {}
+
+  const absl::Status& status() const { return status_; }
+  std::vector<TensorInfo>& tensors() { return tensors_; }
+  std::map<std::string, std::string>& metadata() { return metadata_; }
+
+  // The nlohmann::json_sax interface.
+  bool null() { return Value(json(nullptr)); }
+  bool boolean(bool v) { return Value(json(v)); }
+  bool number_integer(json::number_integer_t v) { return Value(json(v)); }
+  bool number_unsigned(json::number_unsigned_t v) { return Value(json(v)); }
+  bool number_float(json::number_float_t v, const std::string&) { return Value(json(v)); }
+  bool string(std::string& v) { return Value(json(std::move(v))); }
+  bool binary(json::binary_t&) { return Fail(Invalid("header is not valid JSON")); }
+  bool start_object(size_t) { return Value(json::object()); }
+  bool start_array(size_t) { return Value(json::array()); }
+  bool end_object() { return Close(); }
+  bool end_array() { return Close(); }
+  bool parse_error(size_t, const std::string&, const nlohmann::detail::exception&) {
+    return Fail(Invalid("header is not valid JSON"));
+  }
+  bool key(std::string& k) {
+    if (stack_.back() == Frame::kRoot && ++entries_ > kMaxSafetensorsEntries) {
+      return Fail(Invalid(absl::StrCat("header has more than ", kMaxSafetensorsEntries, " entries")));
+    }
+    key_ = std::move(k);
+    return true;
+  }
+
+ private:
+  // What the innermost open container is.
+  enum class Frame { kRoot, kEntry, kMetadata, kList, kSkip };
+
+  absl::Status Invalid(absl::string_view what) const {
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": ", what));
+  }
+  bool Fail(absl::Status s) {
+    if (status_.ok()) status_ = std::move(s);
+    return false;
+  }
+  bool Push(Frame f) {
+    if (stack_.size() >= kMaxHeaderDepth) {
+      return Fail(Invalid(absl::StrCat("header nests JSON deeper than ", kMaxHeaderDepth, " levels")));
+    }
+    stack_.push_back(f);
+    return true;
+  }
+
+  // A scalar, or the start of an object or array (an empty one stands for it), in its context.
+  bool Value(json v) {
+    const bool opens = v.is_structured();
+    if (stack_.empty()) {
+      if (!v.is_object()) return Fail(Invalid("header is not a JSON object"));
+      return Push(Frame::kRoot);
+    }
+    switch (stack_.back()) {
+      case Frame::kRoot:
+        if (key_ == kMetadataKey) {
+          if (!v.is_object()) return Fail(Invalid("\"__metadata__\" is not a JSON object"));
+          if (has_metadata_) return Fail(Invalid("header has duplicate key '__metadata__'"));
+          has_metadata_ = true;
+          return Push(Frame::kMetadata);
+        }
+        if (!v.is_object()) {  // ParseTensorEntry words the error
+          return Fail(ParseTensorEntry(path_, key_, v, data_, data_size_).status());
+        }
+        entry_name_ = key_;
+        entry_ = json::object();
+        return Push(Frame::kEntry);
+      case Frame::kEntry: {
+        const bool field = key_ == "dtype" || key_ == "shape" || key_ == "data_offsets";
+        if (!field) return opens ? Push(Frame::kSkip) : true;  // unknown fields are ignored
+        const bool list = v.is_array() && key_ != "dtype";
+        json& slot = entry_[key_];
+        slot = std::move(v);
+        if (list) {
+          list_ = &slot;
+          return Push(Frame::kList);
+        }
+        return opens ? Push(Frame::kSkip) : true;
+      }
+      case Frame::kMetadata:
+        if (!v.is_string()) {
+          return Fail(Invalid(absl::StrCat("\"__metadata__\" value of '", EchoName(key_),
+                                           "' is not a string")));
+        }
+        metadata_[key_] = v.get<std::string>();
+        return true;
+      case Frame::kList:
+        if (list_->size() >= kMaxListLength) {
+          return Fail(Invalid(absl::StrCat("tensor '", EchoName(entry_name_), "': a list of more than ",
+                                           kMaxListLength, " elements")));
+        }
+        list_->push_back(std::move(v));
+        return opens ? Push(Frame::kSkip) : true;
+      case Frame::kSkip:
+        return opens ? Push(Frame::kSkip) : true;
+    }
+    return true;
+  }
+
+  bool Close() {
+    const Frame f = stack_.back();
+    stack_.pop_back();
+    if (f == Frame::kList) list_ = nullptr;
+    if (f != Frame::kEntry) return true;
+    absl::StatusOr<TensorInfo> t = ParseTensorEntry(path_, entry_name_, entry_, data_, data_size_);
+    if (!t.ok()) return Fail(t.status());
+    tensors_.push_back(*std::move(t));
+    return true;
+  }
+
+  const std::string& path_;
+  const uint8_t* data_;
+  uint64_t data_size_;
+  absl::Status status_;
+  std::vector<Frame> stack_;
+  std::string key_;         // the latest key
+  std::string entry_name_;  // the tensor entry being read
+  json entry_;              // its dtype, shape and data_offsets
+  json* list_ = nullptr;    // the shape or data_offsets list being filled
+  int64_t entries_ = 0;
+  bool has_metadata_ = false;
+  std::vector<TensorInfo> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
 
 }  // namespace
 
@@ -226,13 +365,33 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   }
   file->map_ = map;
   file->map_size_ = file_size;
-  const uint8_t* bytes = static_cast<const uint8_t*>(map);
+  RETURN_IF_ERROR(file->ParseHeader(static_cast<const uint8_t*>(map), file_size));
+  return file;
+}
 
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::FromBytes(std::string bytes,
+                                                                            std::string name) {
+  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
+  file->path_ = std::move(name);
+  file->owned_ = std::move(bytes);
+  if (file->owned_.size() < 8) {
+    return absl::InvalidArgumentError(absl::StrCat(file->path_, ": file is ", file->owned_.size(),
+                                                   " bytes, shorter than the 8-byte header length"));
+  }
+  RETURN_IF_ERROR(file->ParseHeader(reinterpret_cast<const uint8_t*>(file->owned_.data()),
+                                    file->owned_.size()));
+  return file;
+}
+
+absl::Status SafetensorsFile::ParseHeader(const uint8_t* bytes, uint64_t file_size) {
+  auto invalid = [&](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": ", what));
+  };
   uint64_t header_len;
   std::memcpy(&header_len, bytes, 8);
-  if (header_len > kMaxHeaderBytes) {
-    return invalid(absl::StrCat("header length ", header_len, " exceeds the ", kMaxHeaderBytes,
-                                "-byte limit (not a safetensors file?)"));
+  if (header_len > kMaxSafetensorsHeaderBytes) {
+    return invalid(absl::StrCat("header length ", header_len, " exceeds the ",
+                                kMaxSafetensorsHeaderBytes, "-byte limit (not a safetensors file?)"));
   }
   if (header_len > file_size - 8) {
     return invalid(absl::StrCat("header length ", header_len, " is beyond the end of the file (",
@@ -242,48 +401,24 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   const uint8_t* data = header_begin + header_len;
   const uint64_t data_size = file_size - 8 - header_len;
 
-  // nlohmann keeps the last of duplicate keys silently; a duplicated tensor name is corruption.
-  // Nesting is bounded so nothing downstream can recurse deeply on a hostile header.
-  std::set<std::string> seen_keys;
-  std::string duplicate_key;
-  int max_depth = 0;
-  json::parser_callback_t on_event = [&](int depth, json::parse_event_t event, json& parsed) {
-    max_depth = std::max(max_depth, depth);
-    if (event == json::parse_event_t::key && depth == 1) {
-      std::string key = parsed.get<std::string>();
-      if (!seen_keys.insert(key).second && duplicate_key.empty()) duplicate_key = std::move(key);
-    }
-    return true;
-  };
-  json header = json::parse(header_begin, data, on_event, /*allow_exceptions=*/false);
-  if (header.is_discarded()) return invalid("header is not valid JSON");
-  if (!header.is_object()) return invalid("header is not a JSON object");
-  if (max_depth > kMaxHeaderDepth) {
-    return invalid(absl::StrCat("header nests JSON deeper than ", kMaxHeaderDepth, " levels"));
-  }
-  if (!duplicate_key.empty()) {
-    return invalid(absl::StrCat("header has duplicate key '", duplicate_key, "'"));
-  }
+  HeaderReader reader(path_, data, data_size);
+  json::sax_parse(header_begin, data, &reader);
+  RETURN_IF_ERROR(reader.status());
+  tensors_ = std::move(reader.tensors());
+  metadata_ = std::move(reader.metadata());
 
-  for (const auto& [key, value] : header.items()) {
-    if (key == kMetadataKey) {
-      if (!value.is_object()) return invalid("\"__metadata__\" is not a JSON object");
-      for (const auto& [mkey, mvalue] : value.items()) {
-        if (!mvalue.is_string()) {
-          return invalid(absl::StrCat("\"__metadata__\" value of '", mkey, "' is not a string"));
-        }
-        file->metadata_[mkey] = mvalue.get<std::string>();
-      }
-      continue;
+  // Find relies on name order; equal neighbours are a duplicated name (corruption).
+  std::sort(tensors_.begin(), tensors_.end(),
+            [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
+  for (size_t i = 1; i < tensors_.size(); ++i) {
+    if (tensors_[i].name == tensors_[i - 1].name) {
+      return invalid(absl::StrCat("header has duplicate key '", EchoName(tensors_[i].name), "'"));
     }
-    ASSIGN_OR_RETURN(TensorInfo t, ParseTensorEntry(path, key, value, data, data_size));
-    file->tensors_.push_back(std::move(t));
   }
-  // json objects iterate in key order, so tensors_ is sorted by name (Find relies on it).
 
   // Overlap check: sort non-empty tensors by start offset and compare neighbours.
   std::vector<const TensorInfo*> by_offset;
-  for (const TensorInfo& t : file->tensors_) {
+  for (const TensorInfo& t : tensors_) {
     if (t.nbytes > 0) by_offset.push_back(&t);
   }
   std::sort(by_offset.begin(), by_offset.end(),
@@ -292,11 +427,11 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     const TensorInfo* prev = by_offset[i - 1];
     const TensorInfo* cur = by_offset[i];
     if (cur->data < prev->data + prev->nbytes) {
-      return invalid(absl::StrCat("tensors '", prev->name, "' and '", cur->name,
+      return invalid(absl::StrCat("tensors '", EchoName(prev->name), "' and '", EchoName(cur->name),
                                   "' overlap in the data area"));
     }
   }
-  return file;
+  return absl::OkStatus();
 }
 
 SafetensorsFile::~SafetensorsFile() {

@@ -20,6 +20,13 @@ namespace trams {
 
 enum class DType { kF32, kF16, kBF16, kI32, kI64, kU8 };
 
+// Limits on what Open accepts, checked while the header is parsed (before anything is built):
+// the format's own 100 MB header cap, and at most 2^20 entries. Our largest models have a few hundred
+// tensors and the biggest public checkpoints a few tens of thousands, so 2^20 is generous; it bounds
+// the tensor table (about 100 bytes per entry) whatever a 100 MB header claims.
+constexpr uint64_t kMaxSafetensorsHeaderBytes = 100ull << 20;
+constexpr int64_t kMaxSafetensorsEntries = int64_t{1} << 20;
+
 // The safetensors spelling: "F32", "F16", "BF16", "I32", "I64", "U8".
 std::string_view DTypeName(DType dtype);
 // Bytes per element.
@@ -45,6 +52,9 @@ class SafetensorsFile {
  public:
   // NotFound for a missing file; InvalidArgument, naming the path and tensor, for a corrupt one.
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
+  // The same checks on a file's bytes held in memory (fuzzing, tests); `name` stands for the path
+  // in messages. The TensorInfo data points into the moved-in buffer.
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> FromBytes(std::string bytes, std::string name);
 
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
@@ -60,8 +70,11 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
+  // Reads the header of the file's `size` bytes at `bytes` (the mapping or owned_).
+  absl::Status ParseHeader(const uint8_t* bytes, uint64_t size);
 
   std::string path_;
+  std::string owned_;  // FromBytes' buffer (empty for a mapped file)
   void* map_ = nullptr;
   size_t map_size_ = 0;
   std::vector<TensorInfo> tensors_;

@@ -325,6 +325,8 @@ std::vector<CorruptCase> CorruptCases() {
   beyond += "{}";
   std::string huge_len(8, '\xff');
   huge_len += "{}";
+  std::string dims64;  // appended to a first dim: 65 dims of 1
+  for (int i = 0; i < 64; ++i) dims64 += ",1";
   return {
       {"empty file", "", "shorter than the 8-byte header length", ""},
       {"7 bytes", std::string(7, '\0'), "file is 7 bytes", ""},
@@ -411,6 +413,11 @@ std::vector<CorruptCase> CorruptCases() {
                R"("w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
                f32x2),
        "duplicate key 'w'", "w"},
+      {"shape of 65 dims",
+       one(absl::StrCat(R"({"dtype":"U8","shape":[1)", dims64, R"(],"data_offsets":[0,1]})"), "x"),
+       "a list of more than 64 elements", "w"},
+      {"duplicate metadata", RawFile(R"({"__metadata__":{},"__metadata__":{}})", ""),
+       "duplicate key '__metadata__'", ""},
       {"metadata not an object", RawFile(R"({"__metadata__":[1]})", ""),
        "\"__metadata__\" is not a JSON object", ""},
       {"metadata value not a string", RawFile(R"({"__metadata__":{"epoch":3}})", ""),
@@ -436,6 +443,61 @@ TEST(SafetensorsTest, CorruptFilesGiveUsefulErrors) {
   }
 }
 
+std::string SmallValidFile(const std::string& path) {
+  const std::string a = Bytes(12, 5), b = Bytes(6, 9), c = Bytes(3, 11);
+  EXPECT_TRUE(WriteSafetensors(
+                  path,
+                  {MakeTensor("a", DType::kF32, {3}, a), MakeTensor("b", DType::kBF16, {1, 3}, b),
+                   MakeTensor("c", DType::kU8, {3}, c)},
+                  {{"k", "v"}})
+                  .ok());
+  return ReadBytes(path);
+}
+
+// The same checks on bytes held in memory; the name stands for the path.
+TEST(SafetensorsTest, FromBytesMatchesOpen) {
+  const std::string path = TempPath("valid.safetensors");
+  const std::string bytes = SmallValidFile(path);
+  auto mapped = SafetensorsFile::Open(path);
+  auto held = SafetensorsFile::FromBytes(bytes, "in-memory");
+  ASSERT_TRUE(mapped.ok() && held.ok()) << held.status();
+  EXPECT_EQ((*held)->path(), "in-memory");
+  EXPECT_EQ((*held)->metadata(), (*mapped)->metadata());
+  ASSERT_EQ((*held)->tensors().size(), (*mapped)->tensors().size());
+  for (size_t i = 0; i < (*held)->tensors().size(); ++i) {
+    const TensorInfo& a = (*held)->tensors()[i];
+    const TensorInfo& b = (*mapped)->tensors()[i];
+    EXPECT_EQ(a.name, b.name);
+    EXPECT_EQ(a.shape, b.shape);
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(a.data), a.nbytes),
+              std::string(reinterpret_cast<const char*>(b.data), b.nbytes));
+  }
+  for (const CorruptCase& c : CorruptCases()) {
+    auto file = SafetensorsFile::FromBytes(c.bytes, "in-memory");
+    ASSERT_FALSE(file.ok()) << c.label;
+    EXPECT_TRUE(HasSubstr(file.status().message(), "in-memory: ")) << c.label;
+    EXPECT_TRUE(HasSubstr(file.status().message(), c.message)) << c.label;
+  }
+}
+
+// What a message quotes from the file is capped and printable (messages reach clients and logs).
+TEST(SafetensorsTest, MessagesEscapeAndCapFileContent) {
+  const std::string name = "\\u001b[2J" + std::string(1000, 'n');  // JSON for ESC [2J nnn...
+  const std::string bytes = RawFile(absl::StrCat("{\"", name, R"(":{"dtype":"\u0007)", std::string(1000, 'd'),
+                                                 R"(","shape":[2],"data_offsets":[0,8]}})"),
+                                    Bytes(8, 1));
+  auto file = SafetensorsFile::FromBytes(bytes, "f");
+  ASSERT_FALSE(file.ok());
+  const std::string message(file.status().message());
+  EXPECT_TRUE(HasSubstr(message, "unknown or unsupported dtype"));
+  EXPECT_TRUE(HasSubstr(message, "tensor '\\x1b[2Jnnn"));
+  EXPECT_TRUE(HasSubstr(message, "\\x07ddd"));
+  EXPECT_TRUE(HasSubstr(message, "(1004 bytes)"));
+  EXPECT_TRUE(HasSubstr(message, "(1001 bytes)"));
+  EXPECT_EQ(message.find('\x1b'), std::string::npos) << "raw escape byte in the message";
+  EXPECT_LT(message.size(), 400u);
+}
+
 // Zero-size tensors occupy no bytes, so they may share offsets with anything.
 TEST(SafetensorsTest, ZeroSizeTensorsDoNotOverlap) {
   const std::string path = TempPath("zero.safetensors");
@@ -446,17 +508,6 @@ TEST(SafetensorsTest, ZeroSizeTensorsDoNotOverlap) {
   auto file = SafetensorsFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
   EXPECT_EQ((*file)->Find("b")->nbytes, 0u);
-}
-
-std::string SmallValidFile(const std::string& path) {
-  const std::string a = Bytes(12, 5), b = Bytes(6, 9), c = Bytes(3, 11);
-  EXPECT_TRUE(WriteSafetensors(
-                  path,
-                  {MakeTensor("a", DType::kF32, {3}, a), MakeTensor("b", DType::kBF16, {1, 3}, b),
-                   MakeTensor("c", DType::kU8, {3}, c)},
-                  {{"k", "v"}})
-                  .ok());
-  return ReadBytes(path);
 }
 
 TEST(SafetensorsTest, EveryTruncationIsAnError) {
