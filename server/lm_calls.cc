@@ -177,7 +177,7 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
 
   void AfterEvent(Actions& a) override {
     if (ending()) return MaybeFinish(a);
-    if (session_ && !job_in_flight_) {
+    if (session_ && !job_in_flight_ && can_write_more()) {
       const size_t n = static_cast<size_t>(session_->segment_len);
       if (pending_.size() >= n || (input_closed_ && !pending_.empty())) {
         const size_t take = std::min(n, pending_.size());
@@ -374,20 +374,25 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
     if (finish_reason_ == v1::FINISH_REASON_UNSPECIFIED && generated_ >= max_tokens_) {
       finish_reason_ = v1::FINISH_REASON_LENGTH;
     }
-    // Every generated token becomes part of the session: feed it (with the next distribution unless done).
-    OutputOptions o;
-    o.next_distribution = finish_reason_ == v1::FINISH_REASON_UNSPECIFIED;
-    final_feed_ = !o.next_distribution;
+    // Every generated token becomes part of the session: feed it (with the next distribution unless
+    // done), once the client keeps up with the answers (AfterEvent).
+    final_feed_ = finish_reason_ != v1::FINISH_REASON_UNSPECIFIED;
     feeding_.assign(1, token);
-    feed_start_ = session_->stream->position();
-    pool_before_ = session_->stream->size();
-    o.selections = session_->stream->settings().mode == MemoryMode::kTrams;
-    o.memory_share = o.selections && svc_->SampleMemoryShare();
-    Submit(feeding_, o, a);
+    feed_pending_ = true;
   }
 
   void AfterEvent(Actions& a) override {
-    if (ending()) MaybeFinish(a);
+    if (ending()) return MaybeFinish(a);
+    if (feed_pending_ && !job_in_flight_ && can_write_more()) {
+      feed_pending_ = false;
+      OutputOptions o;
+      o.next_distribution = !final_feed_;
+      feed_start_ = session_->stream->position();
+      pool_before_ = session_->stream->size();
+      o.selections = session_->stream->settings().mode == MemoryMode::kTrams;
+      o.memory_share = o.selections && svc_->SampleMemoryShare();
+      Submit(feeding_, o, a);
+    }
   }
 
   void OnCommit(Session& session) override { ledger_.Apply(session, *svc_); }
@@ -405,6 +410,7 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
   int generated_ = 0;
   std::string generated_text_;
   bool final_feed_ = false;
+  bool feed_pending_ = false;  // feeding_ holds a sampled token waiting for the client to catch up
   v1::FinishReason finish_reason_ = v1::FINISH_REASON_UNSPECIFIED;
   Clock::time_point last_token_;
   CallLedger ledger_;

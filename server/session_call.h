@@ -56,6 +56,11 @@ class SessionCall : public Reactor {
     }
   }
   bool ending() const { return end_.has_value(); }
+  // Write backpressure: a call computes its next segment only while fewer than this many answers wait
+  // to be sent, so a client that does not read holds neither memory nor the engine (one answer on the
+  // wire, one ready behind it).
+  static constexpr size_t kMaxQueuedWrites = 2;
+  bool can_write_more() const { return writes_.size() < kMaxQueuedWrites; }
 
   void Write(Response r, Actions& a) {
     writes_.push_back(std::move(r));

@@ -350,5 +350,73 @@ TEST(HardeningTest, DrainLetsRunningCallsFinishWhileHealthSaysNotServing) {
   drain.get();
 }
 
+// The value of an unlabelled counter or gauge in the exposition text (-1: absent).
+double MetricValue(const std::string& text, const std::string& name) {
+  const size_t at = text.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + name.size() + 2));
+}
+
+// Items 17 and 19: a client that never read its answers made the server compute and queue all of them
+// (RSS grew without bound, and such streams starved everyone else). The server must stop computing
+// once a couple of answers wait to be sent, and keep serving other clients meanwhile.
+TEST(HardeningTest, AClientThatDoesNotReadStopsTheComputationNotTheServer) {
+  auto server = Start(TestOptions(kModel));
+  ASSERT_NE(server, nullptr);
+  auto* stub = server->stub.get();
+  // The stalled clients take at most 64 KiB per stream into their transport (no window growth), so what
+  // the server computes beyond that would pile up in the server.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 10);
+  auto slow_channel = grpc::CreateCustomChannel(server->address(), grpc::InsecureChannelCredentials(), args);
+  auto slow_stub = v1::TramsService::NewStub(slow_channel);
+  constexpr int kStalled = 4, kIds = 20000;
+  struct Stalled {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::ScoreRequest, v1::ScoreResponse>> stream;
+    std::thread writer;
+  };
+  std::vector<std::unique_ptr<Stalled>> stalled;
+  for (int i = 0; i < kStalled; ++i) {
+    const std::string id = "stalled-" + std::to_string(i);
+    ASSERT_TRUE(CreateSession(stub, id, Trams(kM, kTopk, kRemain), kN).ok());
+    auto c = std::make_unique<Stalled>();
+    SetDeadline(&c->ctx);
+    c->stream = slow_stub->Score(&c->ctx);
+    c->writer = std::thread([raw = c.get(), id] {
+      std::vector<int32_t> ids(kIds);
+      for (int k = 0; k < kIds; ++k) ids[k] = (k * 31 + 7) % 250;
+      std::vector<v1::ScoreRequest> reqs = IdRequests(id, ids, 100);
+      reqs.front().mutable_options()->set_alternatives(20);
+      for (const auto& r : reqs) {
+        if (!raw->stream->Write(r)) return;  // blocks once the server stops reading: that is the point
+      }
+      raw->stream->WritesDone();
+    });
+    stalled.push_back(std::move(c));
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const double scored_while_stalled = MetricValue(server->app->metrics().Text(), "trams_tokens_scored_total");
+
+  // A normal client is served meanwhile.
+  ASSERT_TRUE(CreateSession(stub, "normal", Trams(kM, kTopk, kRemain), kN).ok());
+  const ScoreResult normal = ScoreText(stub, "normal", Text(0, 200));
+  EXPECT_TRUE(normal.status.ok()) << Describe(normal.status);
+  EXPECT_EQ(normal.tokens.size(), 200u);
+
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const double scored_later = MetricValue(server->app->metrics().Text(), "trams_tokens_scored_total");
+  for (auto& c : stalled) {
+    c->ctx.TryCancel();
+    c->writer.join();
+    c->stream->Finish();
+  }
+  EXPECT_GE(scored_while_stalled, 0);
+  EXPECT_LT(scored_while_stalled, kStalled * kIds / 4) << "the server computed answers nobody read";
+  EXPECT_LT(scored_later - scored_while_stalled, 200 + kStalled * 8 * 4) << "stalled streams kept computing";
+  std::printf("tokens scored for 4 stalled clients after 2 s: %.0f of %d sent\n", scored_while_stalled, kStalled * kIds);
+}
+
 }  // namespace
 }  // namespace trams::test
