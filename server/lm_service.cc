@@ -1,5 +1,7 @@
 #include "server/lm_service.h"
 
+#include <grpcpp/alarm.h>
+
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -10,6 +12,7 @@ namespace trams {
 namespace {
 
 constexpr char kSessionHeader[] = "x-session-id";
+constexpr std::chrono::seconds kDeleteWait{2};
 
 // Finishes a unary call and records its latency.
 class UnaryDone {
@@ -226,7 +229,19 @@ grpc::ServerUnaryReactor* LmService::DeleteSession(grpc::CallbackServerContext* 
   auto done = std::make_shared<UnaryDone>(this, ctx, "DeleteSession");
   absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
   if (!id.ok()) return done->Finish(id.status());
-  sessions_->Delete(*id, [done](absl::Status s) { done->Finish(s); });
+  // A session held by a call is deleted when that call ends, if it ends within kDeleteWait (a client
+  // that cancels and deletes at once: the cancel may reach the server after the delete).
+  struct PendingDelete : SessionManager::DeleteRequest {
+    grpc::Alarm give_up;
+  };
+  auto request = std::make_shared<PendingDelete>();
+  request->done = [done](absl::Status s) { done->Finish(s); };
+  request->give_up.Set(std::chrono::system_clock::now() + kDeleteWait,
+                       [weak = std::weak_ptr<PendingDelete>(request), sid = *id](bool fired) {
+                         auto r = weak.lock();
+                         if (fired && r) r->Answer(SessionManager::HeldError(sid));
+                       });
+  sessions_->Delete(*id, request);
   return done->reactor();
 }
 

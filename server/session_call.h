@@ -5,7 +5,6 @@
 // other event is still performing, since OnDone deletes the reactor.
 #pragma once
 
-#include <atomic>
 #include <chrono>
 #include <deque>
 #include <memory>
@@ -50,7 +49,6 @@ class SessionCall : public Reactor {
   void EndWith(const absl::Status& status) {
     if (end_.has_value()) return;
     end_ = status;
-    ending_flag_ = true;
     if (!status.ok()) {
       while (writes_.size() > (write_in_flight_ ? 1u : 0u)) writes_.pop_back();  // void after a failure
     }
@@ -113,9 +111,7 @@ class SessionCall : public Reactor {
 
   void Perform(Actions& a) {
     if (a.acquire) {
-      svc_->sessions()->Acquire(
-          *a.acquire, [this](absl::StatusOr<std::shared_ptr<Session>> r) { Taken(std::move(r)); },
-          /*reserve_undo=*/true, [this] { return ending_flag_.load() || ctx_->IsCancelled(); });
+      svc_->sessions()->Acquire(*a.acquire, [this](absl::StatusOr<std::shared_ptr<Session>> r) { Taken(std::move(r)); });
     }
     if (a.submit) {
       absl::Status s = svc_->scheduler()->Submit(std::move(*a.submit));
@@ -240,7 +236,6 @@ class SessionCall : public Reactor {
   }
 
   std::optional<absl::Status> end_;
-  std::atomic<bool> ending_flag_{false};  // end_ is set (read by DeleteSession without our mutex)
   std::optional<grpc::Status> finish_status_;
   int performing_ = 0;
   bool finish_issued_ = false;

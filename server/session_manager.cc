@@ -191,41 +191,41 @@ std::vector<SessionSnapshot> SessionManager::List() {
   return out;
 }
 
-void SessionManager::Delete(const std::string& id, std::function<void(absl::Status)> done) {
+void SessionManager::Delete(const std::string& id, std::shared_ptr<DeleteRequest> request) {
   std::unique_lock<std::mutex> lock(mu_);
   auto it = sessions_.find(id);
   if (it == sessions_.end()) {
     absl::Status missing = NotFound(id);
     lock.unlock();
-    return done(missing);
+    return request->Answer(missing);
   }
   std::shared_ptr<Session> s = it->second;
   if (!s->busy) {
     Remove(s, "");
     lock.unlock();
-    return done(absl::OkStatus());
+    return request->Answer(absl::OkStatus());
   }
-  if (!s->holder_ending || !s->holder_ending()) {
-    lock.unlock();
-    return done(absl::FailedPreconditionError(
-        absl::StrCat("session '", id, "' has a call running; delete it when the call ends (or cancel the call)")));
-  }
-  // The holder is unwinding (a client cancel that has not finished yet): delete right after it, ahead of
-  // any queued calls (they then find the session gone).
-  auto ready = [this, done = std::move(done)](absl::StatusOr<std::shared_ptr<Session>> taken) {
-    if (!taken.ok()) return done(taken.status());
+  // Delete right after the holder (a client cancel may still be on its way, or unwinding), ahead of any
+  // queued calls (they then find the session gone).
+  auto ready = [this, request](absl::StatusOr<std::shared_ptr<Session>> taken) {
+    if (!taken.ok()) return request->Answer(taken.status());
+    if (!request->Claim()) return Release(*taken);  // answered (gave up) meanwhile: leave the session be
     {
       std::lock_guard<std::mutex> guard(mu_);
       Remove(*taken, "");
     }
     Release(*taken);
-    done(absl::OkStatus());
+    request->done(absl::OkStatus());
   };
-  s->waiters.push_front({std::move(ready), /*reserve_undo=*/false, {}});
+  s->waiters.push_front({std::move(ready), /*reserve_undo=*/false});
 }
 
-absl::StatusOr<std::shared_ptr<Session>> SessionManager::Take(const std::shared_ptr<Session>& s, bool reserve_undo,
-                                                               std::function<bool()> ending) {
+absl::Status SessionManager::HeldError(const std::string& id) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("session '", id, "' has a call running; delete it when the call ends (or cancel the call)"));
+}
+
+absl::StatusOr<std::shared_ptr<Session>> SessionManager::Take(const std::shared_ptr<Session>& s, bool reserve_undo) {
   if (s->removed) return NotFound(s->id);
   // A call may overwrite every live pool row: reserve room for its undo log first.
   const int64_t undo = reserve_undo ? s->pool_bytes : 0;
@@ -240,23 +240,22 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Take(const std::shared_
   }
   bytes_in_use_ += undo;
   s->undo_reserved = undo;
-  s->holder_ending = std::move(ending);
   s->last_used_ms = NowMs();
   PublishGauges();
   return s;
 }
 
-void SessionManager::Acquire(const std::string& id, ReadyFn ready, bool reserve_undo, std::function<bool()> ending) {
+void SessionManager::Acquire(const std::string& id, ReadyFn ready, bool reserve_undo) {
   std::unique_lock<std::mutex> lock(mu_);
   auto it = sessions_.find(id);
   absl::StatusOr<std::shared_ptr<Session>> result = absl::UnknownError("");
   if (it == sessions_.end()) {
     result = NotFound(id);
   } else if (it->second->busy) {
-    it->second->waiters.push_back({std::move(ready), reserve_undo, std::move(ending)});  // calls run in order
+    it->second->waiters.push_back({std::move(ready), reserve_undo});  // calls on one session run in order
     return;
   } else {
-    result = Take(it->second, reserve_undo, std::move(ending));
+    result = Take(it->second, reserve_undo);
   }
   lock.unlock();
   ready(std::move(result));  // may start the call at once: never under the lock
@@ -269,7 +268,6 @@ void SessionManager::Release(const std::shared_ptr<Session>& s) {
   s->committed = committed;
   bytes_in_use_ -= s->undo_reserved;
   s->undo_reserved = 0;
-  s->holder_ending = nullptr;
   s->busy = false;
   s->last_used_ms = NowMs();
   if (!s->removed) {
@@ -280,7 +278,7 @@ void SessionManager::Release(const std::shared_ptr<Session>& s) {
   while (!s->waiters.empty()) {
     Session::Waiter next = std::move(s->waiters.front());
     s->waiters.pop_front();
-    absl::StatusOr<std::shared_ptr<Session>> r = Take(s, next.reserve_undo, std::move(next.ending));
+    absl::StatusOr<std::shared_ptr<Session>> r = Take(s, next.reserve_undo);
     const bool taken = r.ok();
     lock.unlock();
     next.ready(std::move(r));

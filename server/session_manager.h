@@ -6,6 +6,7 @@
 // (Acquire .. Release); everything else is guarded by the manager's mutex.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -63,9 +64,7 @@ struct Session {
   struct Waiter {
     std::function<void(absl::StatusOr<std::shared_ptr<Session>>)> ready;
     bool reserve_undo;
-    std::function<bool()> ending;
   };
-  std::function<bool()> holder_ending;  // set while a call holds the session
   std::deque<Waiter> waiters;  // calls queued behind the running one
   std::list<std::string>::iterator lru;  // position in the idle list (valid when !busy)
 };
@@ -91,18 +90,26 @@ class SessionManager {
   absl::StatusOr<SessionSnapshot> Create(std::string id, const TramsSettings& memory, int segment_len);
   absl::StatusOr<SessionSnapshot> Get(const std::string& id);
   std::vector<SessionSnapshot> List();
-  // Deletes the session and calls `done` (at once, or on the releasing thread). A session held by a call
-  // that is ending (cancelled, or past its end) is deleted as soon as that call lets go; one held by a
-  // live call is FAILED_PRECONDITION.
-  void Delete(const std::string& id, std::function<void(absl::Status)> done);
+  // One DeleteSession call: answered exactly once, by whichever comes first (the deletion, or the
+  // caller giving up on a session that stays held).
+  struct DeleteRequest {
+    std::function<void(absl::Status)> done;
+    std::atomic<bool> answered{false};
+    bool Claim() { return !answered.exchange(true); }
+    void Answer(const absl::Status& s) {
+      if (Claim()) done(s);
+    }
+  };
+  // Deletes the session and answers (at once, or on the releasing thread). A session held by a call is
+  // deleted as soon as that call lets go, ahead of queued calls, unless the request was answered
+  // (given up) meanwhile.
+  void Delete(const std::string& id, std::shared_ptr<DeleteRequest> request);
 
   // Takes the session for one call. `ready` runs once the session is free (at once, or later on the
   // releasing thread) with the session or an error (NOT_FOUND, evicted, RESOURCE_EXHAUSTED for the undo
   // reservation). The call must Release() what it acquired.
   using ReadyFn = std::function<void(absl::StatusOr<std::shared_ptr<Session>>)>;
-  // `ending` (optional) tells, under the manager's lock, whether the holding call is already ending;
-  // it is dropped at Release.
-  void Acquire(const std::string& id, ReadyFn ready, bool reserve_undo = true, std::function<bool()> ending = {});
+  void Acquire(const std::string& id, ReadyFn ready, bool reserve_undo = true);
   void Release(const std::shared_ptr<Session>& session);
 
   // Evicts sessions idle longer than the TTL; returns how many.
@@ -111,10 +118,14 @@ class SessionManager {
 
  private:
   absl::Status NotFound(const std::string& id) const;            // mu_ held
+
+ public:
+  static absl::Status HeldError(const std::string& id);  // FAILED_PRECONDITION: a call holds the session
+
+ private:
   absl::Status MakeRoom(int64_t bytes, bool new_session);        // mu_ held
   void Remove(std::shared_ptr<Session> s, const std::string& reason);  // mu_ held
-  absl::StatusOr<std::shared_ptr<Session>> Take(const std::shared_ptr<Session>& s, bool reserve_undo,
-                                                 std::function<bool()> ending);  // mu_ held
+  absl::StatusOr<std::shared_ptr<Session>> Take(const std::shared_ptr<Session>& s, bool reserve_undo);  // mu_ held
   void PublishGauges();                                          // mu_ held
 
   const TransformerXL* model_;
