@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 namespace trams {
 
@@ -43,6 +44,14 @@ inline std::string EchoForError(std::string_view s, size_t max = 64) {
     out.append(buf, n);
   }
   return out;
+}
+
+// The same for absl::string_view (a type of its own in Debian's Abseil) and other strings.
+template <typename S>
+  requires(!std::is_convertible_v<const S&, std::string_view> &&
+           requires(const S& s) { std::string_view(s.data(), s.size()); })
+inline std::string EchoForError(const S& s, size_t max = 64) {
+  return EchoForError(std::string_view(s.data(), s.size()), max);
 }
 
 }  // namespace trams

@@ -1,16 +1,21 @@
 #include "engine/model_config.h"
 
-#include <fstream>
+#include <cmath>
+#include <filesystem>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "engine/echo.h"
+#include "engine/model_files.h"
 #include "engine/status_macros.h"
 
 namespace trams {
 namespace {
 
 using nlohmann::json;
+
+// A value from the file, for a message: capped and escaped.
+std::string Dump(const json& j) { return EchoForError(j.dump(-1, ' ', false, json::error_handler_t::replace)); }
 
 // Reads an integer field; `required` fields must be present.
 absl::Status ReadInt(const json& j, const char* key, bool required, int64_t* out) {
@@ -20,7 +25,7 @@ absl::Status ReadInt(const json& j, const char* key, bool required, int64_t* out
     return absl::OkStatus();
   }
   if (!it->is_number_integer()) {
-    return absl::InvalidArgumentError(absl::StrCat("config.json: field '", key, "' must be an integer, got ", it->dump()));
+    return absl::InvalidArgumentError(absl::StrCat("config.json: field '", key, "' must be an integer, got ", Dump(*it)));
   }
   *out = it->get<int64_t>();
   return absl::OkStatus();
@@ -40,7 +45,7 @@ absl::Status ReadBool(const json& j, const char* key, bool* out) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return absl::OkStatus();
   if (!it->is_boolean()) {
-    return absl::InvalidArgumentError(absl::StrCat("config.json: field '", key, "' must be true or false, got ", it->dump()));
+    return absl::InvalidArgumentError(absl::StrCat("config.json: field '", key, "' must be true or false, got ", Dump(*it)));
   }
   *out = it->get<bool>();
   return absl::OkStatus();
@@ -61,9 +66,33 @@ int ModelConfig::cluster_dim(int cluster) const {
   return dim;
 }
 
+int64_t ModelConfig::ParameterCount() const {
+  const int64_t d = d_model, hd = attn_width(), di = d_inner;
+  const std::vector<int64_t> ends = cutoff_ends();
+  int64_t n = 0;
+  // Embedding and output clusters: table (x2 for an untied output layer), projections, bias.
+  for (int i = 0; i <= n_clusters(); ++i) {
+    const int64_t ids = div_val == 1 ? vocab_size : ends[i + 1] - ends[i];
+    const int64_t dim = cluster_dim(div_val == 1 ? 0 : i);
+    n += 2 * ids * dim + 2 * d * dim;
+    if (div_val == 1) break;
+  }
+  n += vocab_size + n_clusters() * (d_embed + int64_t{1});  // output bias, cluster weight and bias
+  // Per layer: qkv (3 hd x d), r_net, o_net, feed-forward, layer norms, r biases.
+  const int64_t layer = 5 * hd * d + 2 * d * di + di + 5 * d + 2 * hd;
+  return n + n_layer * layer + 2 * hd;
+}
+
 absl::Status ModelConfig::Validate() const {
   auto positive = [](const char* name, int64_t v) -> absl::Status {
     if (v <= 0) return absl::InvalidArgumentError(absl::StrCat("config.json: '", name, "' must be positive, got ", v));
+    return absl::OkStatus();
+  };
+  auto at_most = [](const char* name, int64_t v, int64_t limit) -> absl::Status {
+    if (v > limit) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.json: '", name, "' is ", v, ", above the limit ", limit));
+    }
     return absl::OkStatus();
   };
   RETURN_IF_ERROR(positive("n_layer", n_layer));
@@ -74,11 +103,25 @@ absl::Status ModelConfig::Validate() const {
   RETURN_IF_ERROR(positive("d_inner", d_inner));
   RETURN_IF_ERROR(positive("vocab_size", vocab_size));
   RETURN_IF_ERROR(positive("div_val", div_val));
+  // Bounds first, so that every product below (and in the loaders) fits int64.
+  RETURN_IF_ERROR(at_most("n_layer", n_layer, kMaxLayers));
+  RETURN_IF_ERROR(at_most("d_model", d_model, kMaxModelDim));
+  RETURN_IF_ERROR(at_most("d_embed", d_embed, kMaxModelDim));
+  RETURN_IF_ERROR(at_most("n_head", n_head, kMaxHeads));
+  RETURN_IF_ERROR(at_most("d_head", d_head, kMaxModelDim));
+  RETURN_IF_ERROR(at_most("d_inner", d_inner, kMaxModelDim));
+  RETURN_IF_ERROR(at_most("vocab_size", vocab_size, kMaxModelDim));
+  RETURN_IF_ERROR(at_most("div_val", div_val, kMaxModelDim));
+  RETURN_IF_ERROR(at_most("clamp_len", clamp_len, kMaxModelDim));  // <= 0: no clamping
+  RETURN_IF_ERROR(at_most("n_head * d_head", int64_t{n_head} * d_head, kMaxModelDim));
+  if (static_cast<int64_t>(cutoffs.size()) > kMaxCutoffs) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: 'cutoffs' has ", cutoffs.size(),
+                                                   " entries, above the limit ", kMaxCutoffs));
+  }
   if (d_model % 2 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("config.json: d_model must be even (sinusoid position "
                                                    "embedding of width d_model), got ", d_model));
   }
-  if (vocab_size > INT32_MAX) return absl::InvalidArgumentError("config.json: vocab_size does not fit 32-bit ids");
   int64_t prev = 0;
   for (int64_t c : cutoffs) {
     if (c <= prev || c >= vocab_size) {
@@ -98,7 +141,14 @@ absl::Status ModelConfig::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("config.json: 'tie_projs' has ", tie_projs.size(),
                                                    " entries; it needs one per cluster (", cutoffs.size() + 1, ")"));
   }
-  if (!(layer_norm_epsilon > 0)) return absl::InvalidArgumentError("config.json: 'layer_norm_epsilon' must be positive");
+  if (!(layer_norm_epsilon > 0) || !std::isfinite(layer_norm_epsilon)) {
+    return absl::InvalidArgumentError("config.json: 'layer_norm_epsilon' must be positive and finite");
+  }
+  const int64_t params = ParameterCount();
+  if (params > kMaxParameters) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: the model would have ", params,
+                                                   " parameters, above the limit ", kMaxParameters));
+  }
   return absl::OkStatus();
 }
 
@@ -152,11 +202,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
 }
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open model config ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  auto config = ParseModelConfig(ss.str());
+  // Read as a file of its directory, so a config.json symlinked out of a model directory is refused.
+  const std::filesystem::path p(path);
+  ASSIGN_OR_RETURN(const std::string text,
+                   ReadModelFile(p.parent_path().string(), p.filename().string(), kMaxJsonFileBytes, "model config"));
+  auto config = ParseModelConfig(text);
   if (!config.ok()) {
     return absl::Status(config.status().code(), absl::StrCat(path, ": ", config.status().message()));
   }

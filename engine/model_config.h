@@ -11,6 +11,20 @@
 
 namespace trams {
 
+// Limits Validate enforces before anything is sized from a config (a config.json is input: n_layer
+// 2^31-1 used to reach std::bad_alloc). Generous for real models (the paper's WikiText-103 model is
+// 16 x 410 with 267,735 words and ~150M parameters; the largest public Transformer-XL has 18 x 1024),
+// and small enough that every size product below fits int64 without checks:
+//   d_model, d_embed, d_inner, d_head, n_head * d_head, vocab_size, div_val, clamp_len <= 2^20;
+//   n_layer, n_head <= 4096; cutoffs <= 64 entries;
+//   ParameterCount() <= 2^34 (64 GiB of f32 weights).
+// mem_len and tgt_len are not model fields here (a stream's TramsSettings bound those).
+constexpr int64_t kMaxModelDim = int64_t{1} << 20;
+constexpr int64_t kMaxLayers = 4096;
+constexpr int64_t kMaxHeads = 4096;
+constexpr int64_t kMaxCutoffs = 64;
+constexpr int64_t kMaxParameters = int64_t{1} << 34;
+
 struct ModelConfig {
   int n_layer = 0;
   int d_model = 0;   // hidden width between layers
@@ -35,7 +49,11 @@ struct ModelConfig {
   // Width of cluster i's embedding (d_embed / div_val^i).
   int cluster_dim(int cluster) const;
   int attn_width() const { return n_head * d_head; }
+  // Parameters the weights hold, an upper bound (tied weights are counted twice). Meaningful for a
+  // config that passed Validate (its sizes cannot overflow then).
+  int64_t ParameterCount() const;
 
+  // Every field in range and consistent, the limits above included; errors name the field.
   absl::Status Validate() const;
 };
 

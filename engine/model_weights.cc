@@ -1,7 +1,12 @@
 #include "engine/model_weights.h"
 
+#include <algorithm>
+#include <bit>
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/model_files.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
 
@@ -15,6 +20,36 @@ Matrix Matrix::RowRange(int64_t begin, int64_t end) const {
 }
 
 namespace {
+
+// Index of the first NaN or infinity in `v`, or -1. The common all-finite case is one branch-free
+// (vectorised) pass over the exponent bits, in blocks so that a bad value is found without a second
+// pass over the whole tensor.
+int64_t FirstNonFinite(const std::vector<float>& v) {
+  constexpr uint32_t kExponent = 0x7f800000u;
+  constexpr size_t kBlock = 4096;
+  for (size_t start = 0; start < v.size(); start += kBlock) {
+    const size_t end = std::min(v.size(), start + kBlock);
+    uint32_t bad = 0;
+    for (size_t i = start; i < end; ++i) bad |= (std::bit_cast<uint32_t>(v[i]) & kExponent) == kExponent;
+    if (bad == 0) continue;
+    for (size_t i = start; i < end; ++i) {
+      if (!std::isfinite(v[i])) return static_cast<int64_t>(i);
+    }
+  }
+  return -1;
+}
+
+// "element 70 ([2, 6] of shape [64, 32]) is nan".
+std::string DescribeElement(int64_t index, const std::vector<int64_t>& shape, float value) {
+  std::vector<int64_t> at(shape.size());
+  int64_t rest = index;
+  for (size_t k = shape.size(); k-- > 0;) {
+    at[k] = rest % shape[k];
+    rest /= shape[k];
+  }
+  return absl::StrCat("element ", index, " ([", absl::StrJoin(at, ", "), "] of shape [", absl::StrJoin(shape, ", "),
+                      "]) is ", std::isnan(value) ? "nan" : (value > 0 ? "inf" : "-inf"));
+}
 
 class TensorReader {
  public:
@@ -37,6 +72,11 @@ class TensorReader {
     auto storage = std::make_shared<std::vector<float>>(static_cast<size_t>(t->numel()));
     absl::Status s = CopyToF32(*t, absl::MakeSpan(*storage));
     if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(file_.path(), ": tensor '", name, "': ", s.message()));
+    // NaN or infinite weights load fine and then serve garbage: refuse them here, once.
+    if (const int64_t bad = FirstNonFinite(*storage); bad >= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(file_.path(), ": tensor '", name, "': ",
+                                                     DescribeElement(bad, t->shape, (*storage)[bad])));
+    }
     Matrix m;
     m.data = storage->data();
     m.storage = std::move(storage);
@@ -152,8 +192,9 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& c, const Safete
 }
 
 absl::StatusOr<ModelWeights> LoadModelDirectory(const std::string& model_dir) {
-  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir + "/config.json"));
-  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(model_dir + "/model.safetensors"));
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(ModelFilePath(model_dir, "config.json")));
+  ASSIGN_OR_RETURN(const std::string weights_path, ResolveModelFile(model_dir, "model.safetensors"));
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(weights_path));
   return LoadModelWeights(config, *file);
 }
 

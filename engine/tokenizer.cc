@@ -12,6 +12,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/echo.h"
+#include "engine/model_files.h"
 #include "engine/status_macros.h"
 
 namespace trams {
@@ -25,25 +27,6 @@ bool IsSpace(char c) {
 }
 
 std::string OutOfRangeText(int32_t id) { return absl::StrCat("<id ", id, ">"); }
-
-absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    const int err = errno;
-    return absl::ErrnoToStatus(err != 0 ? err : ENOENT,
-                               absl::StrCat("cannot open ", what, " ", path));
-  }
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", what, " ", path));
-  return std::move(buf).str();
-}
-
-std::string JoinPath(const std::string& dir, const std::string& name) {
-  if (!name.empty() && name.front() == '/') return name;
-  if (dir.empty() || dir.back() == '/') return dir + name;
-  return absl::StrCat(dir, "/", name);
-}
 
 class ByteTokenizer final : public Tokenizer {
  public:
@@ -117,8 +100,8 @@ class WordTokenizer final : public Tokenizer {
         out.push_back(unk_id_);
       } else {
         return absl::InvalidArgumentError(
-            absl::StrCat("word tokenizer: '", std::string(word),
-                         "' is not in the vocabulary, which has no unk symbol '", unk_, "'"));
+            absl::StrCat("word tokenizer: '", EchoForError(word),
+                         "' is not in the vocabulary, which has no unk symbol '", EchoForError(unk_), "'"));
       }
       i = end;
     }
@@ -221,12 +204,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeWordTokenizer(std::vector<std::st
     for (char c : s) {
       if (IsSpace(c)) {
         return absl::InvalidArgumentError(
-            absl::StrCat("word tokenizer: symbol of id ", i, " ('", s, "') contains whitespace"));
+            absl::StrCat("word tokenizer: symbol of id ", i, " ('", EchoForError(s), "') contains whitespace"));
       }
     }
     auto [it, inserted] = ids.emplace(s, static_cast<int32_t>(i));
     if (!inserted) {
-      return absl::InvalidArgumentError(absl::StrCat("word tokenizer: duplicate symbol '", s,
+      return absl::InvalidArgumentError(absl::StrCat("word tokenizer: duplicate symbol '", EchoForError(s),
                                                      "' (ids ", it->second, " and ", i, ")"));
     }
   }
@@ -236,7 +219,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeWordTokenizer(std::vector<std::st
   const int32_t eos_id = eos_it == ids.end() ? -1 : eos_it->second;
   if (add_eos && eos_id < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "word tokenizer: add_eos is set but the eos symbol '", eos, "' is not in the vocabulary"));
+        "word tokenizer: add_eos is set but the eos symbol '", EchoForError(eos), "' is not in the vocabulary"));
   }
   return std::make_unique<WordTokenizer>(std::move(symbols), std::move(ids), std::move(unk), unk_id,
                                          eos_id, add_eos);
@@ -244,8 +227,17 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeWordTokenizer(std::vector<std::st
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir,
                                                            int64_t vocab_size) {
-  const std::string path = JoinPath(model_dir, "tokenizer.json");
-  ASSIGN_OR_RETURN(std::string text, ReadFile(path, "tokenizer config"));
+  auto read = [&](std::string_view name, size_t max_bytes, std::string_view what) {
+    return ReadModelFile(model_dir, name, max_bytes, what);
+  };
+  return LoadWith(read, model_dir, vocab_size);
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadWith(const ModelFileReader& read,
+                                                               const std::string& model_dir,
+                                                               int64_t vocab_size) {
+  const std::string path = ModelFilePath(model_dir, "tokenizer.json");
+  ASSIGN_OR_RETURN(std::string text, read("tokenizer.json", kMaxJsonFileBytes, "tokenizer config"));
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(path, ": invalid JSON"));
   if (!j.is_object()) {
@@ -280,8 +272,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
       }
       add_eos = it->get<bool>();
     }
-    const std::string vocab_path = JoinPath(model_dir, vocab_file);
-    ASSIGN_OR_RETURN(std::string vocab_text, ReadFile(vocab_path, "vocabulary"));
+    const std::string vocab_path = ModelFilePath(model_dir, EchoForError(vocab_file, 256));
+    ASSIGN_OR_RETURN(std::string vocab_text, read(vocab_file, kMaxVocabFileBytes, "vocabulary"));
     ASSIGN_OR_RETURN(std::vector<std::string> symbols, ParseVocab(vocab_path, vocab_text));
     if (static_cast<int64_t>(symbols.size()) > vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -294,7 +286,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
     }
     return tokenizer;
   }
-  return absl::InvalidArgumentError(absl::StrCat(path, ": unknown tokenizer type \"", type,
+  return absl::InvalidArgumentError(absl::StrCat(path, ": unknown tokenizer type \"", EchoForError(type),
                                                  "\" (expected \"byte\", \"word\" or \"none\")"));
 }
 

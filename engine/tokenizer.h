@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -21,8 +22,17 @@ class Tokenizer {
   // Loads <model_dir>/tokenizer.json ({"type":"byte"} or {"type":"word",...}) and checks that
   // every id it can produce fits the model's vocab_size. For {"type":"none"} (test models) it
   // returns FailedPrecondition: such a model takes token ids only.
+  // Files are read inside the model directory only (see engine/model_files.h).
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_dir,
                                                          int64_t vocab_size);
+  // Reads one file of the model directory by name (at most max_bytes; `what` names it in messages).
+  using ModelFileReader = std::function<absl::StatusOr<std::string>(
+      std::string_view name, size_t max_bytes, std::string_view what)>;
+  // Load with the files supplied by `read` (in-memory content for tests and fuzzing); `model_dir`
+  // only names the directory in messages.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadWith(const ModelFileReader& read,
+                                                             const std::string& model_dir,
+                                                             int64_t vocab_size);
 
   virtual std::string_view type() const = 0;  // "byte" or "word"
   // Number of ids the tokenizer can produce (ids are 0..vocab_size()-1).

@@ -1,6 +1,7 @@
 #include "engine/tokenizer.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <iterator>
@@ -453,6 +454,116 @@ TEST(LoadTest, InvalidConfigsAndVocabs) {
     EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument) << tok.status();
     EXPECT_TRUE(HasSubstr(tok.status().message(), c.message));
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model directory confinement: files named by tokenizer.json stay inside the model directory.
+
+// symlink(2), replacing what a previous run left.
+int Symlink(const std::string& target, const std::string& link) {
+  ::unlink(link.c_str());
+  return ::symlink(target.c_str(), link.c_str());
+}
+
+// A file outside the model directory that must never be read through it.
+std::string OutsideFile() {
+  const std::string path = absl::StrCat(::testing::TempDir(), "/tok_outside.txt");
+  WriteFile(path, "<unk>\n<eos>\nprivate line with spaces\n");
+  return path;
+}
+
+TEST(ConfinementTest, AbsoluteVocabFileIsRefused) {
+  for (const std::string& target : {std::string("/etc/passwd"), OutsideFile()}) {
+    SCOPED_TRACE(target);
+    const std::string dir =
+        ModelDir({{"tokenizer.json", absl::StrCat(R"({"type": "word", "vocab_file": ")", target, "\"}")}});
+    auto tok = Tokenizer::Load(dir, 1000000);
+    ASSERT_FALSE(tok.ok());
+    EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument) << tok.status();
+    EXPECT_TRUE(HasSubstr(tok.status().message(), "absolute paths are not allowed"));
+    EXPECT_FALSE(HasSubstr(tok.status().message(), "root:"));
+    EXPECT_FALSE(HasSubstr(tok.status().message(), "private line"));
+  }
+}
+
+TEST(ConfinementTest, DotDotComponentsAreRefused) {
+  OutsideFile();
+  for (const char* name : {"../tok_outside.txt", "sub/../../tok_outside.txt", "sub/../vocab.txt"}) {
+    SCOPED_TRACE(name);
+    const std::string dir = ModelDir({{"tokenizer.json", absl::StrCat(R"({"type": "word", "vocab_file": ")", name,
+                                                                      "\"}")},
+                                      {"vocab.txt", "<unk>\n<eos>\n"}});
+    auto tok = Tokenizer::Load(dir, 100);
+    ASSERT_FALSE(tok.ok());
+    EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument) << tok.status();
+    EXPECT_TRUE(HasSubstr(tok.status().message(), "'..' components are not allowed"));
+  }
+}
+
+TEST(ConfinementTest, SymlinksMayNotLeadOutside) {
+  const std::string outside = OutsideFile();
+  const std::string dir = ModelDir({{"tokenizer.json", kWordJson}});
+  ASSERT_EQ(Symlink(outside, dir + "/vocab.txt"), 0);
+  auto tok = Tokenizer::Load(dir, 100);
+  ASSERT_FALSE(tok.ok());
+  EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument) << tok.status();
+  EXPECT_TRUE(HasSubstr(tok.status().message(), "resolves outside the model directory"));
+  EXPECT_FALSE(HasSubstr(tok.status().message(), "private line"));
+
+  // tokenizer.json itself too.
+  const std::string dir2 = ModelDir({});
+  const std::string json_outside = absl::StrCat(::testing::TempDir(), "/tok_outside.json");
+  WriteFile(json_outside, R"({"type": "byte"})");
+  ASSERT_EQ(Symlink(json_outside, dir2 + "/tokenizer.json"), 0);
+  EXPECT_TRUE(HasSubstr(Tokenizer::Load(dir2, 300).status().message(), "resolves outside the model directory"));
+}
+
+TEST(ConfinementTest, FilesAndSymlinksInsideAreFine) {
+  const std::string dir = ModelDir({{"tokenizer.json", R"({"type": "word", "vocab_file": "sub/words.txt"})"},
+                                    {"real.txt", "<unk>\n<eos>\nx\n"}});
+  ::mkdir((dir + "/sub").c_str(), 0755);
+  ASSERT_EQ(Symlink("../real.txt", dir + "/sub/words.txt"), 0);  // relative, stays inside
+  auto tok = Tokenizer::Load(dir, 3);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ(*(*tok)->Encode("x\n"), (std::vector<int32_t>{2, 1}));
+  // A model directory that is itself reached through a symlink.
+  const std::string link = dir + "_link";
+  ASSERT_EQ(Symlink(dir, link), 0);
+  EXPECT_TRUE(Tokenizer::Load(link, 3).ok());
+}
+
+TEST(ConfinementTest, OversizedFilesAreRefused) {
+  const std::string dir = ModelDir({{"tokenizer.json", std::string(2 << 20, ' ') + R"({"type": "byte"})"}});
+  auto tok = Tokenizer::Load(dir, 300);
+  ASSERT_FALSE(tok.ok());
+  EXPECT_TRUE(HasSubstr(tok.status().message(), "is larger than the 1048576-byte limit"));
+}
+
+// Messages quote file content and client text capped and escaped (they reach clients).
+TEST(EchoTest, MessagesQuoteFileContentSafely) {
+  const std::string symbol = "\x1b]0;pwned\x07" + std::string(500, 'z') + " tail";
+  const std::string dir = ModelDir({{"tokenizer.json", kWordJson}, {"vocab.txt", "<unk>\n<eos>\n" + symbol + "\n"}});
+  auto tok = Tokenizer::Load(dir, 10);
+  ASSERT_FALSE(tok.ok());
+  const std::string message(tok.status().message());
+  EXPECT_TRUE(HasSubstr(message, "contains whitespace"));
+  EXPECT_TRUE(HasSubstr(message, "\\x1b]0;pwned\\x07zzz"));
+  EXPECT_TRUE(HasSubstr(message, "(515 bytes)"));
+  EXPECT_EQ(message.find('\x1b'), std::string::npos);
+  EXPECT_LT(message.size(), 300u);
+
+  const std::string type_dir = ModelDir({{"tokenizer.json", absl::StrCat(R"({"type": "\u001b)", std::string(300, 't'),
+                                                                         "\"}")}});
+  const std::string type_message(Tokenizer::Load(type_dir, 300).status().message());
+  EXPECT_TRUE(HasSubstr(type_message, "unknown tokenizer type \"\\x1bttt"));
+  EXPECT_LT(type_message.size(), 300u);
+
+  auto word = MakeWordTokenizer({"a", "<eos>"}, "<unk>", "<eos>", true);
+  ASSERT_TRUE(word.ok());
+  const std::string client_text = std::string(10000, 'q') + "\x1b";
+  const std::string encode_message((*word)->Encode(client_text).status().message());
+  EXPECT_TRUE(HasSubstr(encode_message, "(10001 bytes)"));
+  EXPECT_LT(encode_message.size(), 300u);
 }
 
 }  // namespace
