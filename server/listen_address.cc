@@ -1,21 +1,15 @@
 #include "server/listen_address.h"
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "engine/echo.h"
 
 namespace trams {
 namespace {
 
 absl::Status Bad(absl::string_view flag, absl::string_view address, absl::string_view why) {
-  constexpr size_t kEcho = 80;  // never echo a whole megabyte back
-  std::string shown(address.substr(0, kEcho));
-  for (char& c : shown) {
-    if (!absl::ascii_isprint(static_cast<unsigned char>(c))) c = '?';
-  }
-  if (address.size() > kEcho) absl::StrAppend(&shown, "...");
-  return absl::InvalidArgumentError(
-      absl::StrCat("--", flag, " '", shown, "': ", why, " (use HOST:PORT, [IPV6]:PORT or unix:PATH)"));
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, " '", EchoForError(address), "': ", why,
+                                                 " (use HOST:PORT, [IPV6]:PORT or unix:PATH)"));
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "engine/echo.h"
 #include "engine/sampler.h"
 #include "server/lm_service.h"
 #include "server/session_call.h"
@@ -146,7 +147,7 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
 
   void AbsorbInput() {
     if (!req_.session_id().empty() && req_.session_id() != session_id_) {
-      return EndWith(absl::InvalidArgumentError(absl::StrCat("a Score call stays on one session: '", req_.session_id(),
+      return EndWith(absl::InvalidArgumentError(absl::StrCat("a Score call stays on one session: '", EchoForError(req_.session_id()),
                                                              "' after '", session_id_, "'")));
     }
     switch (req_.input_case()) {

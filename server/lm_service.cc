@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "engine/echo.h"
 #include "server/metrics.h"
 #include "server/status_convert.h"
 
@@ -107,13 +108,16 @@ absl::StatusOr<std::string> LmService::SessionIdOf(grpc::CallbackServerContext* 
   const auto& md = ctx->client_metadata();
   if (auto it = md.find(kSessionHeader); it != md.end()) header.assign(it->second.data(), it->second.size());
   if (!field.empty() && !header.empty() && field != header) {
-    return absl::InvalidArgumentError(absl::StrCat("session_id '", field, "' and x-session-id metadata '", header,
+    return absl::InvalidArgumentError(absl::StrCat("session_id '", EchoForError(field),
+                                                   "' and x-session-id metadata '", EchoForError(header),
                                                    "' disagree"));
   }
   if (field.empty() && header.empty()) {
     return absl::InvalidArgumentError("no session: set session_id or the x-session-id metadata");
   }
-  return field.empty() ? header : field;
+  std::string id = field.empty() ? header : field;
+  if (!IsValidSessionId(id)) return InvalidSessionId(id);  // later messages may quote it whole
+  return id;
 }
 
 std::string LmService::TokenText(int32_t id) const {

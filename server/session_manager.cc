@@ -2,6 +2,8 @@
 
 #include <random>
 
+#include "engine/echo.h"
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/metrics.h"
@@ -11,7 +13,9 @@ namespace {
 
 constexpr size_t kMaxTombstones = 10000;
 
-bool ValidId(const std::string& id) {
+}  // namespace
+
+bool IsValidSessionId(const std::string& id) {
   if (id.empty() || id.size() > 128) return false;
   for (char c : id) {
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == ':' || c == '-')) return false;
@@ -19,7 +23,10 @@ bool ValidId(const std::string& id) {
   return true;
 }
 
-}  // namespace
+absl::Status InvalidSessionId(const std::string& id) {
+  return absl::InvalidArgumentError(absl::StrCat("session id '", EchoForError(id), "' is not valid: use 1-128 ",
+                                                 "characters from [A-Za-z0-9._:-]"));
+}
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -126,9 +133,8 @@ absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const Tra
     do {
       id = absl::StrFormat("s-%016x", rng());
     } while (sessions_.count(id));
-  } else if (!ValidId(id)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("session id '", id, "' is not valid: use 1-128 characters from [A-Za-z0-9._:-]"));
+  } else if (!IsValidSessionId(id)) {
+    return InvalidSessionId(id);
   } else if (sessions_.count(id)) {
     return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists"));
   }

@@ -142,5 +142,8 @@ class SessionManager {
 };
 
 int64_t NowMs();
+// Session ids are 1-128 characters from [A-Za-z0-9._:-]; the error quotes a bad one safely.
+bool IsValidSessionId(const std::string& id);
+absl::Status InvalidSessionId(const std::string& id);
 
 }  // namespace trams

@@ -350,6 +350,33 @@ TEST(HardeningTest, DrainLetsRunningCallsFinishWhileHealthSaysNotServing) {
   drain.get();
 }
 
+// Item 13: a 1 MB session id was echoed whole in the error; ids are checked where every RPC reads
+// them, and what a message quotes from a request is capped and printable.
+TEST(HardeningTest, ErrorsQuoteClientInputCappedAndPrintable) {
+  auto server = Start(TestOptions(kModel));
+  ASSERT_NE(server, nullptr);
+  auto* stub = server->stub.get();
+  const std::string huge(1 << 20, 'x');
+  const std::string control = "id\x1b[31mred\n";
+  for (const std::string& id : {huge, control}) {
+    v1::Session s;
+    const grpc::Status get = GetSession(stub, id, &s);
+    EXPECT_EQ(get.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_LT(get.error_message().size(), 300u);
+    const grpc::Status create = CreateSession(stub, id, Trams(kM, kTopk, kRemain), kN);
+    EXPECT_EQ(create.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_LT(create.error_message().size(), 300u);
+    const ScoreResult score = ScoreText(stub, id, "abc");
+    EXPECT_EQ(score.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_LT(score.status.error_message().size(), 300u);
+    for (const std::string& message : {get.error_message(), create.error_message(), score.status.error_message()}) {
+      for (char c : message) EXPECT_TRUE(c >= 0x20 || (c & 0x80)) << "control byte in: " << message;
+    }
+  }
+  v1::Session ignored;
+  EXPECT_TRUE(Contains(GetSession(stub, huge, &ignored).error_message(), "(1048576 bytes)"));
+}
+
 // The value of an unlabelled counter or gauge in the exposition text (-1: absent).
 double MetricValue(const std::string& text, const std::string& name) {
   const size_t at = text.find("\n" + name + " ");
