@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Writes the small seed corpora of tests/fuzz/corpus/<target>/ (run from anywhere; standard library only).
+
+Seeds are valid inputs the fuzzers mutate from: tiny model configs, safetensors files holding every
+tensor those configs call for, tokenizer configs with vocabularies, and settings bytes.
+"""
+import json
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORPUS = os.path.join(HERE, "corpus")
+
+
+def safetensors(tensors, dtype="F32", metadata=None):
+    """tensors: name -> (shape, [float values]); every tensor stored as `dtype` (F32 or F16)."""
+    header, data = {}, b""
+    for name, (shape, values) in sorted(tensors.items()):
+        blob = struct.pack("<%d%s" % (len(values), "f" if dtype == "F32" else "e"), *values)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + len(blob)]}
+        data += blob
+    if metadata:
+        header["__metadata__"] = metadata
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def tensor(*shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return (list(shape), [((i * 7) % 11 - 5) / 8 for i in range(n)])
+
+
+def model_tensors(c):
+    """Every tensor engine/model_weights.cc reads for config `c` (mirrors LoadModelWeights)."""
+    d, de, V, H, Dh, di = c["d_model"], c["d_embed"], c["vocab_size"], c["n_head"], c["d_head"], c["d_inner"]
+    hd, div = H * Dh, c["div_val"]
+    ends = [0] + c["cutoffs"] + [V]
+    nc = len(c["cutoffs"])
+    dims = [de // div ** i for i in range(nc + 1)]
+    t = {}
+    for i in range(1 if div == 1 else nc + 1):
+        ids = V if div == 1 else ends[i + 1] - ends[i]
+        t["transformer.word_emb.emb_layers.%d.weight" % i] = tensor(ids, dims[i])
+        if div != 1 or dims[i] != d:
+            t["transformer.word_emb.emb_projs.%d" % i] = tensor(d, dims[i])
+    if not c["untie_r"]:
+        t["transformer.r_w_bias"] = tensor(H, Dh)
+        t["transformer.r_r_bias"] = tensor(H, Dh)
+    for l in range(c["n_layer"]):
+        p = "transformer.layers.%d." % l
+        t[p + "dec_attn.qkv_net.weight"] = tensor(3 * hd, d)
+        t[p + "dec_attn.r_net.weight"] = tensor(hd, d)
+        t[p + "dec_attn.o_net.weight"] = tensor(d, hd)
+        t[p + "dec_attn.layer_norm.weight"] = tensor(d)
+        t[p + "dec_attn.layer_norm.bias"] = tensor(d)
+        t[p + "pos_ff.CoreNet.0.weight"] = tensor(di, d)
+        t[p + "pos_ff.CoreNet.0.bias"] = tensor(di)
+        t[p + "pos_ff.CoreNet.3.weight"] = tensor(d, di)
+        t[p + "pos_ff.CoreNet.3.bias"] = tensor(d)
+        t[p + "pos_ff.layer_norm.weight"] = tensor(d)
+        t[p + "pos_ff.layer_norm.bias"] = tensor(d)
+        if c["untie_r"]:
+            t[p + "dec_attn.r_w_bias"] = tensor(H, Dh)
+            t[p + "dec_attn.r_r_bias"] = tensor(H, Dh)
+    for i in range(nc + 1):
+        ids = ends[i + 1] - ends[i]
+        dim = dims[0 if div == 1 else i]
+        if div == 1:
+            if i == 0:
+                if not c["tie_word_embeddings"]:
+                    t["crit.out_layers.0.weight"] = tensor(V, de)
+                t["crit.out_layers.0.bias"] = tensor(V)
+        else:
+            if not c["tie_word_embeddings"]:
+                t["crit.out_layers.%d.weight" % i] = tensor(ids, dim)
+            t["crit.out_layers.%d.bias" % i] = tensor(ids)
+        tied = c["tie_projs"][i] and (div != 1 or d != de)
+        if not tied and (dim != d or div != 1):
+            t["crit.out_projs.%d" % i] = tensor(d, dim)
+    if nc:
+        t["crit.cluster_weight"] = tensor(nc, de)
+        t["crit.cluster_bias"] = tensor(nc)
+    return t
+
+
+PLAIN = {"n_layer": 1, "d_model": 2, "d_embed": 2, "n_head": 1, "d_head": 2, "d_inner": 2, "vocab_size": 4,
+         "cutoffs": [], "div_val": 1, "untie_r": False, "tie_word_embeddings": True, "tie_projs": [False],
+         "clamp_len": 0, "same_length": False, "pre_lnorm": False}
+ADAPTIVE = {"n_layer": 2, "d_model": 2, "d_embed": 4, "n_head": 1, "d_head": 2, "d_inner": 3, "vocab_size": 6,
+            "cutoffs": [2, 4], "div_val": 2, "untie_r": True, "tie_word_embeddings": False,
+            "tie_projs": [False, True, False], "clamp_len": 3, "same_length": True, "pre_lnorm": True}
+
+
+def write(target, name, data):
+    os.makedirs(os.path.join(CORPUS, target), exist_ok=True)
+    with open(os.path.join(CORPUS, target, name), "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+
+
+def main():
+    for name, c, dtype in (("plain", PLAIN, "F32"), ("adaptive", ADAPTIVE, "F16")):
+        cfg = json.dumps(c)
+        st = safetensors(model_tensors(c), dtype, {"format": "pt"})
+        write("fuzz_config", name + ".json", cfg)
+        write("fuzz_safetensors", name + ".safetensors", st)
+        write("fuzz_weights", name, cfg.encode() + b"\0" + st)
+    write("fuzz_config", "hf_defaults.json", json.dumps({"n_layer": 2, "d_model": 8, "n_head": 2, "d_head": 4,
+                                                         "d_inner": 16, "n_token": 300000}))
+    write("fuzz_safetensors", "empty.safetensors", safetensors({}))
+    write("fuzz_tokenizer", "byte", '{"type": "byte"}')
+    write("fuzz_tokenizer", "none", '{"type": "none"}')
+    write("fuzz_tokenizer", "word", '{"type": "word", "vocab_file": "vocab.txt", "unk": "<unk>", "eos": "<eos>", '
+                                    '"add_eos": true}\0<unk>\n<eos>\nthe\ncat\r\nsat\n')
+    write("fuzz_tokenizer", "word_defaults", '{"type": "word", "vocab_file": "sub/words.lst", "add_eos": false}\0'
+                                             'EOS\nUNK\nx\ny\n')
+    # fuzz_trams_settings reads bytes through FuzzedDataProvider: a few arbitrary starting points.
+    write("fuzz_trams_settings", "zeros", bytes(32))
+    write("fuzz_trams_settings", "ones", bytes([0xff] * 32))
+    write("fuzz_trams_settings", "mixed", bytes(range(1, 64, 2)))
+
+
+if __name__ == "__main__":
+    main()
