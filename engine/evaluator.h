@@ -17,14 +17,17 @@ struct EvalOptions {
   int batch = 10;           // parallel streams
   int64_t max_tokens = -1;  // use only the first T tokens (< 0: all)
   // Reproduce the authors' evaluation: zero-filled initial pools, labels shifted inside each segment
-  // (the first token of a segment is not scored), and each stream's last token left out as their
-  // iterator does.
+  // (the first token of a segment is not scored), each stream's last token left out as their
+  // iterator does, and their loss aggregate (see EvalResult::loss).
   bool reference_compat = false;
   std::function<void(int64_t done, int64_t total)> progress;  // called after each segment batch
 };
 
 struct EvalResult {
-  double loss = 0;  // mean negative log-likelihood per scored token, nats
+  // Mean negative log-likelihood per scored token, nats. With reference_compat, the authors' test()
+  // aggregate instead: each segment batch's mean weighted by the segment length,
+  // sum(seq_len * mean) / sum(seq_len) (differs when the last segment is shorter).
+  double loss = 0;
   double ppl = 0;
   double bpc = 0;   // bits per token (per character for byte models)
   int64_t tokens = 0;         // tokens fed to the model

@@ -42,6 +42,9 @@ absl::StatusOr<EvalResult> EvaluateLoop(Engine& model, absl::Span<const int32_t>
   EvalResult result;
   result.pool_bytes_per_stream = StreamState::BytesFor(model.config(), options.settings);
   double nll = 0;
+  // The authors' test() aggregate (reference_compat): sum of seq_len * (mean loss of the segment batch)
+  // over sum of seq_len. A segment with no scored token (length 1) is left out; theirs would be NaN.
+  double weighted_nll = 0, weighted_len = 0;
   std::vector<Input> batch(options.batch);
   std::vector<SegmentOutput> outputs;
   const auto start = std::chrono::steady_clock::now();
@@ -52,18 +55,30 @@ absl::StatusOr<EvalResult> EvaluateLoop(Engine& model, absl::Span<const int32_t>
       batch[b].tokens = ids.subspan(b * full_len + pos, n);
     }
     RETURN_IF_ERROR(model.Forward(batch, &outputs));
+    double segment_nll = 0;
+    int64_t segment_scored = 0;
     for (const SegmentOutput& out : outputs) {
       for (size_t i = options.reference_compat ? 1 : 0; i < out.logprob.size(); ++i) {
         if (std::isnan(out.logprob[i])) continue;
-        nll -= out.logprob[i];
-        ++result.scored;
+        segment_nll -= out.logprob[i];
+        ++segment_scored;
       }
+    }
+    nll += segment_nll;
+    result.scored += segment_scored;
+    if (segment_scored > 0) {
+      weighted_nll += static_cast<double>(n) * (segment_nll / static_cast<double>(segment_scored));
+      weighted_len += static_cast<double>(n);
     }
     result.tokens += n * options.batch;
     if (options.progress) options.progress(pos + n, stream_len);
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  result.loss = result.scored > 0 ? nll / static_cast<double>(result.scored) : 0.0;
+  if (options.reference_compat) {
+    result.loss = weighted_len > 0 ? weighted_nll / weighted_len : 0.0;
+  } else {
+    result.loss = result.scored > 0 ? nll / static_cast<double>(result.scored) : 0.0;
+  }
   result.ppl = std::exp(result.loss);
   result.bpc = result.loss / std::log(2.0);
   result.tokens_per_second = result.seconds > 0 ? static_cast<double>(result.tokens) / result.seconds : 0.0;
