@@ -80,6 +80,8 @@ void RecordSelection(const StreamState& stream, int64_t start, int pool_before, 
 class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequest, v1::ScoreResponse>,
                                            v1::ScoreResponse> {
  public:
+  ~ScoreCall() override { svc_->sessions()->ChargeBuffers(-charged_).IgnoreError(); }
+
   ScoreCall(LmService* svc, grpc::CallbackServerContext* ctx) : SessionCall(svc, ctx, "Score") {
     Actions a;
     {
@@ -158,7 +160,14 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
                                                                  svc_->options().requests.max_chunk_bytes)));
         }
         text_ += req_.text();
-        return Absorb(svc_->Encode(&text_, /*final=*/false, &pending_));
+        Absorb(svc_->Encode(&text_, /*final=*/false, &pending_));
+        if (!ending() && static_cast<int64_t>(text_.size()) > svc_->options().requests.max_pending_text_bytes) {
+          return EndWith(absl::InvalidArgumentError(absl::StrCat(
+              "the text holds ", text_.size(), " bytes without a word boundary; this model's tokenizer ",
+              "buffers at most ", svc_->options().requests.max_pending_text_bytes,
+              " (a word cannot be that long): the input is not text for this tokenizer")));
+        }
+        return ChargeBuffers();
       case v1::ScoreRequest::kIds: {
         const auto& ids = req_.ids().ids();
         absl::Status s = svc_->CheckIds(absl::MakeConstSpan(ids.data(), ids.size()));
@@ -167,7 +176,7 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
           return EndWith(absl::InvalidArgumentError("ids cannot follow text that ends inside a word"));
         }
         pending_.insert(pending_.end(), ids.begin(), ids.end());
-        return;
+        return ChargeBuffers();
       }
       default:
         return;
@@ -175,6 +184,15 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
   }
 
   void OnSessionTaken(Actions&) override {}
+
+  // Keeps the budget's count of this call's input buffers current (they shrink as segments run).
+  void ChargeBuffers() {
+    const int64_t bytes =
+        static_cast<int64_t>(text_.size() + pending_.size() * sizeof(int32_t) + segment_.size() * sizeof(int32_t));
+    absl::Status s = svc_->sessions()->ChargeBuffers(bytes - charged_);
+    if (!s.ok()) return EndWith(s);
+    charged_ = bytes;
+  }
 
   void AfterEvent(Actions& a) override {
     if (ending()) return MaybeFinish(a);
@@ -184,6 +202,7 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
         const size_t take = std::min(n, pending_.size());
         segment_.assign(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(take));
         pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(take));
+        ChargeBuffers();  // pending_ shrank (never fails: fewer bytes)
         segment_start_ = session_->stream->position();
         pool_before_ = session_->stream->size();
         OutputOptions o = options_;
@@ -229,6 +248,7 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
   v1::ScoreRequest req_;
   std::string session_id_;
   OutputOptions options_;
+  int64_t charged_ = 0;  // bytes of text_, pending_ and segment_ counted in the budget
   bool started_ = false;
   bool reading_ = false;
   bool input_closed_ = false;

@@ -29,6 +29,7 @@ ABSL_FLAG(double, drain_grace_seconds, 1.0,
           "balancer's health-check interval)");
 ABSL_FLAG(int, max_sessions, 1024, "most sessions held at once");
 ABSL_FLAG(int64_t, memory_budget_mb, 4096, "session memory budget (pools + undo logs of running calls), MiB");
+ABSL_FLAG(int64_t, input_buffer_mb, 256, "input received by running calls and not yet run (all calls), MiB");
 ABSL_FLAG(std::string, evict, "lru", "when full: lru (evict the least recently used idle session) | refuse");
 ABSL_FLAG(int, idle_ttl_seconds, 3600, "sessions idle this long are removed (0: never)");
 ABSL_FLAG(int, max_mem_len, 4096, "largest mem_len a session may ask for");
@@ -58,7 +59,14 @@ absl::StatusOr<ServerOptions> OptionsFromFlags(const ModelConfig& config) {
   o.drain_seconds = absl::GetFlag(FLAGS_drain_seconds);
   o.memory_share_every = std::max(0, absl::GetFlag(FLAGS_memory_share_every));
   o.limits.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  for (const auto& [name, mb] : {std::pair{"memory_budget_mb", absl::GetFlag(FLAGS_memory_budget_mb)},
+                                 std::pair{"input_buffer_mb", absl::GetFlag(FLAGS_input_buffer_mb)}}) {
+    if (mb < 1 || mb > (int64_t{1} << 30)) {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, " must be in [1, 2^30], got ", mb));
+    }
+  }
   o.limits.memory_budget_bytes = absl::GetFlag(FLAGS_memory_budget_mb) << 20;
+  o.requests.input_buffer_budget_bytes = absl::GetFlag(FLAGS_input_buffer_mb) << 20;
   const std::string evict = absl::GetFlag(FLAGS_evict);
   if (evict == "refuse") {
     o.limits.eviction = EvictionPolicy::kRefuse;
@@ -68,6 +76,22 @@ absl::StatusOr<ServerOptions> OptionsFromFlags(const ModelConfig& config) {
   o.limits.idle_ttl_seconds = absl::GetFlag(FLAGS_idle_ttl_seconds);
   o.limits.max_mem_len = absl::GetFlag(FLAGS_max_mem_len);
   o.limits.max_segment_len = absl::GetFlag(FLAGS_max_segment_len);
+  o.limits.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  struct Range {
+    const char* flag;
+    int64_t value, lo, hi;
+  };
+  for (const Range& r : {Range{"max_sessions", o.limits.max_sessions, 1, 1 << 20},
+                         Range{"idle_ttl_seconds", o.limits.idle_ttl_seconds, 0, int64_t{1} << 30},
+                         Range{"max_mem_len", o.limits.max_mem_len, 1, kMaxMemLen},
+                         Range{"max_segment_len", o.limits.max_segment_len, 1, 1 << 16},
+                         Range{"threads", o.engine_threads, 0, 1024},
+                         Range{"drain_seconds", o.drain_seconds, 0, 24 * 3600}}) {
+    if (r.value < r.lo || r.value > r.hi) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", r.flag, " must be in [", r.lo, ", ", r.hi, "], got ", r.value));
+    }
+  }
   std::vector<int> layers;
   for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_layers), ',', absl::SkipEmpty())) {
     int layer;

@@ -80,6 +80,11 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                         .Help("Capacity of the session memory budget (--memory_budget_mb), in bytes")
                         .Register(*registry_)
                         .Add({});
+  input_buffer_bytes_ = &BuildGauge()
+                             .Name("trams_input_buffer_bytes")
+                             .Help("Input received by running calls and not yet run (text and ids), in bytes")
+                             .Register(*registry_)
+                             .Add({});
   memory_in_use_ = &BuildGauge()
                         .Name("trams_memory_budget_used_bytes")
                         .Help("Bytes counted against the session memory budget (pools + undo reservations)")
@@ -134,6 +139,7 @@ void Metrics::SetSessions(int64_t count, int64_t bytes_in_use) {
   memory_in_use_->Set(static_cast<double>(bytes_in_use));
 }
 void Metrics::SetMemoryBudget(int64_t bytes) { memory_budget_->Set(static_cast<double>(bytes)); }
+void Metrics::SetInputBufferBytes(int64_t bytes) { input_buffer_bytes_->Set(static_cast<double>(bytes)); }
 std::string Metrics::Text() const { return prometheus::TextSerializer().Serialize(registry_->Collect()); }
 void Metrics::SetPoolBytes(const std::string& device, int64_t bytes) {
   pool_bytes_->Add({{"device", device}}).Set(static_cast<double>(bytes));

@@ -41,6 +41,7 @@ class Metrics {
   void SessionEvicted(const std::string& reason);
   void SetSessions(int64_t count, int64_t bytes_in_use);
   void SetMemoryBudget(int64_t bytes);
+  void SetInputBufferBytes(int64_t bytes);
   void SetPoolBytes(const std::string& device, int64_t bytes);
   // The exposition text /metrics would serve (for tests and diagnostics).
   std::string Text() const;
@@ -65,6 +66,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>* sessions_evicted_;
   prometheus::Gauge* memory_in_use_;
   prometheus::Gauge* memory_budget_;
+  prometheus::Gauge* input_buffer_bytes_;
   prometheus::Family<prometheus::Gauge>* pool_bytes_;
   prometheus::Histogram* selected_share_;
   prometheus::Histogram* recent_share_;

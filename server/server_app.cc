@@ -41,7 +41,8 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
       return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", options.metrics_listen, ": ", e.what()));
     }
   }
-  app->sessions_ = std::make_unique<SessionManager>(app->model_.get(), options.limits, app->metrics_.get());
+  app->sessions_ = std::make_unique<SessionManager>(app->model_.get(), options.limits,
+                                                    options.requests.input_buffer_budget_bytes, app->metrics_.get());
   app->scheduler_ = std::make_unique<Scheduler>(app->model_.get(), options.scheduler, app->metrics_.get());
   app->service_ = std::make_unique<LmService>(app->model_.get(), std::move(tokenizer), app->sessions_.get(),
                                               app->scheduler_.get(), app->metrics_.get(), options);

@@ -37,6 +37,10 @@ struct RequestLimits {
   int max_alternatives = 20;
   int max_generate_tokens = 4096;
   int64_t max_chunk_bytes = 4 << 20;
+  int64_t max_pending_text_bytes = 1 << 20;  // text buffered while it ends inside a word
+  // All calls' input buffers together (text and ids received, not yet run): a budget of their own, so
+  // that the session budget stays byte-exact over pools and undo logs.
+  int64_t input_buffer_budget_bytes = int64_t{256} << 20;
   int max_stop_strings = 16;
 };
 

@@ -33,8 +33,9 @@ int64_t NowMs() {
       .count();
 }
 
-SessionManager::SessionManager(const TransformerXL* model, const SessionLimits& limits, Metrics* metrics)
-    : model_(model), limits_(limits), metrics_(metrics) {
+SessionManager::SessionManager(const TransformerXL* model, const SessionLimits& limits,
+                               int64_t input_buffer_budget_bytes, Metrics* metrics)
+    : model_(model), limits_(limits), metrics_(metrics), buffer_budget_(input_buffer_budget_bytes) {
   if (metrics_) metrics_->SetMemoryBudget(limits_.memory_budget_bytes);
   std::lock_guard<std::mutex> lock(mu_);
   PublishGauges();
@@ -291,6 +292,19 @@ void SessionManager::Release(const std::shared_ptr<Session>& s) {
     if (taken) return;  // the next call owns the session (and its remaining waiters)
     lock.lock();
   }
+}
+
+absl::Status SessionManager::ChargeBuffers(int64_t delta) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (delta > 0 && buffer_bytes_ + delta > buffer_budget_) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "input buffers exhausted: this call needs %d bytes more, %d of %d in use by all calls; send smaller "
+        "chunks or retry later",
+        delta, buffer_bytes_, buffer_budget_));
+  }
+  buffer_bytes_ += delta;
+  if (metrics_) metrics_->SetInputBufferBytes(buffer_bytes_);
+  return absl::OkStatus();
 }
 
 int SessionManager::ExpireIdle() {

@@ -85,7 +85,8 @@ struct SessionSnapshot {  // a consistent copy for Get/List
 
 class SessionManager {
  public:
-  SessionManager(const TransformerXL* model, const SessionLimits& limits, Metrics* metrics);
+  SessionManager(const TransformerXL* model, const SessionLimits& limits, int64_t input_buffer_budget_bytes,
+                 Metrics* metrics);
 
   absl::StatusOr<SessionSnapshot> Create(std::string id, const TramsSettings& memory, int segment_len);
   absl::StatusOr<SessionSnapshot> Get(const std::string& id);
@@ -111,6 +112,10 @@ class SessionManager {
   using ReadyFn = std::function<void(absl::StatusOr<std::shared_ptr<Session>>)>;
   void Acquire(const std::string& id, ReadyFn ready, bool reserve_undo = true);
   void Release(const std::shared_ptr<Session>& session);
+
+  // Counts a call's input buffers (text and ids not yet run) in the input-buffer budget: `delta` bytes
+  // more (or fewer). RESOURCE_EXHAUSTED, and nothing counted, if they do not fit; never evicts for them.
+  absl::Status ChargeBuffers(int64_t delta);
 
   // Evicts sessions idle longer than the TTL; returns how many.
   int ExpireIdle();
@@ -138,6 +143,8 @@ class SessionManager {
   std::deque<std::string> tombstone_order_;
   int64_t bytes_in_use_ = 0;   // pools + undo reservations
   int64_t pool_bytes_ = 0;     // pools only
+  const int64_t buffer_budget_;
+  int64_t buffer_bytes_ = 0;   // calls' input buffers
   uint64_t next_id_ = 1;
 };
 

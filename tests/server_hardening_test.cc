@@ -9,6 +9,8 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <future>
 #include <limits>
 
@@ -382,6 +384,59 @@ double MetricValue(const std::string& text, const std::string& name) {
   const size_t at = text.find("\n" + name + " ");
   if (at == std::string::npos) return -1;
   return std::stod(text.substr(at + name.size() + 2));
+}
+
+// A copy of the test model with a word tokenizer (vocab.txt: one symbol per line, 260 of them).
+std::string WordModelDir() {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("trams-word-model-" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  for (const char* f : {"config.json", "model.safetensors"}) {
+    fs::copy_file(fs::path(ModelDir(kModel)) / f, dir / f, fs::copy_options::overwrite_existing);
+  }
+  std::ofstream(dir / "tokenizer.json") << R"({"type": "word", "vocab_file": "vocab.txt"})";
+  std::ofstream vocab(dir / "vocab.txt");
+  vocab << "<unk>\n<eos>\n";
+  for (int i = 2; i < 260; ++i) vocab << "w" << i << "\n";
+  return dir.string();
+}
+
+// Item 18: with a word tokenizer, text without whitespace was buffered without limit (160 MiB taken in
+// one call). The buffer is capped, and all calls' input buffers share a budget of their own.
+TEST(HardeningTest, TextWithoutWordBoundariesIsRefusedNotBuffered) {
+  ServerOptions options = TestOptions(kModel);
+  options.model_dir = WordModelDir();
+  options.requests.max_pending_text_bytes = 1 << 16;
+  auto server = Start(options);
+  ASSERT_NE(server, nullptr);
+  auto* stub = server->stub.get();
+  ASSERT_TRUE(CreateSession(stub, "words", Trams(kM, kTopk, kRemain), kN).ok());
+  const SessionState before = StateOf(stub, "words");
+  const ScoreResult r = ScoreText(stub, "words", std::string(1 << 20, 'w'), 1 << 14);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(r.status);
+  EXPECT_TRUE(Contains(r.status.error_message(), "without a word boundary"));
+  EXPECT_EQ(StateOf(stub, "words"), before);
+  const ScoreResult fine = ScoreText(stub, "words", "w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 ");
+  EXPECT_TRUE(fine.status.ok()) << Describe(fine.status);
+  EXPECT_EQ(fine.tokens.size(), 10u);
+  std::filesystem::remove_all(options.model_dir);
+
+  // The shared budget of input buffers: a call whose chunk does not fit is refused.
+  ServerOptions tight = TestOptions(kModel);
+  tight.requests.input_buffer_budget_bytes = 1000;
+  auto small = Start(tight);
+  ASSERT_NE(small, nullptr);
+  ASSERT_TRUE(CreateSession(small->stub.get(), "b", Trams(kM, kTopk, kRemain), kN).ok());
+  const ScoreResult big = ScoreText(small->stub.get(), "b", Text(0, 2000));
+  EXPECT_EQ(big.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(big.status);
+  EXPECT_TRUE(ScoreText(small->stub.get(), "b", Text(0, 100), 50).status.ok());
+  // Released when the calls are gone (a moment after their clients saw them end).
+  double left = -1;
+  for (int i = 0; i < 200 && left != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    left = MetricValue(small->app->metrics().Text(), "trams_input_buffer_bytes");
+  }
+  EXPECT_EQ(left, 0);
 }
 
 // Items 17 and 19: a client that never read its answers made the server compute and queue all of them
