@@ -1,5 +1,5 @@
 // trams-eval: scores a text file with the paper's protocol and prints loss, ppl, bpc, speed, memory.
-//   trams-eval --model models/<name> --input book.txt --mode trams --mem-len 400 --topk 50 --remain 150
+//   trams-eval --model models/<name> --input book.txt --mode trams --mem_len 400 --topk 50 --remain 150
 #include <unistd.h>
 
 #include <cstdio>
@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "engine/cli/flag_usage.h"
 #include "engine/cuda/cuda_engine.h"
 #include "engine/cuda/cuda_loader.h"
 #include "engine/evaluator.h"
@@ -34,7 +35,7 @@ ABSL_FLAG(int, tgt_len, 64, "n: tokens per segment");
 ABSL_FLAG(int, batch, 10, "parallel streams the input is cut into");
 ABSL_FLAG(int64_t, max_tokens, -1, "score only the first T tokens (-1: all)");
 ABSL_FLAG(bool, reference_compat, false,
-          "reproduce the authors' evaluation quirks: zero-filled initial pool, in-segment label shift");
+          "reproduce the authors' evaluation: zero-filled initial pool, in-segment label shift, their loss aggregate");
 ABSL_FLAG(bool, json, false, "print one JSON object on stdout");
 ABSL_FLAG(int, threads, 0, "worker threads (0: one per core)");
 ABSL_FLAG(std::string, device, "auto", "auto (a CUDA GPU if there is one, else the host) | cpu | cuda");
@@ -168,7 +169,10 @@ absl::Status Run() {
 }  // namespace trams
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Scores a text with Transformer-XL + TRAMS (see README.md).");
+  trams::SetFlagsUsageForMainFile(__FILE__);
+  absl::SetProgramUsageMessage(
+      "Scores a text with Transformer-XL + TRAMS (see README.md).\n"
+      "  trams-eval --model DIR --input FILE [--mode xl|trams|none] [--mem_len M] [--topk K --remain R]");
   absl::ParseCommandLine(argc, argv);
   absl::Status s = trams::Run();
   if (!s.ok()) {
