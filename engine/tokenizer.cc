@@ -1,5 +1,6 @@
 #include "engine/tokenizer.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <fstream>
@@ -274,11 +275,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadWith(const ModelFileRe
     }
     const std::string vocab_path = ModelFilePath(model_dir, EchoForError(vocab_file, 256));
     ASSIGN_OR_RETURN(std::string vocab_text, read(vocab_file, kMaxVocabFileBytes, "vocabulary"));
-    ASSIGN_OR_RETURN(std::vector<std::string> symbols, ParseVocab(vocab_path, vocab_text));
-    if (static_cast<int64_t>(symbols.size()) > vocab_size) {
+    // Counted before any symbol is built: a vocabulary larger than the model is refused cheaply.
+    const int64_t lines = static_cast<int64_t>(std::count(vocab_text.begin(), vocab_text.end(), '\n')) +
+                          (!vocab_text.empty() && vocab_text.back() != '\n' ? 1 : 0);
+    if (lines > vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat(
-          vocab_path, ": ", symbols.size(), " symbols exceed the model's vocab_size ", vocab_size));
+          vocab_path, ": ", lines, " symbols exceed the model's vocab_size ", vocab_size));
     }
+    ASSIGN_OR_RETURN(std::vector<std::string> symbols, ParseVocab(vocab_path, vocab_text));
     auto tokenizer = MakeWordTokenizer(std::move(symbols), std::move(unk), std::move(eos), add_eos);
     if (!tokenizer.ok()) {
       return absl::Status(tokenizer.status().code(),
