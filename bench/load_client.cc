@@ -48,6 +48,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "engine/cli/flag_usage.h"
 #include "engine/random_weights.h"
 #include "engine/sampler.h"
 #include "engine/transformer_xl.h"
@@ -724,6 +725,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "trams-load [--server HOST:PORT] [--model DIR] [--sessions 1,4,16,64] [--modes score,generate] ...\n"
       "Tokens/s and latency over gRPC with concurrent sessions, against TransformerXL::Forward in-process.");
+  trams::SetFlagsUsageForMainFile(__FILE__);
   absl::ParseCommandLine(argc, argv);
   return trams::Main();
 }

@@ -181,6 +181,30 @@ absl::StatusOr<v1::CreateSessionRequest> CreateRequestFromFlags() {
   return request;
 }
 
+// The create flags shape a new session; an existing one (--session) keeps its settings, so refuse them
+// there rather than run with settings the user did not ask for. (Their defaults all mean "unset".)
+absl::Status CheckNoCreateFlagsWithSession() {
+  const std::string id = absl::GetFlag(FLAGS_session);
+  if (id.empty()) return absl::OkStatus();
+  const std::pair<const char*, bool> create_flags[] = {
+      {"mode", !absl::GetFlag(FLAGS_mode).empty()},
+      {"mem_len", absl::GetFlag(FLAGS_mem_len).has_value()},
+      {"topk", absl::GetFlag(FLAGS_topk).has_value()},
+      {"remain", absl::GetFlag(FLAGS_remain).has_value()},
+      {"segment_len", absl::GetFlag(FLAGS_segment_len).has_value()},
+      {"layers", !absl::GetFlag(FLAGS_layers).empty()},
+      {"metric", !absl::GetFlag(FLAGS_metric).empty()}};
+  for (const auto& [name, set] : create_flags) {
+    if (set) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--", name, " applies when a session is created; session '", id,
+          "' keeps the settings it was created with (see `trams-client get --session ", id, "`). Drop --", name,
+          ", or drop --session to run on a temporary session made with it"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // The session a score/generate call runs on: --session, or a temporary one deleted on scope exit.
 class SessionScope {
  public:
@@ -273,6 +297,7 @@ int RunScore(TramsClient& client) {
     if (!jsonl) return UsageError("cannot write --jsonl " + absl::GetFlag(FLAGS_jsonl));
   }
 
+  if (absl::Status st = CheckNoCreateFlagsWithSession(); !st.ok()) return UsageError(std::string(st.message()));
   SessionScope session(client);
   if (absl::Status st = session.Open(); !st.ok()) return CallFailed("creating a session", st);
 
@@ -364,6 +389,7 @@ int RunGenerate(TramsClient& client) {
     base.add_stop(unescaped);
   }
 
+  if (absl::Status st = CheckNoCreateFlagsWithSession(); !st.ok()) return UsageError(std::string(st.message()));
   SessionScope session(client);
   if (absl::Status st = session.Open(); !st.ok()) return CallFailed("creating a session", st);
 

@@ -26,7 +26,8 @@ echo "== generating 200 bytes that continue it (seed 7)"
 "${client[@]}" generate --session demo --max_tokens 200 --temperature 0.8 --top_k 40 --seed 7
 echo
 echo "== which memory tokens TRAMS picked in the last segment (first layers)"
-"${client[@]}" explain --session demo | head -12
+# sed reads to the end (head would exit early and, under pipefail, fail the script with SIGPIPE).
+"${client[@]}" explain --session demo | sed -n '1,12p'
 echo "== a few metrics"
 curl -s "127.0.0.1:$metrics_port/metrics" | grep -E '^trams_(tokens_(scored|generated)_total|sessions_active|batch_size_count)' || true
 if [[ -n "${TRAMS_KEEP_SERVING:-}" ]]; then wait "$server_pid"; fi

@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "engine/cli/flag_usage.h"
 #include "engine/cuda/cuda_loader.h"
 #include "server/log.h"
 #include "server/server_app.h"
@@ -219,7 +220,10 @@ int Run() {
 }  // namespace trams
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("trams-server --model DIR [--listen ADDR] [--metrics_listen ADDR] ...");
+  absl::SetProgramUsageMessage(
+      "trams-server --model DIR [--listen ADDR] [--metrics_listen ADDR] ...\n"
+      "Serves a Transformer-XL model with per-session TRAMS memory over gRPC (trams.v1.TramsService).");
+  trams::SetFlagsUsageForMainFile(__FILE__);
   absl::ParseCommandLine(argc, argv);
   return trams::Run();
 }
