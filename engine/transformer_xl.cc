@@ -17,6 +17,7 @@ struct TransformerXL::Batch {
   std::vector<StreamState*> streams;
   std::vector<absl::Span<const int32_t>> tokens;
   std::vector<OutputOptions> options;
+  std::vector<bool> commit;     // false: provisional, the stream stays as it was
   std::vector<int64_t> offset;  // first row of each stream
   std::vector<int> attended;    // memory tokens each stream attends (same on every layer)
   int64_t rows = 0;
@@ -375,7 +376,7 @@ void TransformerXL::AttentionLayer(int layer, Batch& b, std::vector<SegmentOutpu
   // The attention above has read the pools; now the segment's keys/values (and scores) enter them.
   pool_.ParallelFor(n_streams, [&](int64_t s) {
     StreamState& stream = *b.streams[s];
-    if (stream.capacity() == 0) return;
+    if (stream.capacity() == 0 || !b.commit[s]) return;
     LayerPool& pool = stream.mutable_layer(layer);
     const int n = static_cast<int>(b.tokens[s].size());
     const int first = std::max(0, n - stream.capacity());  // earlier ones would be dropped at once
@@ -529,6 +530,7 @@ absl::Status TransformerXL::Forward(absl::Span<const SegmentInput> batch, std::v
     b.streams.push_back(in.stream);
     b.tokens.push_back(in.tokens);
     b.options.push_back(in.options);
+    b.commit.push_back(in.commit);
     b.offset.push_back(b.rows);
     b.rows += static_cast<int64_t>(in.tokens.size());
     const int a = std::min(in.stream->size(), in.stream->settings().attend_len());
@@ -552,7 +554,7 @@ absl::Status TransformerXL::Forward(absl::Span<const SegmentInput> batch, std::v
     }
   }
   for (size_t s = 0; s < b.streams.size(); ++s) {
-    b.streams[s]->SaveRowsBeforeAppend(static_cast<int>(b.tokens[s].size()));
+    if (b.commit[s]) b.streams[s]->SaveRowsBeforeAppend(static_cast<int>(b.tokens[s].size()));
   }
   Embed(b);
   for (int l = 0; l < c.n_layer; ++l) {
@@ -561,6 +563,7 @@ absl::Status TransformerXL::Forward(absl::Span<const SegmentInput> batch, std::v
   }
   Score(b, outputs);
   for (size_t s = 0; s < b.streams.size(); ++s) {
+    if (!b.commit[s]) continue;
     const int64_t last = b.offset[s] + static_cast<int64_t>(b.tokens[s].size()) - 1;
     b.streams[s]->CommitAppend(static_cast<int>(b.tokens[s].size()), b.x.data() + last * c.d_model, c.d_model);
   }

@@ -37,6 +37,10 @@ struct SegmentInput {
   StreamState* stream = nullptr;
   absl::Span<const int32_t> tokens;  // at least one token
   OutputOptions options;
+  // false: a provisional segment. The outputs are computed as usual, but the stream does not change
+  // (nothing enters the pool): the server runs an incomplete last segment this way, so that segment
+  // boundaries stay at fixed multiples of the segment length from a stream's start.
+  bool commit = true;
 };
 
 struct TokenAlternative {

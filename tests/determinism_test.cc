@@ -3,6 +3,7 @@
 // because its rows were recomputed, with other rounding, at every growth).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "engine/transformer_xl.h"
@@ -53,6 +54,37 @@ TEST(DeterminismTest, ResultsDoNotDependOnWhatTheEngineRanBefore) {
     if (std::memcmp(&first[i], &later[i], sizeof(float)) != 0) ++differ;
   }
   EXPECT_EQ(differ, 0) << differ << " of " << first.size() << " log-probs are not bit-identical";
+}
+
+// A provisional segment (commit = false) reports what a committed one would and leaves the stream as it
+// was: what follows is bit-identical to a stream that never ran it.
+TEST(DeterminismTest, AProvisionalSegmentLeavesTheStreamAsItWas) {
+  auto model = TransformerXL::Load(kModel);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const TramsSettings settings = TramsSettings::Trams(40, 8, 16);
+  const auto ids = Tokens(160, 4);
+  auto plain = *(*model)->NewStream(settings);
+  auto tried = *(*model)->NewStream(settings);
+  auto forward = [&](StreamState* stream, size_t from, size_t n, bool commit) {
+    std::vector<SegmentOutput> out;
+    SegmentInput in{stream, absl::MakeConstSpan(ids).subspan(from, n), {}, commit};
+    EXPECT_TRUE((*model)->Forward({in}, &out).ok());
+    return out[0].logprob;
+  };
+  for (size_t at = 0; at + 16 <= ids.size(); at += 16) {
+    const auto provisional = forward(tried.get(), at, 5, /*commit=*/false);
+    EXPECT_EQ(tried->position(), static_cast<int64_t>(at));
+    EXPECT_EQ(tried->size(), plain->size());
+    const auto a = forward(plain.get(), at, 16, true);
+    const auto b = forward(tried.get(), at, 16, true);
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << "segment at " << at;
+    ASSERT_EQ(provisional.size(), 5u);
+    for (size_t i = 0; i < 5; ++i) {
+      if (std::isnan(a[i])) continue;
+      EXPECT_NEAR(provisional[i], a[i], 1e-4) << "causal: the first 5 tokens see the same context";
+    }
+  }
 }
 
 }  // namespace
