@@ -15,32 +15,67 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 // Totals and bookkeeping of one call, applied to the session only when the call commits.
 struct CallLedger {
-  int64_t tokens_scored = 0;
+  int64_t tokens_scored = 0;  // over the tokens this call sent
   double nll_sum = 0;
-  std::vector<int32_t> consumed;
+  // Tokens of the session's earlier provisional tail, answered again: their new values minus the old.
+  int64_t rescored_count = 0;
+  double rescored_nll = 0;
+  std::vector<int32_t> consumed;  // the tokens this call sent
+  std::vector<int32_t> tail;      // the session's provisional tail once the call commits
+  std::vector<float> tail_logprobs;
   SelectionRecord selection;
   bool has_selection = false;
 
   void Apply(Session& s, const LmService& svc) {
-    s.tokens_scored += tokens_scored;
-    s.nll_sum += nll_sum;
+    s.tokens_scored += tokens_scored + rescored_count;
+    s.nll_sum += nll_sum + rescored_nll;
     svc.RecordConsumed(&s, consumed);
+    s.tail = std::move(tail);
+    s.tail_logprobs = std::move(tail_logprobs);
     if (has_selection) s.last_selection = std::move(selection);
   }
 };
 
+// Where a call stands against its session's provisional tail (fixed when the call takes the session).
+struct CallOrigin {
+  int64_t boundary = 0;     // the pool's position: the tail's first position
+  int64_t call_start = 0;   // the first position this call sends (boundary + tail size)
+  std::vector<float> tail_logprobs;  // what was reported for the tail
+};
+
 // Fills token scores for one segment and the ledger; `start` is the segment's first position.
 void AddTokenScores(const LmService& svc, absl::Span<const int32_t> ids, const SegmentOutput& out, int64_t start,
-                    CallLedger* ledger, google::protobuf::RepeatedPtrField<v1::TokenScore>* tokens) {
+                    const CallOrigin& origin, bool provisional, CallLedger* ledger,
+                    google::protobuf::RepeatedPtrField<v1::TokenScore>* tokens) {
   for (size_t i = 0; i < ids.size(); ++i) {
+    const int64_t position = start + static_cast<int64_t>(i);
+    const float lp = out.logprob[i];
     v1::TokenScore* t = tokens->Add();
     t->set_id(ids[i]);
     t->set_text(svc.TokenText(ids[i]));
-    t->set_position(start + static_cast<int64_t>(i));
-    if (!std::isnan(out.logprob[i])) {
-      t->set_logprob(out.logprob[i]);
-      ledger->tokens_scored += 1;
-      ledger->nll_sum -= out.logprob[i];
+    t->set_position(position);
+    t->set_provisional(provisional);
+    if (!std::isnan(lp)) t->set_logprob(lp);
+    if (position < origin.call_start) {  // an earlier call's provisional token, answered again
+      const float old = origin.tail_logprobs[static_cast<size_t>(position - origin.boundary)];
+      if (!std::isnan(old)) {
+        ledger->rescored_count -= 1;
+        ledger->rescored_nll += old;
+      }
+      if (!std::isnan(lp)) {
+        ledger->rescored_count += 1;
+        ledger->rescored_nll -= lp;
+      }
+    } else {
+      if (!std::isnan(lp)) {
+        ledger->tokens_scored += 1;
+        ledger->nll_sum -= lp;
+      }
+      ledger->consumed.push_back(ids[i]);
+    }
+    if (provisional) {
+      ledger->tail.push_back(ids[i]);
+      ledger->tail_logprobs.push_back(lp);
     }
     if (!out.entropy.empty() && !std::isnan(out.entropy[i])) t->set_entropy(out.entropy[i]);
     if (!out.alternatives.empty()) {
@@ -52,7 +87,13 @@ void AddTokenScores(const LmService& svc, absl::Span<const int32_t> ids, const S
       }
     }
   }
-  ledger->consumed.insert(ledger->consumed.end(), ids.begin(), ids.end());
+}
+
+// Takes the session's provisional tail into a call: its tokens go before the call's own.
+CallOrigin TakeTail(const Session& session, std::vector<int32_t>* tokens) {
+  CallOrigin origin{session.stream->position(), session.position(), session.tail_logprobs};
+  tokens->insert(tokens->begin(), session.tail.begin(), session.tail.end());
+  return origin;
 }
 
 // What a segment attended, in stream positions (for ExplainSelection).
@@ -183,7 +224,7 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
     }
   }
 
-  void OnSessionTaken(Actions&) override {}
+  void OnSessionTaken(Actions&) override { origin_ = TakeTail(*session_, &pending_); }
 
   // Keeps the budget's count of this call's input buffers current (they shrink as segments run).
   void ChargeBuffers() {
@@ -205,10 +246,12 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
         ChargeBuffers();  // pending_ shrank (never fails: fewer bytes)
         segment_start_ = session_->stream->position();
         pool_before_ = session_->stream->size();
+        // An incomplete last segment runs provisionally: the next call runs it again as a whole one.
+        provisional_ = take < n;
         OutputOptions o = options_;
         o.selections = session_->stream->settings().mode == MemoryMode::kTrams;
         o.memory_share = o.selections && svc_->SampleMemoryShare();
-        Submit(segment_, o, a);
+        Submit(segment_, o, a, /*commit=*/!provisional_);
       } else if (input_closed_ && pending_.empty()) {
         EndWith(absl::OkStatus());
         return MaybeFinish(a);
@@ -225,9 +268,9 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
   void OnJobDone(SegmentOutput out, Actions& a) override {
     v1::ScoreResponse resp;
     svc_->RecordMemoryShare(out);
-    AddTokenScores(*svc_, segment_, out, segment_start_, &ledger_, resp.mutable_tokens());
+    AddTokenScores(*svc_, segment_, out, segment_start_, origin_, provisional_, &ledger_, resp.mutable_tokens());
     RecordSelection(*session_->stream, segment_start_, pool_before_, static_cast<int>(segment_.size()), out, &ledger_);
-    resp.set_position(session_->stream->position());
+    resp.set_position(segment_start_ + static_cast<int64_t>(segment_.size()));
     resp.set_tokens_scored(ledger_.tokens_scored);
     resp.set_nll_sum(ledger_.nll_sum);
     if (ledger_.tokens_scored > 0) {
@@ -257,6 +300,8 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
   std::vector<int32_t> segment_;  // the segment in flight
   int64_t segment_start_ = 0;
   int pool_before_ = 0;
+  bool provisional_ = false;  // the segment in flight is the incomplete last one
+  CallOrigin origin_;
   CallLedger ledger_;
 };
 
@@ -319,6 +364,9 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
   }
 
   void OnSessionTaken(Actions& a) override {
+    // A provisional tail is fed (committed) first; generated tokens then enter one by one, so segment
+    // boundaries count from the end of this call afterwards.
+    origin_ = TakeTail(*session_, &prompt_);
     if (prompt_.empty() && session_->stream->position() == 0) {
       return EndWith(absl::FailedPreconditionError(
           absl::StrCat("session '", session_->id, "' is empty: give a prompt to start from")));
@@ -351,7 +399,8 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
     svc_->RecordMemoryShare(out);
     if (!feeding_.empty()) {
       v1::GenerateResponse ignored;  // prompt/generated tokens: count them in the session's totals
-      AddTokenScores(*svc_, feeding_, out, feed_start_, &ledger_, ignored.mutable_tokens());
+      AddTokenScores(*svc_, feeding_, out, feed_start_, origin_, /*provisional=*/false, &ledger_,
+                     ignored.mutable_tokens());
       RecordSelection(*session_->stream, feed_start_, pool_before_, static_cast<int>(feeding_.size()), out, &ledger_);
     }
     if (final_feed_) {
@@ -434,6 +483,7 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
   bool feed_pending_ = false;  // feeding_ holds a sampled token waiting for the client to catch up
   v1::FinishReason finish_reason_ = v1::FINISH_REASON_UNSPECIFIED;
   Clock::time_point last_token_;
+  CallOrigin origin_;
   CallLedger ledger_;
 };
 

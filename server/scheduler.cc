@@ -83,7 +83,7 @@ void Scheduler::RunBatch(std::vector<SegmentJob>& batch) {
   for (size_t i = 0; i < batch.size(); ++i) {
     if (metrics_) metrics_->QueueWait(std::chrono::duration<double>(start - batch[i].enqueued).count());
     if (batch[i].tokens.empty()) continue;
-    inputs.push_back({batch[i].stream, batch[i].tokens, batch[i].options});
+    inputs.push_back({batch[i].stream, batch[i].tokens, batch[i].options, batch[i].commit});
     forward_jobs.push_back(i);
   }
   std::vector<absl::StatusOr<SegmentOutput>> results(batch.size(), absl::UnknownError("not run"));

@@ -26,6 +26,7 @@ struct SegmentJob {
   StreamState* stream = nullptr;
   std::vector<int32_t> tokens;  // empty: only the next-token distribution (options.next_distribution)
   OutputOptions options;
+  bool commit = true;  // false: provisional (see SegmentInput::commit)
   std::function<void(absl::StatusOr<SegmentOutput>)> done;
   std::chrono::steady_clock::time_point enqueued;
 };

@@ -68,11 +68,12 @@ class SessionCall : public Reactor {
     }
   }
 
-  void Submit(std::vector<int32_t> tokens, const OutputOptions& options, Actions& a) {
+  void Submit(std::vector<int32_t> tokens, const OutputOptions& options, Actions& a, bool commit = true) {
     SegmentJob job;
     job.stream = session_->stream.get();
     job.tokens = std::move(tokens);
     job.options = options;
+    job.commit = commit;
     job.done = [this](absl::StatusOr<SegmentOutput> r) { JobDone(std::move(r)); };
     job_in_flight_ = true;
     a.submit = std::move(job);
@@ -199,7 +200,7 @@ class SessionCall : public Reactor {
         a.release = *r;  // ended while waiting: give it back untouched
       } else {
         session_ = *r;
-        const int64_t at = session_->stream->position();
+        const int64_t at = session_->position();
         if (expected_position_.has_value() && *expected_position_ != at) {
           EndWith(absl::FailedPreconditionError(absl::StrCat("session '", session_->id, "' is at position ", at,
                                                              ", not the expected ", *expected_position_)));

@@ -270,7 +270,7 @@ void SessionManager::Acquire(const std::string& id, ReadyFn ready, bool reserve_
 
 void SessionManager::Release(const std::shared_ptr<Session>& s) {
   // The releasing call still owns the stream and counters here: publish them for Get/List.
-  const Session::Committed committed{s->stream->position(), s->stream->size(), s->tokens_scored, s->nll_sum};
+  const Session::Committed committed{s->position(), s->stream->size(), s->tokens_scored, s->nll_sum};
   std::unique_lock<std::mutex> lock(mu_);
   s->committed = committed;
   bytes_in_use_ -= s->undo_reserved;

@@ -40,6 +40,11 @@ struct SelectionRecord {
 struct Session {
   std::string id;
   std::unique_ptr<StreamState> stream;
+  // Tokens past the pool's last segment boundary (an incomplete segment): consumed by the session but
+  // run only provisionally; the next call runs them again, with its own tokens, as a whole segment.
+  std::vector<int32_t> tail;
+  std::vector<float> tail_logprobs;  // what was reported for them (NaN: none)
+  int64_t position() const { return stream->position() + static_cast<int64_t>(tail.size()); }
   int segment_len = 0;
   int64_t created_ms = 0;
   int64_t last_used_ms = 0;

@@ -11,7 +11,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <cstring>
 #include <future>
+#include <map>
+#include <random>
 #include <limits>
 
 #include "server_test_util.h"
@@ -377,6 +380,105 @@ TEST(HardeningTest, ErrorsQuoteClientInputCappedAndPrintable) {
   }
   v1::Session ignored;
   EXPECT_TRUE(Contains(GetSession(stub, huge, &ignored).error_message(), "(1048576 bytes)"));
+}
+
+// Per-position log-probs of a sequence of Score calls: a later answer for a position (a provisional
+// token answered again) replaces the earlier one.
+struct Document {
+  std::map<int64_t, float> logprob;
+  std::map<int64_t, bool> provisional;
+  void Add(const ScoreResult& r) {
+    for (const auto& t : r.tokens) {
+      logprob[t.position()] = t.has_logprob() ? t.logprob() : std::nanf("");
+      provisional[t.position()] = t.provisional();
+    }
+  }
+};
+
+// Item 15: every half-close ran the partial tail as a segment of its own, so segment boundaries, and
+// log-probs (by up to 3 nats), changed with how a document was split into calls. Any split must give
+// one uninterrupted call's log-probs, bit-identically, and the same session state.
+TEST(HardeningTest, AnySplitOfADocumentGivesTheLogProbsOfOneCall) {
+  auto server = Start(TestOptions(kModel));
+  ASSERT_NE(server, nullptr);
+  auto* stub = server->stub.get();
+  const std::string doc = Text(0, 300);
+  ASSERT_TRUE(CreateSession(stub, "whole", Trams(kM, kTopk, kRemain), kN).ok());
+  const ScoreResult whole_call = ScoreText(stub, "whole", doc);
+  ASSERT_TRUE(whole_call.status.ok()) << Describe(whole_call.status);
+  Document whole;
+  whole.Add(whole_call);
+  // 300 = 37 * 8 + 4: the last 4 tokens are provisional, the rest final.
+  for (int64_t p = 0; p < 300; ++p) EXPECT_EQ(whole.provisional[p], p >= 296) << "position " << p;
+  const v1::Session whole_state = WaitIdle(stub, "whole");
+
+  std::mt19937 rng(7);
+  for (int split = 0; split < 6; ++split) {
+    const std::string id = "split-" + std::to_string(split);
+    ASSERT_TRUE(CreateSession(stub, id, Trams(kM, kTopk, kRemain), kN).ok());
+    Document parts;
+    for (size_t at = 0; at < doc.size();) {
+      const size_t len = std::min<size_t>(doc.size() - at, 1 + rng() % 23);
+      // Text or ids, in one message or several: neither may matter.
+      const ScoreResult r = split % 2 ? ScoreIds(stub, id, Bytes(doc.substr(at, len)), 1 + rng() % 5)
+                                      : ScoreText(stub, id, doc.substr(at, len), 1 + rng() % 7);
+      ASSERT_TRUE(r.status.ok()) << Describe(r.status);
+      ASSERT_EQ(r.end_position(), static_cast<int64_t>(at + len));
+      parts.Add(r);
+      at += len;
+    }
+    ASSERT_EQ(parts.logprob.size(), whole.logprob.size());
+    int differ = 0;
+    for (const auto& [p, lp] : whole.logprob) {
+      const float other = parts.logprob[p];
+      if (std::memcmp(&lp, &other, sizeof lp) != 0) ++differ;
+      EXPECT_EQ(parts.provisional[p], whole.provisional[p]) << "split " << split << ", position " << p;
+    }
+    EXPECT_EQ(differ, 0) << "split " << split << ": log-probs not bit-identical to one call";
+    const v1::Session s = WaitIdle(stub, id);
+    EXPECT_EQ(s.position(), whole_state.position());
+    EXPECT_EQ(s.pool_tokens(), whole_state.pool_tokens());
+    EXPECT_EQ(s.tokens_scored(), whole_state.tokens_scored());
+    EXPECT_NEAR(s.nll_sum(), whole_state.nll_sum(), 1e-9 * std::abs(whole_state.nll_sum()));
+
+    // Generation continues from the same state: the same seeded continuation.
+    v1::GenerateRequest g = MakeGenerate(id, 20, 0.9f);
+    g.set_seed(11);
+    v1::GenerateRequest g_whole = g;
+    g_whole.set_session_id("whole-" + std::to_string(split));
+    ASSERT_TRUE(CreateSession(stub, g_whole.session_id(), Trams(kM, kTopk, kRemain), kN).ok());
+    ASSERT_TRUE(ScoreText(stub, g_whole.session_id(), doc).status.ok());
+    const GenerateResult a = RunGenerate(stub, g), b = RunGenerate(stub, g_whole);
+    ASSERT_TRUE(a.status.ok() && b.status.ok()) << Describe(a.status) << " / " << Describe(b.status);
+    EXPECT_EQ(a.ids, b.ids) << "split " << split;
+    EXPECT_EQ(a.positions.front(), 300);
+  }
+}
+
+// A failed call keeps the earlier provisional tail as it was.
+TEST(HardeningTest, AFailedCallKeepsTheProvisionalTail) {
+  auto server = Start(TestOptions(kModel));
+  ASSERT_NE(server, nullptr);
+  auto* stub = server->stub.get();
+  ASSERT_TRUE(CreateSession(stub, "t", Trams(kM, kTopk, kRemain), kN).ok());
+  ASSERT_TRUE(CreateSession(stub, "twin", Trams(kM, kTopk, kRemain), kN).ok());
+  ASSERT_TRUE(ScoreText(stub, "t", Text(0, 21)).status.ok());
+  ASSERT_TRUE(ScoreText(stub, "twin", Text(0, 21)).status.ok());
+  const SessionState before = StateOf(stub, "t");
+  EXPECT_EQ(before.position, 21);
+  EXPECT_EQ(before.pool_tokens, 16) << "the 5-token tail is not in the pool";
+  // Bad ids midway: the call fails and changes nothing.
+  std::vector<v1::ScoreRequest> reqs = TextRequests("t", Text(21, 30), 10);
+  reqs.push_back(IdChunk({999999}));
+  const ScoreResult bad = RunScore(stub, reqs);
+  EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(StateOf(stub, "t"), before);
+  const ScoreResult a = ScoreText(stub, "t", Text(21, 40)), b = ScoreText(stub, "twin", Text(21, 40));
+  ASSERT_EQ(a.tokens.size(), b.tokens.size());
+  for (size_t i = 0; i < a.tokens.size(); ++i) {
+    EXPECT_EQ(a.tokens[i].position(), b.tokens[i].position());
+    EXPECT_EQ(a.tokens[i].logprob(), b.tokens[i].logprob()) << "position " << a.tokens[i].position();
+  }
 }
 
 // The value of an unlabelled counter or gauge in the exposition text (-1: absent).

@@ -523,7 +523,9 @@ TEST_F(ServerTest, BadInputsGetTheirStatusAndChangeNothing) {
   const ScoreResult twin = ScoreText(stub(), "bad-twin", Text(200, 60));
   ASSERT_TRUE(next.status.ok()) << Describe(next.status);
   ASSERT_TRUE(twin.status.ok()) << Describe(twin.status);
-  EXPECT_EQ(next.tokens.front().position(), 50);
+  // 50 = 6 * 8 + 2: the two tokens of the incomplete segment are answered again, then the 60 new ones.
+  EXPECT_EQ(next.tokens.front().position(), 48);
+  EXPECT_EQ(next.end_position(), 110);
   ExpectSameLogProbs(next.logprobs(), twin.logprobs(), 0);
 }
 
@@ -832,9 +834,11 @@ TEST_F(ServerTest, CallsOnOneSessionRunInOrder) {
   ASSERT_TRUE(r1.status.ok()) << Describe(r1.status);
   ASSERT_TRUE(r2.status.ok()) << Describe(r2.status);
   EXPECT_EQ(r1.end_position(), 13);
-  ASSERT_EQ(r2.tokens.size(), 20u);
-  EXPECT_EQ(r2.tokens.front().position(), r1.end_position()) << "the second call starts where the first ended";
-  EXPECT_TRUE(r2.tokens.front().has_logprob());
+  // r1 left 13 - 8 = 5 tokens in an incomplete segment: r2 answers them again, then its own 20.
+  ASSERT_EQ(r2.tokens.size(), 25u);
+  EXPECT_EQ(r2.tokens.front().position(), kN);
+  EXPECT_EQ(r2.tokens[5].position(), r1.end_position()) << "the second call's tokens start where the first ended";
+  EXPECT_TRUE(r2.tokens[5].has_logprob());
   EXPECT_EQ(r2.end_position(), 33);
   const v1::Session s = WaitIdle(stub(), "order");
   EXPECT_EQ(s.position(), 33);
