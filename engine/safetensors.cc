@@ -180,7 +180,9 @@ class HeaderReader {
     return Fail(Invalid("header is not valid JSON"));
   }
   bool key(std::string& k) {
-    if (stack_.back() == Frame::kRoot && ++entries_ > kMaxSafetensorsEntries) {
+    // Metadata keys count too: the cap bounds everything the reader keeps.
+    const bool kept = stack_.back() == Frame::kRoot || stack_.back() == Frame::kMetadata;
+    if (kept && ++entries_ > kMaxSafetensorsEntries) {
       return Fail(Invalid(absl::StrCat("header has more than ", kMaxSafetensorsEntries, " entries")));
     }
     key_ = std::move(k);

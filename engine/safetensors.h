@@ -21,9 +21,10 @@ namespace trams {
 enum class DType { kF32, kF16, kBF16, kI32, kI64, kU8 };
 
 // Limits on what Open accepts, checked while the header is parsed (before anything is built):
-// the format's own 100 MB header cap, and at most 2^20 entries. Our largest models have a few hundred
-// tensors and the biggest public checkpoints a few tens of thousands, so 2^20 is generous; it bounds
-// the tensor table (about 100 bytes per entry) whatever a 100 MB header claims.
+// the format's own 100 MB header cap, and at most 2^20 entries (tensors plus metadata keys). Our
+// largest models have a few hundred tensors and the biggest public checkpoints a few tens of
+// thousands, so 2^20 is generous; it bounds the tables kept (about 100 bytes per entry) whatever a
+// 100 MB header claims.
 constexpr uint64_t kMaxSafetensorsHeaderBytes = 100ull << 20;
 constexpr int64_t kMaxSafetensorsEntries = int64_t{1} << 20;
 

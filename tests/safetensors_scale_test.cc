@@ -69,5 +69,18 @@ TEST(SafetensorsScaleTest, TooManyEntriesAreRefusedByCount) {
       << file.status();
 }
 
+TEST(SafetensorsScaleTest, MetadataKeysCountAsEntries) {
+  std::string h = R"({"__metadata__":{)";
+  for (int64_t i = 0; i <= kMaxSafetensorsEntries; ++i) absl::StrAppend(&h, i ? "," : "", "\"", i, "\":\"\"");
+  h += "}}";
+  const std::string path = TempPath("many_metadata.safetensors");
+  WriteFile(path, h, 0);
+  auto file = SafetensorsFile::Open(path);
+  ASSERT_FALSE(file.ok());
+  EXPECT_NE(file.status().message().find(absl::StrCat("more than ", kMaxSafetensorsEntries, " entries")),
+            std::string::npos)
+      << file.status();
+}
+
 }  // namespace
 }  // namespace trams
