@@ -253,6 +253,7 @@ nlohmann::json TokenJson(const v1::TokenScore& token) {
   PutTokenText(j, token.text());
   if (token.has_logprob()) j["logprob"] = token.logprob();
   if (token.has_entropy()) j["entropy"] = token.entropy();
+  if (token.provisional()) j["provisional"] = true;  // a later line for this position replaces it
   if (!token.alternatives().empty()) {
     nlohmann::json alts = nlohmann::json::array();
     for (const v1::Alternative& alt : token.alternatives()) {
@@ -345,7 +346,8 @@ int RunScore(TramsClient& client) {
   absl::StatusOr<v1::ScoreResponse> last = client.ScoreText(
       session.id(), source, params, [&](const v1::ScoreResponse& r) -> absl::Status {
         for (const v1::TokenScore& token : r.tokens()) {
-          if (token.has_logprob()) scored_bytes += static_cast<int64_t>(token.text().size());
+          const bool own = token.position() >= r.first_position();  // not an earlier call's tail again
+          if (own && token.has_logprob()) scored_bytes += static_cast<int64_t>(token.text().size());
           if (jsonl.is_open()) jsonl << TokenJson(token).dump() << "\n";
         }
         if (jsonl.is_open() && !jsonl) return absl::DataLossError("writing --jsonl failed");

@@ -271,6 +271,7 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
     AddTokenScores(*svc_, segment_, out, segment_start_, origin_, provisional_, &ledger_, resp.mutable_tokens());
     RecordSelection(*session_->stream, segment_start_, pool_before_, static_cast<int>(segment_.size()), out, &ledger_);
     resp.set_position(segment_start_ + static_cast<int64_t>(segment_.size()));
+    resp.set_first_position(origin_.call_start);
     resp.set_tokens_scored(ledger_.tokens_scored);
     resp.set_nll_sum(ledger_.nll_sum);
     if (ledger_.tokens_scored > 0) {

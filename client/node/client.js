@@ -103,6 +103,8 @@ class TramsClient {
         if (onResponse) onResponse(response);
       });
       call.on('error', reject);
+      // tokens before last.first_position answer an earlier call's provisional tail again, and tokens
+      // marked provisional are answered again by the next call: keep the latest per position.
       call.on('end', () => resolve({ tokens, last }));
 
       const first = { session_id: sessionId, options: { alternatives, entropy } };

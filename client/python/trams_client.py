@@ -139,7 +139,10 @@ class Client:
         yield from self.stub.Score(requests(), metadata=self._md(session_id), timeout=self.timeout)
 
     def score_text(self, session_id, text, **kwargs):
-        """Returns (tokens, last ScoreResponse): every TokenScore, and the call's running totals."""
+        """Returns (tokens, last ScoreResponse): every TokenScore, and the call's running totals.
+
+        Tokens before last.first_position answer an earlier call's provisional tail again; tokens
+        with `provisional` set are answered again by the next call. Keep the latest per position."""
         tokens, last = [], pb.ScoreResponse()
         for response in self.score_stream(session_id, text, **kwargs):
             tokens.extend(response.tokens)
