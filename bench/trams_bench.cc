@@ -115,8 +115,13 @@ class Workload {
 
 int Main(int argc, char** argv) {
   int threads = 0, segments = 6, rounds = 2;
-  bool only_enwik8 = false;
+  bool only_enwik8 = false, help = false;
+  const char* kUsage = "usage: trams-bench [--threads=N] [--segments=N] [--rounds=N] [--enwik8-only] [--help]\n";
   for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--help") == 0) {
+      help = true;  // after the other flags are checked, so `CMD --help` tells whether CMD's flags exist
+      continue;
+    }
     if (std::sscanf(argv[i], "--threads=%d", &threads) == 1) continue;
     if (std::sscanf(argv[i], "--segments=%d", &segments) == 1) continue;
     if (std::sscanf(argv[i], "--rounds=%d", &rounds) == 1) continue;
@@ -124,8 +129,12 @@ int Main(int argc, char** argv) {
       only_enwik8 = true;
       continue;
     }
-    std::fprintf(stderr, "usage: trams-bench [--threads=N] [--segments=N] [--rounds=N] [--enwik8-only]\n");
+    std::fprintf(stderr, "trams-bench: unknown argument '%s'\n%s", argv[i], kUsage);
     return 2;
+  }
+  if (help) {
+    std::printf("%s", kUsage);
+    return 0;
   }
   const int tgt_len = 64;
   const double sgemm = SgemmGflops(threads);

@@ -21,3 +21,9 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The Node interop test's client libraries (@grpc/grpc-js), from the npm registry, pinned by the lock file.
+node_dir="$(dirname "$0")/../client/node"
+if [[ "${1:-}" == "--tests" && ! -d "$node_dir/node_modules" ]] && command -v npm >/dev/null; then
+  echo "deps: npm ci in client/node" >&2
+  (cd "$node_dir" && npm ci --no-audit --no-fund >/dev/null)
+fi
