@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-30}"
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(fuzz_safetensors fuzz_config fuzz_tokenizer fuzz_weights fuzz_trams_settings)
+((${#targets[@]})) || targets=(fuzz_safetensors fuzz_config fuzz_tokenizer fuzz_weights fuzz_trams_settings fuzz_requests)
 jobs="${FUZZ_JOBS:-2}"
 nice_level="${FUZZ_NICE:-10}"
 

@@ -6,6 +6,7 @@
 #include "engine/echo.h"
 #include "engine/sampler.h"
 #include "server/lm_service.h"
+#include "server/request_checks.h"
 #include "server/session_call.h"
 
 namespace trams {
@@ -309,6 +310,8 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
 // ---------------------------------------------------------------------------------------------
 class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::GenerateResponse>, v1::GenerateResponse> {
  public:
+  ~GenerateCall() override { svc_->sessions()->ChargeBuffers(-charged_).IgnoreError(); }
+
   GenerateCall(LmService* svc, grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req)
       : SessionCall(svc, ctx, "Generate"), req_(*req) {
     Actions a;
@@ -332,24 +335,11 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
     absl::StatusOr<std::string> id = svc_->SessionIdOf(ctx, req_.session_id());
     if (!id.ok()) return id.status();
     session_id_ = *id;
-    const RequestLimits& limits = svc_->options().requests;
-    max_tokens_ = req_.max_tokens() == 0 ? 64 : req_.max_tokens();
-    if (max_tokens_ < 1 || max_tokens_ > limits.max_generate_tokens) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("max_tokens must be in [1, ", limits.max_generate_tokens, "], got ", req_.max_tokens()));
-    }
-    params_.temperature = req_.temperature();
-    params_.top_k = req_.top_k();
-    params_.top_p = req_.top_p() == 0.0f ? 1.0f : req_.top_p();
-    params_.seed = req_.has_seed() ? req_.seed() : std::random_device{}();
-    absl::Status valid = params_.Validate();
-    if (!valid.ok()) return valid;
-    if (req_.stop_size() > limits.max_stop_strings) {
-      return absl::InvalidArgumentError(absl::StrCat("at most ", limits.max_stop_strings, " stop strings"));
-    }
-    for (const std::string& stop : req_.stop()) {
-      if (stop.empty()) return absl::InvalidArgumentError("stop strings must not be empty");
-    }
+    absl::StatusOr<GenerateSpec> spec =
+        GenerateSpecFrom(req_, svc_->options().requests, /*fallback_seed=*/std::random_device{}());
+    if (!spec.ok()) return spec.status();
+    max_tokens_ = spec->max_tokens;
+    params_ = spec->sampling;
     if (req_.has_prompt_text()) {
       std::string text = req_.prompt_text();
       absl::Status s = svc_->Encode(&text, /*final=*/true, &prompt_);
@@ -359,6 +349,11 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
       absl::Status s = svc_->CheckIds(prompt_);
       if (!s.ok()) return s;
     }
+    // The prompt is input held for the whole call: it counts in the input-buffer budget.
+    const int64_t prompt_bytes = static_cast<int64_t>(prompt_.size() * sizeof(int32_t));
+    absl::Status charged = svc_->sessions()->ChargeBuffers(prompt_bytes);
+    if (!charged.ok()) return charged;
+    charged_ = prompt_bytes;
     if (req_.has_expected_position()) expected_position_ = req_.expected_position();
     sampler_ = std::make_unique<Sampler>(params_);
     return absl::OkStatus();
@@ -470,6 +465,7 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
 
   v1::GenerateRequest req_;
   std::string session_id_;
+  int64_t charged_ = 0;  // prompt bytes counted in the input-buffer budget
   int max_tokens_ = 64;
   SamplingParams params_;
   std::unique_ptr<Sampler> sampler_;

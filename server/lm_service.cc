@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/echo.h"
 #include "server/metrics.h"
+#include "server/request_checks.h"
 #include "server/status_convert.h"
 
 namespace trams {
@@ -39,30 +40,6 @@ class UnaryDone {
   const char* method_;
   std::chrono::steady_clock::time_point start_;
 };
-
-absl::StatusOr<TramsSettings> SettingsFrom(const v1::MemorySettings& m, const TramsSettings& defaults,
-                                           const ModelConfig& config) {
-  std::string mode;
-  switch (m.mode()) {
-    case v1::MEMORY_MODE_UNSPECIFIED: mode = std::string(MemoryModeName(defaults.mode)); break;
-    case v1::MEMORY_MODE_TRAMS: mode = "trams"; break;
-    case v1::MEMORY_MODE_XL: mode = "xl"; break;
-    case v1::MEMORY_MODE_NONE: mode = "none"; break;
-    default: return absl::InvalidArgumentError(absl::StrCat("unknown memory mode ", m.mode()));
-  }
-  const bool same_mode = mode == MemoryModeName(defaults.mode);
-  int mem_len = m.has_mem_len() ? m.mem_len() : defaults.mem_len;
-  if (!m.has_mem_len() && mode == "none") mem_len = 0;
-  if (!m.has_mem_len() && mode == "xl" && !same_mode) mem_len = defaults.attend_len() > 0 ? defaults.attend_len() : 200;
-  const int topk = m.has_topk() ? m.topk() : (mode == "trams" && same_mode ? defaults.topk : 0);
-  const int remain = m.has_remain() ? m.remain() : (mode == "trams" && same_mode ? defaults.remain : 0);
-  std::string metric = std::string(SelectionMetricName(defaults.metric));
-  if (m.metric() == v1::SELECTION_METRIC_CODE) metric = "code";
-  if (m.metric() == v1::SELECTION_METRIC_PAPER) metric = "paper";
-  std::vector<int> layers(m.layers().begin(), m.layers().end());
-  if (layers.empty() && mode == "trams" && same_mode) layers = defaults.layers;
-  return MakeTramsSettings(mode, mem_len, -1, topk, remain, std::move(layers), metric, config);
-}
 
 }  // namespace
 
@@ -201,10 +178,9 @@ grpc::ServerUnaryReactor* LmService::CreateSession(grpc::CallbackServerContext* 
     const auto& md = ctx->client_metadata();
     if (auto it = md.find(kSessionHeader); it != md.end()) id.assign(it->second.data(), it->second.size());
   }
-  absl::StatusOr<TramsSettings> memory = SettingsFrom(req->memory(), options_.defaults.memory, model_->config());
-  if (!memory.ok()) return done.Finish(memory.status());
-  const int segment_len = req->has_segment_len() ? req->segment_len() : options_.defaults.segment_len;
-  absl::StatusOr<SessionSnapshot> s = sessions_->Create(id, *memory, segment_len);
+  absl::StatusOr<SessionSpec> spec = SessionSpecFrom(*req, options_, model_->config());
+  if (!spec.ok()) return done.Finish(spec.status());
+  absl::StatusOr<SessionSnapshot> s = sessions_->Create(id, spec->memory, spec->segment_len);
   if (!s.ok()) return done.Finish(s.status());
   ToProto(*s, resp);
   return done.Finish(absl::OkStatus());

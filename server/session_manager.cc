@@ -117,13 +117,10 @@ absl::Status SessionManager::MakeRoom(int64_t bytes, bool new_session) {
 }
 
 absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const TramsSettings& memory, int segment_len) {
-  if (memory.mem_len > limits_.max_mem_len) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("mem_len ", memory.mem_len, " is above this server's limit of ", limits_.max_mem_len));
-  }
-  if (segment_len <= 0 || segment_len > limits_.max_segment_len) {
-    return absl::InvalidArgumentError(absl::StrCat("segment_len must be in [1, ", limits_.max_segment_len,
-                                                   "], got ", segment_len));
+  // The request was checked (request_checks.h); these guard the manager's own contract.
+  if (memory.mem_len > limits_.max_mem_len || segment_len <= 0 || segment_len > limits_.max_segment_len) {
+    return absl::InvalidArgumentError(absl::StrCat("mem_len ", memory.mem_len, " or segment_len ", segment_len,
+                                                   " is outside this server's limits"));
   }
   absl::Status valid = memory.Validate(model_->config());
   if (!valid.ok()) return valid;
