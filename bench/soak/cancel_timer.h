@@ -63,8 +63,10 @@ class CancelTimer {
         continue;
       }
       auto first = pending_.begin();
-      if (Clock::now() < first->first.first) {
-        cv_.wait_until(lock, first->first.first);
+      // A copy: Done() may erase the entry while the wait has the lock released.
+      const Clock::time_point when = first->first.first;
+      if (Clock::now() < when) {
+        cv_.wait_until(lock, when);
         continue;
       }
       first->second->TryCancel();  // non-blocking; the call ends with CANCELLED unless it already ended
