@@ -12,7 +12,7 @@ checkout. A few lines cannot run inside a test as typed; they are rewritten, eac
                                   unknown flag is still refused): they run for minutes, and the soak
                                   has its own ctest
   --interactive                   stdin is /dev/null
-  deploy/run.sh, deploy/test.sh   not run here: CI runs both (.ci/run)
+  deploy/{run,test,sanitize,fuzz}.sh   not run here: CI runs them (.ci/run)
   ctest ...                       not run here: it is this very test suite
   npm ci                          not run here: deploy/deps.sh --tests runs it (concurrent tests use
                                   the same node_modules)
@@ -76,7 +76,7 @@ def rewrite(line):
     code = line.split(" #", 1)[0].rstrip() if not line.lstrip().startswith("#") else ""
     if not code:
         return line
-    if re.match(r"\s*deploy/(run|test)\.sh\b", code):
+    if re.match(r"\s*deploy/(run|test|sanitize|fuzz)\.sh\b", code):
         return f": not run here, CI runs it: {code!r}"
     if re.match(r"\s*ctest\b", code):
         return f": not run here, it is this test suite: {code!r}"
