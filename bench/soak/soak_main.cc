@@ -64,7 +64,9 @@ ABSL_FLAG(bool, verify, true, "replay the sessions at the end and compare their 
 ABSL_FLAG(int, verify_sessions, 0, "sessions to replay, chosen at random (0: all)");
 ABSL_FLAG(int, verify_threads, 16, "concurrent replays");
 ABSL_FLAG(double, tolerance, 1e-4, "largest |log-prob difference| (nats) a replay may show");
-ABSL_FLAG(bool, replay_whole, false, "replay each session's tokens in one call instead of its own call splits");
+ABSL_FLAG(bool, replay_whole, false,
+          "replay each run of consecutive Score calls as one call (Generate calls as themselves): the server "
+          "promises the same log-probs whatever the calls");
 ABSL_FLAG(bool, replay_generate_as_score, false,
           "replay a Generate call as its prompt, then one single-token Score call per sampled token, instead of "
           "the same Generate request");
@@ -317,7 +319,7 @@ int Run(const char* argv0) {
       vo.call_timeout = wo.call_timeout;
       std::printf("verifying: replaying %s sessions (%s)...\n",
                   vo.sample > 0 ? std::to_string(vo.sample).c_str() : "all",
-                  vo.replay_whole        ? "each in one call"
+                  vo.replay_whole        ? "runs of Score calls merged into one call"
                   : vo.generate_as_score ? "same call splits, Generate as single-token Score calls"
                                          : "same calls");
       std::fflush(stdout);

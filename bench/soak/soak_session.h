@@ -36,6 +36,19 @@ struct CallSplit {
   int32_t generate = -1;
 };
 
+// Every Score / Generate call the workload made on the session, for explaining a corrupted one.
+struct CallEvent {
+  CallKind kind = CallKind::kScore;
+  int64_t start = 0;
+  int32_t sent = 0;       // tokens (or bytes) sent; Generate: prompt tokens
+  int32_t back = 0;       // earlier tail positions answered again
+  int32_t seen = 0;       // own tokens streamed back
+  int32_t responses = 0;
+  int code = 0;           // grpc::StatusCode
+  const char* disturbance = "";
+  char outcome = '?';     // C committed, R rolled back, c committed despite cancel/deadline, X retired
+};
+
 struct SessionTruth {
   std::string id;
   v1::CreateSessionRequest create;  // as the tool asked for it (session_id: `id`); the replay asks the same
@@ -43,6 +56,7 @@ struct SessionTruth {
   std::vector<TruthToken> tokens;
   std::vector<CallSplit> calls;
   std::vector<v1::GenerateRequest> generate_requests;  // of the committed Generate calls, as sent
+  std::vector<CallEvent> history;
   bool retired = false;             // no longer used by the workload (deleted, or its state became unknown)
   std::string retired_why;
   // Workload cursors into the corpus.

@@ -29,15 +29,19 @@ struct ReplayCall {
 // The calls that rebuild the session's segments: a Score call as it was; a Generate call as the same
 // Generate request (same seed, same state: same tokens), or with `generate_as_score` as its prompt in
 // one Score call and then each sampled token in a Score call of its own (how the server fed them).
+// `whole`: every run of consecutive Score calls as one call (Generate calls as themselves).
 std::vector<ReplayCall> Plan(const SessionTruth& s, bool whole, bool generate_as_score) {
   std::vector<ReplayCall> plan;
-  if (whole) {
-    if (s.position() > 0) plan.push_back({0, static_cast<int32_t>(s.position())});
-    return plan;
-  }
   for (const CallSplit& c : s.calls) {
     if (c.kind == CallKind::kScore) {
-      plan.push_back({c.start, c.n});
+      ReplayCall* last = plan.empty() ? nullptr : &plan.back();
+      if (whole && last != nullptr && last->generate < 0 && last->start + last->n == c.start) {
+        last->n += c.n;  // one call for every run of Score calls
+      } else {
+        plan.push_back({c.start, c.n});
+      }
+    } else if (whole) {
+      plan.push_back({c.start, c.n, c.generate, c.prompt});
     } else if (!generate_as_score) {
       plan.push_back({c.start, c.n, c.generate, c.prompt});
     } else {
@@ -77,6 +81,7 @@ class Replayer {
     }
     Delete(id);
     if (complete) Compare(s, got, answered, &local);
+    if (local.corrupt) local.problems.push_back(History(s, local.first_bad));
     Merge(local, local.corrupt, mu, result);
   }
 
@@ -87,7 +92,9 @@ class Replayer {
     double max_diff = 0;
     std::string max_where;
     std::vector<std::string> problems;
-    void Fail(std::string what) {
+    int64_t first_bad = -1;  // position
+    void Fail(std::string what, int64_t position) {
+      if (!corrupt) first_bad = position;
       corrupt = true;
       if (problems.size() < 3) problems.push_back(std::move(what));
     }
@@ -106,13 +113,13 @@ class Replayer {
                    st.ok(), absl::StrCat(id, ": ", st.error_message()));
     if (!st.ok()) {
       local->Fail(absl::StrCat(s.id, ": cannot create the replay session: ", CodeName(st.error_code()), " ",
-                               st.error_message()));
+                               st.error_message()), 0);
       return false;
     }
     if (resp.memory().ShortDebugString() != s.effective.memory().ShortDebugString() ||
         resp.segment_len() != s.effective.segment_len()) {
       local->Fail(absl::StrCat(s.id, ": the same request now gives other settings: ", resp.ShortDebugString(),
-                               " vs ", s.effective.ShortDebugString()));
+                               " vs ", s.effective.ShortDebugString()), 0);
       return false;
     }
     return true;
@@ -161,7 +168,7 @@ class Replayer {
     const std::string where = absl::StrCat(s.id, " replay of ", call.generate >= 0 ? "Generate" : "Score", " at ",
                                            call.start, " (+", call.n, ")");
     if (!r.status.ok()) {
-      local->Fail(absl::StrCat(where, ": ", CodeName(r.status.error_code()), " ", r.status.error_message()));
+      local->Fail(absl::StrCat(where, ": ", CodeName(r.status.error_code()), " ", r.status.error_message()), call.start);
       return false;
     }
     const int64_t end = call.start + call.n;
@@ -172,7 +179,8 @@ class Replayer {
       if (t.position != expect_pos || t.position < 0 || t.position >= end ||
           t.id != s.tokens[static_cast<size_t>(t.position)].id) {
         local->Fail(absl::StrCat(where, ": answer ", i, " is id ", t.id, " at ", t.position, ", recorded id ",
-                                 t.position >= 0 && t.position < end ? s.tokens[static_cast<size_t>(t.position)].id : -1));
+                                 t.position >= 0 && t.position < end ? s.tokens[static_cast<size_t>(t.position)].id : -1),
+                    call.start);
         return false;
       }
       if (t.position >= first_own) ++own;
@@ -180,7 +188,7 @@ class Replayer {
       (*answered)[static_cast<size_t>(t.position)] = true;
     }
     if (own != end - first_own) {
-      local->Fail(absl::StrCat(where, ": ", own, " tokens back, recorded ", end - first_own));
+      local->Fail(absl::StrCat(where, ": ", own, " tokens back, recorded ", end - first_own), call.start);
       return false;
     }
     local->tokens += call.n;
@@ -195,7 +203,8 @@ class Replayer {
       if (want.state == LogProb::kUnknown) continue;
       if (!answered[pos] || (want.state == LogProb::kValue) != got[pos].has_logprob) {
         local->Fail(absl::StrCat(s.id, " position ", pos, ": ", answered[pos] ? "log-prob presence differs"
-                                                                              : "not answered by the replay"));
+                                                                              : "not answered by the replay"),
+                    static_cast<int64_t>(pos));
         continue;
       }
       if (!got[pos].has_logprob) continue;
@@ -210,9 +219,29 @@ class Replayer {
       if (!(diff <= options_.tolerance)) {
         ++local->over;
         local->Fail(absl::StrCat(s.id, " position ", pos, ": log-prob ", want.logprob, " recorded, ", g,
-                                 " on replay (|diff| ", diff, ")"));
+                                 " on replay (|diff| ", diff, ")"),
+                    static_cast<int64_t>(pos));
       }
     }
+  }
+
+  // The session's settings and its calls around `position`, for a report on a corrupted session.
+  static std::string History(const SessionTruth& s, int64_t position) {
+    std::string out = absl::StrCat(s.id, " settings {", s.effective.memory().ShortDebugString(), " segment_len ",
+                                   s.effective.segment_len(), "}, calls around position ", position, ":");
+    size_t last = 0;
+    for (size_t i = 0; i < s.history.size(); ++i) {
+      if (s.history[i].start <= position) last = i;
+    }
+    const size_t from = last >= 6 ? last - 6 : 0;
+    for (size_t i = from; i < std::min(s.history.size(), last + 3); ++i) {
+      const CallEvent& e = s.history[i];
+      absl::StrAppend(&out, "\n    ", e.kind == CallKind::kScore ? "Score" : "Generate", " at ", e.start, " sent ",
+                      e.sent, e.kind == CallKind::kScore ? "" : " prompt", " back ", e.back, " seen ", e.seen,
+                      " responses ", e.responses, " ", CodeName(static_cast<grpc::StatusCode>(e.code)), " (",
+                      e.disturbance, ") -> ", std::string(1, e.outcome));
+    }
+    return out;
   }
 
   void Merge(const Local& l, bool corrupt, std::mutex* mu, VerifyResult* r) {

@@ -359,6 +359,9 @@ void Workload::DoScore(Worker& wk, SessionTruth& s) {
   }
 
   const int64_t seen = static_cast<int64_t>(r.tokens.size() - back);  // of the call's own tokens
+  s.history.push_back({CallKind::kScore, start, n, static_cast<int32_t>(back), static_cast<int32_t>(seen),
+                       r.responses, static_cast<int>(code), DisturbanceName(d.kind)});
+  CallEvent& event = s.history.back();
   if (r.status.ok()) {
     const int64_t count = seen;
     if ((known_all && count != static_cast<int64_t>(known.size())) ||
@@ -367,6 +370,7 @@ void Workload::DoScore(Worker& wk, SessionTruth& s) {
                                    r.last_position));
       return Retire(s, "token count mismatch");
     }
+    event.outcome = 'C';
     Append(r.tokens, back, &s);
     if (count > 0) s.calls.push_back({CallKind::kScore, start, 0, static_cast<int32_t>(count)});
     stats_->Count("tokens_committed", count);
@@ -377,7 +381,9 @@ void Workload::DoScore(Worker& wk, SessionTruth& s) {
   const int64_t settled = SettledPosition(wk, s);
   if (settled < 0) return Retire(s, "its position could not be read after a failed call");
   const int64_t advanced = settled - start;
+  event.outcome = 'X';
   if (advanced == 0) {
+    event.outcome = 'R';
     stats_->Count("calls_rolled_back");
     return;
   }
@@ -387,6 +393,7 @@ void Workload::DoScore(Worker& wk, SessionTruth& s) {
   }
   // The server committed before the cancel or deadline reached it (the client saw the call end late).
   if (known_all ? advanced == static_cast<int64_t>(known.size()) : advanced == seen) {
+    event.outcome = 'c';
     Append(r.tokens, back, &s);
     for (int64_t i = seen; i < advanced; ++i) s.tokens.push_back({known[static_cast<size_t>(i)], 0, LogProb::kUnknown});
     s.calls.push_back({CallKind::kScore, start, 0, static_cast<int32_t>(advanced)});
@@ -437,12 +444,16 @@ void Workload::DoGenerate(Worker& wk, SessionTruth& s) {
   const int64_t seen = static_cast<int64_t>(r.tokens.size());
   size_t back = 0;
   std::string bad = CheckStreamed(r.tokens, start + p, 0, corpus_.vocab, &back);
+  s.history.push_back({CallKind::kGenerate, start, static_cast<int32_t>(p), 0, static_cast<int32_t>(seen),
+                       r.responses, static_cast<int>(code), DisturbanceName(d.kind)});
+  const size_t event = s.history.size() - 1;  // commit() appends to s, not to the history
   if (bad.empty() && seen > max_tokens) bad = absl::StrCat(seen, " tokens for max_tokens ", max_tokens);
   if (!bad.empty()) {
     stats_->Problem(where + bad);
     return Retire(s, "its stream broke an invariant");
   }
   auto commit = [&](const char* counter) {
+    s.history[event].outcome = r.status.ok() ? 'C' : 'c';
     for (int32_t id : prompt) s.tokens.push_back({id, 0, LogProb::kUnknown});
     Append(r.tokens, 0, &s);
     s.calls.push_back({CallKind::kGenerate, start, static_cast<int32_t>(p), static_cast<int32_t>(p + seen),
@@ -470,7 +481,9 @@ void Workload::DoGenerate(Worker& wk, SessionTruth& s) {
   const int64_t settled = SettledPosition(wk, s);
   if (settled < 0) return Retire(s, "its position could not be read after a failed call");
   const int64_t advanced = settled - start;
+  s.history[event].outcome = 'X';
   if (advanced == 0) {
+    s.history[event].outcome = 'R';
     stats_->Count("calls_rolled_back");
     return;
   }
