@@ -373,6 +373,14 @@ int Run(const char* argv0) {
                 static_cast<long long>(verified.bit_exact), static_cast<long long>(verified.over_tolerance),
                 absl::GetFlag(FLAGS_tolerance), verified.max_abs_diff, verified.max_diff_where.c_str(),
                 verified.corrupted, verified.seconds);
+    const auto& b = verified.diff_buckets;
+    std::printf("verify: |diff| 0: %lld, <=1e-6: %lld, <=1e-5: %lld, <=1e-4: %lld, >1e-4: %lld;",
+                static_cast<long long>(b[0]), static_cast<long long>(b[1]), static_cast<long long>(b[2]),
+                static_cast<long long>(b[3]), static_cast<long long>(b[4]));
+    for (const auto& [mode, d] : verified.max_diff_by_mode) {
+      std::printf(" %s: max %.3g, corrupted %d;", mode.c_str(), d, verified.corrupted_by_mode.at(mode));
+    }
+    std::printf("\n");
   }
   for (const std::string& p : stats.first_problems()) std::printf("PROBLEM: %s\n", p.c_str());
   for (const std::string& p : verified.first_problems) std::printf("CORRUPTED: %s\n", p.c_str());

@@ -68,7 +68,7 @@ class Replayer {
   void Run(const SessionTruth& s, std::mutex* mu, VerifyResult* result) {
     Local local;
     const std::string id = s.id + ".replay";
-    if (!Create(s, id, &local)) return Merge(local, true, mu, result);
+    if (!Create(s, id, &local)) return Merge(local, true, ModeName(s), mu, result);
     // The last value the replay reported for each position (a later call may answer a tail again).
     std::vector<SeenToken> got(s.tokens.size());
     std::vector<bool> answered(s.tokens.size(), false);
@@ -82,7 +82,7 @@ class Replayer {
     Delete(id);
     if (complete) Compare(s, got, answered, &local);
     if (local.corrupt) local.problems.push_back(History(s, local.first_bad));
-    Merge(local, local.corrupt, mu, result);
+    Merge(local, local.corrupt, ModeName(s), mu, result);
   }
 
  private:
@@ -91,6 +91,7 @@ class Replayer {
     int64_t tokens = 0, compared = 0, exact = 0, over = 0;
     double max_diff = 0;
     std::string max_where;
+    std::array<int64_t, 5> buckets{};
     std::vector<std::string> problems;
     int64_t first_bad = -1;  // position
     void Fail(std::string what, int64_t position) {
@@ -212,6 +213,7 @@ class Replayer {
       const float g = got[pos].logprob;
       const double diff = std::fabs(static_cast<double>(g) - static_cast<double>(want.logprob));
       if (BitEqual(g, want.logprob)) ++local->exact;
+      local->buckets[diff == 0 ? 0 : diff <= 1e-6 ? 1 : diff <= 1e-5 ? 2 : diff <= 1e-4 ? 3 : 4] += 1;
       if (diff > local->max_diff || std::isnan(diff)) {
         local->max_diff = std::isnan(diff) ? INFINITY : diff;
         local->max_where = absl::StrCat(s.id, " position ", pos, ": recorded ", want.logprob, ", replay ", g);
@@ -244,10 +246,23 @@ class Replayer {
     return out;
   }
 
-  void Merge(const Local& l, bool corrupt, std::mutex* mu, VerifyResult* r) {
+  static std::string ModeName(const SessionTruth& s) {
+    switch (s.effective.memory().mode()) {
+      case v1::MEMORY_MODE_TRAMS: return "trams";
+      case v1::MEMORY_MODE_XL: return "xl";
+      case v1::MEMORY_MODE_NONE: return "none";
+      default: return "other";
+    }
+  }
+
+  void Merge(const Local& l, bool corrupt, const std::string& mode, std::mutex* mu, VerifyResult* r) {
     std::lock_guard<std::mutex> lock(*mu);
     ++r->sessions;
     r->corrupted += corrupt ? 1 : 0;
+    r->corrupted_by_mode[mode] += corrupt ? 1 : 0;
+    double& mode_max = r->max_diff_by_mode[mode];
+    mode_max = std::max(mode_max, l.max_diff);
+    for (size_t i = 0; i < l.buckets.size(); ++i) r->diff_buckets[i] += l.buckets[i];
     r->tokens += l.tokens;
     r->compared += l.compared;
     r->bit_exact += l.exact;
@@ -275,7 +290,10 @@ nlohmann::json VerifyResult::ToJson() const {
           {"tokens", tokens},             {"compared", compared},
           {"bit_exact", bit_exact},       {"over_tolerance", over_tolerance},
           {"max_abs_diff", max_abs_diff}, {"max_diff_where", max_diff_where},
-          {"first_problems", first_problems}, {"seconds", seconds}};
+          {"first_problems", first_problems}, {"seconds", seconds},
+          {"diff_buckets", {{"0", diff_buckets[0]}, {"le_1e-6", diff_buckets[1]}, {"le_1e-5", diff_buckets[2]},
+                            {"le_1e-4", diff_buckets[3]}, {"gt_1e-4", diff_buckets[4]}}},
+          {"max_diff_by_mode", max_diff_by_mode}, {"corrupted_by_mode", corrupted_by_mode}};
 }
 
 VerifyResult Verify(const std::vector<SessionTruth*>& all, std::vector<std::shared_ptr<grpc::Channel>> channels,

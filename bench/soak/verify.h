@@ -8,7 +8,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <array>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,6 +43,11 @@ struct VerifyResult {
   int64_t over_tolerance = 0;
   double max_abs_diff = 0;
   std::string max_diff_where;
+  // Compared log-probs by |diff|: 0, <= 1e-6, <= 1e-5, <= 1e-4, more.
+  std::array<int64_t, 5> diff_buckets{};
+  // Largest |diff| and corrupted sessions per memory mode ("trams", "xl", "none").
+  std::map<std::string, double> max_diff_by_mode;
+  std::map<std::string, int> corrupted_by_mode;
   std::vector<std::string> first_problems;
   double seconds = 0;
 
