@@ -117,16 +117,18 @@ absl::StatusOr<ServerOptions> OptionsFromFlags(const ModelConfig& config) {
 int Run() {
   // Signals are taken by one thread with sigwait; block them before any thread starts. Loading a model
   // cannot be interrupted, so a signal before the server serves ends the process at once.
-  sigset_t signals;
+  // The waiter is detached (it may still sit in sigwait when Run() returns after a failed start), so
+  // what it uses has static storage, never Run()'s frame.
+  static sigset_t signals;
+  static std::mutex signal_mu;
+  static std::condition_variable signal_cv;
+  static int signal_seen = 0;
+  static bool serving = false;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  std::mutex signal_mu;
-  std::condition_variable signal_cv;
-  int signal_seen = 0;
-  bool serving = false;
-  std::thread signal_waiter([&] {
+  std::thread([] {
     int sig = 0;
     sigwait(&signals, &sig);
     std::lock_guard<std::mutex> lock(signal_mu);
@@ -136,8 +138,7 @@ int Run() {
     }
     signal_seen = sig;
     signal_cv.notify_all();
-  });
-  signal_waiter.detach();
+  }).detach();
 
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) {
