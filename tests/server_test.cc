@@ -22,12 +22,6 @@
 namespace trams::test {
 namespace {
 
-// gmock is not linked: a substring check with a readable failure.
-::testing::AssertionResult Contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "'" << text << "' does not contain '" << part << "'";
-}
-
 constexpr int kM = 24, kTopk = 4, kRemain = 8, kN = 8;
 const char kModel[] = "adaptive_samelen";  // byte tokenizer, vocab 260, 3 layers, 3 heads
 

@@ -27,6 +27,12 @@ namespace v1 = ::trams::v1;
 // A bound on every RPC the tests make: far above what any call needs, so only a hang reaches it.
 inline constexpr std::chrono::seconds kCallTimeout{20};
 
+// gmock is not linked: a substring check with a readable failure.
+inline ::testing::AssertionResult Contains(const std::string& text, const std::string& part) {
+  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "'" << text << "' does not contain '" << part << "'";
+}
+
 inline std::string ModelDir(const std::string& name) {
   return std::string(TRAMS_TEST_DATA_DIR) + "/golden/models/" + name;
 }
