@@ -705,13 +705,8 @@ TEST(ServerLimitsTest, RefusePolicyRefusesTheThirdSession) {
 // The budget counts pools plus, while a call runs, an undo reservation of that session's pool bytes.
 TEST(ServerLimitsTest, MemoryBudgetIsByteExact) {
   // A session's pool bytes, as CreateSession reports them.
-  int64_t pool = 0;
+  const int64_t pool = ReportedPoolBytes(TestOptions(kModel), Trams(kM, kTopk, kRemain), kN);
   {
-    auto probe = StartServer(TestOptions(kModel));
-    ASSERT_NE(probe, nullptr);
-    v1::Session s;
-    ASSERT_TRUE(CreateSession(probe->stub.get(), "probe", Trams(kM, kTopk, kRemain), kN, &s).ok());
-    pool = s.pool_bytes();
     auto model = TransformerXL::Load(ModelDir(kModel));
     ASSERT_TRUE(model.ok()) << model.status();
     EXPECT_EQ(pool, StreamState::BytesFor((*model)->config(), TramsSettings::Trams(kM, kTopk, kRemain)));

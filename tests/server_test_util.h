@@ -172,6 +172,16 @@ inline v1::Session WaitIdle(v1::TramsService::Stub* stub, const std::string& id)
   }
 }
 
+// A session's pool bytes as CreateSession reports them, from a throwaway server (0 on failure).
+inline int64_t ReportedPoolBytes(const ServerOptions& options, const v1::MemorySettings& memory, int segment_len) {
+  auto probe = StartServer(options);
+  if (probe == nullptr) return 0;
+  v1::Session s;
+  const grpc::Status st = CreateSession(probe->stub.get(), "probe", memory, segment_len, &s);
+  EXPECT_TRUE(st.ok()) << Describe(st);
+  return s.pool_bytes();
+}
+
 // What a bad call must not change.
 struct SessionState {
   int64_t position = -1;

@@ -56,15 +56,6 @@ std::optional<ProcStatus> ReadProcStatus(int pid) {
   return s;
 }
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return std::nan("");
-  std::sort(v.begin(), v.end());
-  const double rank = p * static_cast<double>(v.size() - 1);
-  const size_t lo = static_cast<size_t>(rank);
-  const size_t hi = std::min(lo + 1, v.size() - 1);
-  return v[lo] + (v[hi] - v[lo]) * (rank - static_cast<double>(lo));
-}
-
 void Stats::Record(Method m, grpc::StatusCode code, double seconds, bool expected, const std::string& what) {
   std::lock_guard<std::mutex> lock(mu_);
   PerMethod& pm = methods_[static_cast<int>(m)];

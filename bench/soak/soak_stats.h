@@ -15,6 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/percentile.h"
+
 namespace trams::soak {
 
 enum class Method { kCreateSession, kScore, kGenerate, kGetSession, kListSessions, kExplainSelection, kDeleteSession,
@@ -29,7 +31,6 @@ struct ProcStatus {
 };
 std::optional<ProcStatus> ReadProcStatus(int pid);
 
-double Percentile(std::vector<double> v, double p);  // p in [0, 1]; NaN when empty
 
 class Stats {
  public:
