@@ -1,8 +1,13 @@
 // The backends the CUDA tests run on: "emulated" (EmulatedOps / EmulatedApi, always available) and "cuda"
-// (libtrams_cuda.so from the build, when the machine has a device; otherwise its cases GTEST_SKIP with the
-// loader's message). Test-only.
+// (libtrams_cuda.so from the build, when the machine has a device; otherwise its cases skip with the
+// loader's message through TRAMS_SKIP_WITHOUT_GPU, which fails instead under TRAMS_REQUIRE_GPU=1).
+// Test-only.
 #pragma once
 
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,6 +17,22 @@
 #include "engine/cuda/host_emulation.h"
 
 namespace trams::cuda::testing {
+
+// True when TRAMS_REQUIRE_GPU=1: a GPU run (deploy/gpu-check.sh) must not pass by skipping its GPU cases.
+inline bool RequireGpu() {
+  const char* v = std::getenv("TRAMS_REQUIRE_GPU");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+// Every GPU skip in tests/cuda goes through here: GTEST_SKIP with `why`, or, under TRAMS_REQUIRE_GPU=1, a
+// failure with `why`. Returns from the enclosing void function (test body or SetUp) either way.
+#define TRAMS_SKIP_WITHOUT_GPU(why)                                                           \
+  do {                                                                                        \
+    if (::trams::cuda::testing::RequireGpu()) {                                               \
+      FAIL() << "TRAMS_REQUIRE_GPU=1 but the cuda backend is unavailable: " << (why);         \
+    }                                                                                         \
+    GTEST_SKIP() << (why);                                                                    \
+  } while (0)
 
 inline const std::vector<std::string>& BackendNames() {
   static const std::vector<std::string> names = {"emulated", "cuda"};

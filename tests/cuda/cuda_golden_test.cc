@@ -53,7 +53,7 @@ TEST_P(CudaGoldenTest, MatchesReference) {
   ASSERT_TRUE(weights.ok()) << weights.status();
   std::string skip;
   auto engine = MakeEngine(backend, *weights, &skip);
-  if (engine == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+  if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
   ASSERT_NE(engine, nullptr);
 
   const TramsSettings settings = SettingsOf(c);
@@ -162,7 +162,7 @@ TEST_P(CudaVsHostTest, RaggedMixedBatchesMatchTheHostEngine) {
     ASSERT_TRUE(weights.ok()) << weights.status();
     std::string skip;
     auto engine = MakeEngine(GetParam(), *weights, &skip);
-    if (engine == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+    if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
     ASSERT_NE(engine, nullptr);
     auto host = TransformerXL::FromWeights(*weights, EngineOptions{1});
     const int n_layer = weights->config.n_layer;
@@ -237,7 +237,7 @@ TEST_P(CudaVsHostTest, ReferenceCompatZeroPoolMatchesTheHostEngine) {
   ASSERT_TRUE(weights.ok()) << weights.status();
   std::string skip;
   auto engine = MakeEngine(GetParam(), *weights, &skip);
-  if (engine == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+  if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
   ASSERT_NE(engine, nullptr);
   auto host = TransformerXL::FromWeights(*weights, EngineOptions{1});
   const TramsSettings s = TramsSettings::Trams(10, 3, 4);
@@ -263,7 +263,7 @@ TEST_P(CudaVsHostTest, BadInputChangesNothing) {
   ASSERT_TRUE(weights.ok());
   std::string skip;
   auto engine = MakeEngine(GetParam(), *weights, &skip);
-  if (engine == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+  if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
   ASSERT_NE(engine, nullptr);
   auto a = *engine->NewStream(TramsSettings::Trams(24, 4, 8));
   auto b = *engine->NewStream(TramsSettings::Xl(8));
@@ -289,7 +289,7 @@ TEST_P(CudaVsHostTest, FullArenaIsResourceExhaustedNotACrash) {
   ASSERT_TRUE(weights.ok());
   std::string skip;
   auto probe = MakeEngine(GetParam(), *weights, &skip);
-  if (probe == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+  if (probe == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
   ASSERT_NE(probe, nullptr);
   const TramsSettings s = TramsSettings::Trams(400, 50, 150);
   const int64_t bytes = *probe->StreamBytes(s);
@@ -325,7 +325,7 @@ TEST_P(CudaVsHostTest, HalfPrecisionWeightsStayClose) {
     options.weight_dtype = dtype;
     std::string skip;
     auto engine = MakeEngine(GetParam(), *weights, &skip, options);
-    if (engine == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+    if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
     ASSERT_NE(engine, nullptr);
     const TramsSettings s = TramsSettings::Trams(12, 3, 5);
     auto dev = *engine->NewStream(s);
@@ -366,7 +366,7 @@ TEST_P(CudaVsHostTest, RandomWeightsWithLargerShapes) {
   const ModelWeights weights = RandomModelWeights(c, 11);
   std::string skip;
   auto engine = MakeEngine(GetParam(), weights, &skip);
-  if (engine == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+  if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
   ASSERT_NE(engine, nullptr);
   auto host = TransformerXL::FromWeights(weights, EngineOptions{1});
   const TramsSettings s = TramsSettings::Trams(40, 10, 12);
@@ -413,7 +413,7 @@ TEST_P(CudaVsHostTest, RollbackRestoresTheStreamExactly) {
   ASSERT_TRUE(weights.ok());
   std::string skip;
   auto engine = MakeEngine(GetParam(), *weights, &skip);
-  if (engine == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+  if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
   ASSERT_NE(engine, nullptr);
   auto host = TransformerXL::FromWeights(*weights, EngineOptions{1});
   std::mt19937 rng(29);

@@ -10,6 +10,7 @@
 #include "engine/cuda/cuda_loader.h"
 #include "engine/cuda/host_emulation.h"
 #include "engine/model_weights.h"
+#include "tests/cuda/backends.h"
 
 namespace trams::cuda {
 namespace {
@@ -38,7 +39,7 @@ TEST(CudaLoader, DefaultPathIsNextToTheExecutable) {
 }
 
 TEST(CudaLoader, BuiltModuleLoadsAndReportsDevices) {
-  if (kModulePath.empty()) GTEST_SKIP() << "built without the CUDA module";
+  if (kModulePath.empty()) TRAMS_SKIP_WITHOUT_GPU("built without the CUDA module");
   const CudaAvailability probe = ProbeCuda(kModulePath);
   ASSERT_NE(probe.module, nullptr) << probe.message;
   EXPECT_EQ(probe.module->api().version, TRAMS_CUDA_API_VERSION);

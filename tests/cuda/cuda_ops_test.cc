@@ -64,7 +64,7 @@ class DeviceOpsTest : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     std::string why;
     ops_ = testing::OpsFor(GetParam(), &why);
-    if (ops_ == nullptr) GTEST_SKIP() << why;
+    if (ops_ == nullptr) TRAMS_SKIP_WITHOUT_GPU(why);
   }
   void TearDown() override {
     if (ops_ == nullptr) return;
