@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 
@@ -28,24 +29,40 @@ absl::StatusOr<std::unique_ptr<CudaModule>> CudaModule::Open(const std::string& 
   if (path.empty()) return absl::NotFoundError("cannot locate the CUDA module: /proc/self/exe is unreadable");
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
-    return absl::NotFoundError(absl::StrCat("CUDA module not found at ", path, " (built without CUDA?)"));
+    return absl::NotFoundError(absl::StrCat("CUDA module not found at ", path, " (built without -DTRAMS_WITH_CUDA=ON?",
+                                            path_in.empty() ? " $TRAMS_CUDA_MODULE names another path" : "", ")"));
   }
   void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
   if (handle == nullptr) {
+    // dlerror() names the cause: a missing libcudart/libcublas (no CUDA runtime installed or not on the
+    // loader path), an unresolved symbol, a wrong architecture, a file that is no shared library.
     const char* err = dlerror();
-    return absl::FailedPreconditionError(absl::StrCat("cannot load ", path, ": ", err != nullptr ? err : "?"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot load ", path, ": dlopen: ", err != nullptr ? err : "(no dlerror message)"));
   }
+  dlerror();  // clear, so that a failed dlsym's message is its own
   auto get_api = reinterpret_cast<trams_cuda_get_api_fn>(dlsym(handle, TRAMS_CUDA_GET_API_SYMBOL));
   if (get_api == nullptr) {
+    const char* err = dlerror();
+    const std::string why = err != nullptr ? err : "symbol is null";  // copied: dlclose() reuses the buffer
     dlclose(handle);
-    return absl::FailedPreconditionError(absl::StrCat(path, " does not export ", TRAMS_CUDA_GET_API_SYMBOL));
+    return absl::FailedPreconditionError(absl::StrCat(path, " is not a trams CUDA module: it does not export ",
+                                                      TRAMS_CUDA_GET_API_SYMBOL, " (dlsym: ", why, ")"));
   }
   const trams_cuda_api* api = get_api(TRAMS_CUDA_API_VERSION);
-  if (api == nullptr || api->version != TRAMS_CUDA_API_VERSION ||
-      api->struct_size < static_cast<int32_t>(sizeof(trams_cuda_api))) {
+  std::string mismatch;
+  if (api == nullptr) {
+    mismatch = "it returned no table";
+  } else if (api->version != TRAMS_CUDA_API_VERSION) {
+    mismatch = absl::StrCat("it serves version ", api->version);
+  } else if (api->struct_size < static_cast<int32_t>(sizeof(trams_cuda_api))) {
+    mismatch = absl::StrCat("its table is ", api->struct_size, " bytes, this binary needs ", sizeof(trams_cuda_api));
+  }
+  if (!mismatch.empty()) {
     dlclose(handle);
-    return absl::FailedPreconditionError(
-        absl::StrCat(path, " does not serve CUDA backend API version ", TRAMS_CUDA_API_VERSION));
+    return absl::FailedPreconditionError(absl::StrCat(path, " does not serve CUDA backend API version ",
+                                                      TRAMS_CUDA_API_VERSION, ": ", mismatch,
+                                                      " (module and binary from different builds? rebuild both)"));
   }
   std::unique_ptr<CudaModule> m(new CudaModule());
   m->handle_ = handle;
@@ -59,7 +76,15 @@ int CudaModule::DeviceCount(std::string* why) const {
   int32_t count = 0;
   const trams_cuda_code code = api_->device_count(&count);
   if (code != TRAMS_CUDA_OK || count <= 0) {
-    if (why != nullptr) *why = api_->last_error();
+    if (why != nullptr) {
+      // The module says which: no driver, a driver too old for the runtime, or no device.
+      const char* err = api_->last_error != nullptr ? api_->last_error() : nullptr;
+      std::string reason = err != nullptr && *err != '\0' ? err : "the module reports no CUDA device";
+      if (code != TRAMS_CUDA_OK) {
+        reason = absl::StrCat("device_count failed (code ", static_cast<int>(code), "): ", reason);
+      }
+      *why = absl::StrCat(reason, "; module ", path_);
+    }
     return 0;
   }
   return count;

@@ -21,12 +21,14 @@ std::string DefaultModulePath();
 class CudaModule {
  public:
   // dlopen()s `path` (empty: DefaultModulePath()) and resolves trams_cuda_get_api. NotFound when the file
-  // does not exist, FailedPrecondition when it cannot be loaded or serves another API version.
+  // does not exist, FailedPrecondition when it cannot be loaded (the message carries dlerror()), lacks the
+  // entry point or serves another API version (the message says which version it serves).
   static absl::StatusOr<std::unique_ptr<CudaModule>> Open(const std::string& path = "");
 
   const trams_cuda_api& api() const { return *api_; }
   const std::string& path() const { return path_; }
-  // Devices the module sees; 0 with the reason in `why` when there is no driver or device.
+  // Devices the module sees; 0 with the reason in `why` when there is no driver or device (the module's
+  // message, e.g. "cudaGetDeviceCount: cudaErrorNoDevice (...)", and the module's path).
   int DeviceCount(std::string* why = nullptr) const;
   // The module's C++ test hook (TRAMS_CUDA_CREATE_OPS_SYMBOL), or null.
   void* create_ops_symbol() const { return create_ops_; }
