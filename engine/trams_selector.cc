@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "engine/host_ops.h"
@@ -181,24 +182,44 @@ void TramsScorer::Score(const float* k, int ld_k, int64_t rows, SelectionMetric 
   }
 }
 
+namespace {
+
+// What a score ranks by: NaN (a broken weight, an overflow) counts as -inf, +inf ranks highest. Never NaN,
+// so `better` below is a strict total order whatever the scores (as trams::cuda::TramsRankKey).
+float RankKey(float score) { return std::isnan(score) ? -std::numeric_limits<float>::infinity() : score; }
+
+}  // namespace
+
 void SelectTopK(const float* scores, int64_t stride, int candidates, int topk, std::vector<int>* out) {
+  if (topk <= 0 || candidates <= 0) {
+    out->clear();
+    return;
+  }
   out->resize(candidates);
   for (int i = 0; i < candidates; ++i) (*out)[i] = i;
   if (topk >= candidates) return;
-  auto score = [&](int i) { return scores[i * stride]; };
+  auto score = [&](int i) { return RankKey(scores[i * stride]); };
   auto better = [&](int a, int b) { return score(a) > score(b) || (score(a) == score(b) && a < b); };
   std::nth_element(out->begin(), out->begin() + (topk - 1), out->end(), better);
   // Scores within a relative kTieTolerance of the k-th best count as tied, and ties go to the older
   // tokens. Equal keys (a token repeated in the pool) have equal true scores, but the float rounding of
   // their keys depends on how the matrix products were batched; without the tolerance, that noise,
   // not the data, would pick among them (and a session's results would depend on its batch).
+  // The band's ends stay finite for a finite k-th best (so +inf is always above it, -inf and NaN below);
+  // an infinite k-th best ties exactly. Either way exactly topk candidates are kept: the topk - 1 better
+  // ones are above the band or in it, and so is the k-th best.
   const float kth = score((*out)[topk - 1]);
-  const float tol = kTieTolerance * std::max(std::fabs(kth), 1e-30f);
+  float hi = kth, lo = kth;
+  if (std::isfinite(kth)) {
+    const float tol = kTieTolerance * std::max(std::fabs(kth), 1e-30f);
+    hi = std::min(kth + tol, std::numeric_limits<float>::max());
+    lo = std::max(kth - tol, -std::numeric_limits<float>::max());
+  }
   std::vector<int> chosen, tied;
   for (int i = 0; i < candidates; ++i) {
-    if (score(i) > kth + tol) {
+    if (score(i) > hi) {
       chosen.push_back(i);
-    } else if (score(i) >= kth - tol) {
+    } else if (score(i) >= lo) {
       tied.push_back(i);  // ascending index = older first
     }
   }

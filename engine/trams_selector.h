@@ -70,7 +70,8 @@ constexpr float kTieTolerance = 1e-5f;
 
 // Pool indices [0, candidates) of the `topk` highest scores, ascending (pool order).
 // `scores` has stride `stride` (one float per head per token). Ties, including scores within
-// kTieTolerance of the k-th best, keep the older tokens.
+// kTieTolerance of the k-th best, keep the older tokens. A NaN score ranks as -inf and +inf ranks highest,
+// so exactly min(topk, candidates) indices come back whatever the scores (as the device's TramsSelect).
 void SelectTopK(const float* scores, int64_t stride, int candidates, int topk, std::vector<int>* out);
 
 }  // namespace trams

@@ -238,7 +238,8 @@ class EmulatedOps final : public DeviceOps {
         const int candidates = s.size - s.remain;
         cand.resize(static_cast<size_t>(candidates));
         for (int j = 0; j < candidates; ++j) cand[j] = s.scores[RingRow(s.start, j, s.mem_len) * g.n_head + h];
-        // The k-th best (rank topk - 1 in the strict order), then the near-tie band around it.
+        // The k-th best (rank topk - 1 in the strict total order of TramsBetter: exactly one candidate,
+        // NaN scores ranking as -inf), then the near-tie band around it.
         float kth = 0.0f;
         for (int j = 0; j < candidates; ++j) {
           int rank = 0;

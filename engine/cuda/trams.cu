@@ -4,6 +4,7 @@
 // Selection finds the k-th best score by counting, for each candidate, the candidates that beat it (higher
 // score, ties to the older token); then, as SelectTopK, every candidate above the near-tie band around it
 // is kept and the band fills the remaining places oldest first. Block prefix counts keep pool order.
+// Scores rank by TramsRankKey (NaN as -inf), so exactly topk candidates are kept whatever the scores.
 // Candidates come in tiles of blockDim scores through shared memory, so any pool size works.
 #include "engine/cuda/block_reduce.cuh"
 #include "engine/cuda/kernels.h"
@@ -52,7 +53,8 @@ __global__ void TramsSelectKernel(SelectArgs g) {
   }
   const int candidates = s.size - s.remain;
 
-  // 1. The k-th best score: the candidate with exactly topk - 1 better ones (the order is strict).
+  // 1. The k-th best score: the candidate with exactly topk - 1 better ones (TramsBetter is a strict total
+  //    order, NaN included, so exactly one thread writes kth_shared).
   for (int base = 0; base < candidates; base += blockDim.x) {
     const int j = base + tid;
     const float sj = j < candidates ? CandidateScore(s, g.n_head, h, j) : 0.0f;

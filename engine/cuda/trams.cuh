@@ -2,6 +2,8 @@
 // Host twin: TramsScorer and SelectTopK in engine/trams_selector.cc, the ring of StreamState in
 // engine/memory_pool.cc. The kernel finds the k-th best by counting, for each candidate, the better ones
 // (O(C^2) per head, with C <= M a few hundred), then applies SelectTopK's near-tie band in pool order.
+// NaN scores rank as -inf and +inf highest, so exactly topk candidates are kept whatever the scores
+// (tests/trams_selection_nan_test.cc checks host and emulation agree).
 #pragma once
 
 #include "engine/cuda/hd_common.cuh"
@@ -30,8 +32,21 @@ TRAMS_HD float TramsScore(const float* k, const float* gram, const float* u, int
   return static_cast<float>(sum * inv_sqrt_d_model);
 }
 
-// Candidate i ranks before candidate j: higher score, ties to the older (smaller pool index) token.
-TRAMS_HD bool TramsBetter(float si, int i, float sj, int j) { return si > sj || (si == sj && i < j); }
+// Non-finite scores (a broken weight, an overflow) rank as SelectTopK ranks them: NaN counts as -inf, +inf
+// highest. Tested on the bits, so that no fast-math flag of either compiler can fold the test away.
+TRAMS_HD bool TramsIsNaN(float s) { return (FloatBits(s) & 0x7fffffffu) > 0x7f800000u; }
+TRAMS_HD bool TramsIsFinite(float s) { return (FloatBits(s) & 0x7f800000u) != 0x7f800000u; }
+constexpr uint32_t kTramsMinusInfBits = 0xff800000u;
+constexpr uint32_t kTramsMaxFloatBits = 0x7f7fffffu;  // FLT_MAX
+// The value a score ranks by: the score itself, -inf for NaN. Never NaN, so every comparison of two keys
+// is meaningful and the order below is a strict total order whatever the scores.
+TRAMS_HD float TramsRankKey(float s) { return TramsIsNaN(s) ? BitsToFloat(kTramsMinusInfBits) : s; }
+
+// Candidate i ranks before candidate j: higher rank key, ties to the older (smaller pool index) token.
+TRAMS_HD bool TramsBetter(float si, int i, float sj, int j) {
+  const float ki = TramsRankKey(si), kj = TramsRankKey(sj);
+  return ki > kj || (ki == kj && i < j);
+}
 
 // SelectTopK's near-tie rule (trams::kTieTolerance, engine/trams_selector.h; the host tests check the two
 // agree): scores within this relative distance of the k-th best count as tied with it, and tied tokens are
@@ -43,17 +58,33 @@ struct TieBand {
   float hi;
 };
 
+// `kth` is the k-th best candidate's score (NaN allowed: it ranks as -inf). A finite k-th best gets the
+// relative band, its ends kept finite (an overflow to +-inf would pull +inf into the band, or -inf and NaN);
+// an infinite one gets the band [kth, kth]: the tokens tied with it exactly.
 TRAMS_HD TieBand TramsTieBand(float kth) {
+  kth = TramsRankKey(kth);
+  TieBand band;
+  if (!TramsIsFinite(kth)) {
+    band.hi = kth;
+    band.lo = kth;
+    return band;
+  }
   const float magnitude = fabsf(kth) > 1e-30f ? fabsf(kth) : 1e-30f;
   const float tol = kTramsTieTolerance * magnitude;
-  TieBand band;
   band.hi = kth + tol;
   band.lo = kth - tol;
+  const float max_float = BitsToFloat(kTramsMaxFloatBits);
+  if (band.hi > max_float) band.hi = max_float;
+  if (band.lo < -max_float) band.lo = -max_float;
   return band;
 }
 
-// 2: above the band (kept), 1: in the band (kept while places remain, oldest first), 0: below.
-TRAMS_HD int TramsTieClass(float score, TieBand band) { return score > band.hi ? 2 : score >= band.lo ? 1 : 0; }
+// 2: above the band (kept), 1: in the band (kept while places remain, oldest first), 0: below. By rank
+// key: NaN is below every band but that of a -inf k-th best, where it ties with -inf.
+TRAMS_HD int TramsTieClass(float score, TieBand band) {
+  const float key = TramsRankKey(score);
+  return key > band.hi ? 2 : key >= band.lo ? 1 : 0;
+}
 
 // The attended pool index of slot `slot` when nothing is selected: the newest `a` tokens, oldest first.
 TRAMS_HD int NewestPoolIndex(int size, int a, int slot) { return size - a + slot; }
