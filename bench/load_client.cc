@@ -396,9 +396,9 @@ class Load {
 // ---------------------------------------------------------------------------------------------
 // In-process baseline: the same work straight on TransformerXL::Forward.
 
-absl::StatusOr<RunResult> EngineScore(TransformerXL& model, const std::vector<std::vector<int32_t>>& data,
+absl::StatusOr<RunResult> EngineScore(Engine& model, const std::vector<std::vector<int32_t>>& data,
                                       const Workload& w) {
-  std::vector<std::unique_ptr<StreamState>> streams;
+  std::vector<std::unique_ptr<EngineStream>> streams;
   for (size_t i = 0; i < data.size(); ++i) {
     auto s = model.NewStream(w.settings);
     if (!s.ok()) return s.status();
@@ -427,10 +427,10 @@ absl::StatusOr<RunResult> EngineScore(TransformerXL& model, const std::vector<st
   return r;
 }
 
-absl::StatusOr<RunResult> EngineGenerate(TransformerXL& model, const std::vector<std::vector<int32_t>>& prompts,
+absl::StatusOr<RunResult> EngineGenerate(Engine& model, const std::vector<std::vector<int32_t>>& prompts,
                                          const Workload& w, uint64_t seed) {
   const size_t n = prompts.size();
-  std::vector<std::unique_ptr<StreamState>> streams;
+  std::vector<std::unique_ptr<EngineStream>> streams;
   std::vector<Sampler> samplers;
   for (size_t i = 0; i < n; ++i) {
     auto s = model.NewStream(w.settings);

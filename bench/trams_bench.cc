@@ -78,7 +78,7 @@ struct Run {
 // Streams of one memory setting, fed random tokens one segment at a time.
 class Workload {
  public:
-  Workload(TransformerXL& model, const TramsSettings& settings, int batch, int tgt_len)
+  Workload(Engine& model, const TramsSettings& settings, int batch, int tgt_len)
       : model_(model), zipf_(model.config().vocab_size), ids_(batch, std::vector<int32_t>(tgt_len)) {
     for (int b = 0; b < batch; ++b) streams_.push_back(*model.NewStream(settings));
     run_.pool_bytes = streams_[0]->bytes();
@@ -105,9 +105,9 @@ class Workload {
   const Run& run() const { return run_; }
 
  private:
-  TransformerXL& model_;
+  Engine& model_;
   Zipf zipf_;
-  std::vector<std::unique_ptr<StreamState>> streams_;
+  std::vector<std::unique_ptr<EngineStream>> streams_;
   std::vector<std::vector<int32_t>> ids_;
   std::vector<SegmentOutput> out_;
   Run run_;

@@ -7,7 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "engine/transformer_xl.h"
+#include "engine/engine.h"
 
 namespace trams {
 
@@ -37,7 +37,8 @@ struct EvalResult {
   int64_t pool_bytes_per_stream = 0;
 };
 
-absl::StatusOr<EvalResult> Evaluate(TransformerXL& model, absl::Span<const int32_t> ids, const EvalOptions& options);
+// Over any backend; the streams are made, filled (reference_compat) and run through `model`.
+absl::StatusOr<EvalResult> Evaluate(Engine& model, absl::Span<const int32_t> ids, const EvalOptions& options);
 
 // Peak resident set size of this process in bytes (VmHWM), 0 if unknown.
 int64_t PeakResidentBytes();

@@ -47,12 +47,13 @@ void StreamState::CommitAppend(int n, const float* last_hidden, int d_model) {
   last_hidden_.assign(last_hidden, last_hidden + d_model);
 }
 
-void StreamState::BeginTransaction() {
+absl::Status StreamState::BeginTransaction() {
   in_transaction_ = true;
   saved_cursor_ = Cursor{start_, size_, position_, last_hidden_};
   appended_ = 0;
   saved_rows_ = 0;
   undo_.assign(layers_.size(), LayerPool{});
+  return absl::OkStatus();
 }
 
 void StreamState::SaveRowsBeforeAppend(int n) {
@@ -80,8 +81,8 @@ void StreamState::SaveRowsBeforeAppend(int n) {
   saved_rows_ = std::max(saved_rows_, target);
 }
 
-void StreamState::Rollback() {
-  if (!in_transaction_) return;
+absl::Status StreamState::Rollback() {
+  if (!in_transaction_) return absl::OkStatus();
   const int m = settings_.mem_len;
   if (m > 0) {
     const int s0 = saved_cursor_.start + saved_cursor_.size, size0 = saved_cursor_.size;
@@ -105,16 +106,17 @@ void StreamState::Rollback() {
   size_ = saved_cursor_.size;
   position_ = saved_cursor_.position;
   last_hidden_ = saved_cursor_.last_hidden;
-  Commit();
+  return Commit();
 }
 
-void StreamState::Commit() {
+absl::Status StreamState::Commit() {
   in_transaction_ = false;
   undo_.clear();
   undo_.shrink_to_fit();
   saved_cursor_ = Cursor{};
   appended_ = 0;
   saved_rows_ = 0;
+  return absl::OkStatus();
 }
 
 int64_t StreamState::undo_bytes() const {

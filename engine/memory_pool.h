@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/engine.h"
 #include "engine/model_config.h"
 #include "engine/trams_selector.h"
 
@@ -19,18 +20,17 @@ struct LayerPool {
   std::vector<float> scores;  // [M, H]; empty when this layer never selects
 };
 
-class StreamState {
+class StreamState final : public EngineStream {
  public:
   StreamState(const ModelConfig& config, const TramsSettings& settings);
 
   // Exact bytes of pool + prediction state for a stream with these settings (what StreamState allocates).
   static int64_t BytesFor(const ModelConfig& config, const TramsSettings& settings);
 
-  const TramsSettings& settings() const { return settings_; }
-  int capacity() const { return settings_.mem_len; }
-  int size() const { return size_; }          // tokens in the pool (<= capacity)
-  int64_t position() const { return position_; }  // tokens consumed since the stream started
-  int64_t bytes() const;
+  const TramsSettings& settings() const override { return settings_; }
+  int size() const override { return size_; }          // tokens in the pool (<= capacity)
+  int64_t position() const override { return position_; }  // tokens consumed since the stream started
+  int64_t bytes() const override;
 
   // Row of the `index`-th oldest pool token (0 = oldest) in the ring buffers.
   int RingRow(int index) const { return (start_ + index) % settings_.mem_len; }
@@ -49,11 +49,11 @@ class StreamState {
   // Transactions make a multi-segment request all-or-nothing: after BeginTransaction(), each forward
   // first saves the live pool rows it is about to overwrite (at most the pool's size per layer over
   // the whole transaction), and Rollback() restores them and the cursor. Commit() drops the log.
-  void BeginTransaction();
-  void Rollback();
-  void Commit();
-  bool in_transaction() const { return in_transaction_; }
-  int64_t undo_bytes() const;  // saved data; never more than bytes()
+  absl::Status BeginTransaction() override;
+  absl::Status Rollback() override;
+  absl::Status Commit() override;
+  bool in_transaction() const override { return in_transaction_; }
+  int64_t undo_bytes() const override;  // saved data; never more than bytes()
   // Called by the forward, before it writes the rows of `n` new tokens.
   void SaveRowsBeforeAppend(int n);
 

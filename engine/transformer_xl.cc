@@ -51,15 +51,42 @@ std::unique_ptr<TransformerXL> TransformerXL::FromWeights(ModelWeights weights, 
   return std::unique_ptr<TransformerXL>(new TransformerXL(std::move(weights), options));
 }
 
-absl::StatusOr<std::unique_ptr<StreamState>> TransformerXL::NewStream(const TramsSettings& settings) const {
+absl::StatusOr<std::unique_ptr<StreamState>> TransformerXL::NewHostStream(const TramsSettings& settings) const {
   RETURN_IF_ERROR(settings.Validate(config()));
   return std::make_unique<StreamState>(config(), settings);
 }
 
-void TransformerXL::FillPoolWithZeroStates(StreamState* stream) const {
+absl::StatusOr<std::unique_ptr<EngineStream>> TransformerXL::NewStream(const TramsSettings& settings) {
+  ASSIGN_OR_RETURN(std::unique_ptr<StreamState> stream, NewHostStream(settings));
+  return std::unique_ptr<EngineStream>(std::move(stream));
+}
+
+absl::StatusOr<int64_t> TransformerXL::StreamBytes(const TramsSettings& settings) {
+  RETURN_IF_ERROR(settings.Validate(config()));
+  return StreamState::BytesFor(config(), settings);
+}
+
+absl::StatusOr<EngineMemory> TransformerXL::Memory() {
+  EngineMemory m;
+  m.device = device();
+  m.weights_bytes = static_cast<int64_t>(sizeof(float)) * weights_.config.ParameterCount();
+  m.streams = -1;
+  return m;
+}
+
+StreamState* TransformerXL::HostStream(EngineStream* stream) const {
+  auto* host = dynamic_cast<StreamState*>(stream);
+  if (host == nullptr) return nullptr;
+  if (host->layer(0).keys.size() != static_cast<size_t>(host->capacity()) * config().attn_width()) return nullptr;
+  return host;
+}
+
+absl::Status TransformerXL::FillPoolWithZeroStates(EngineStream* engine_stream) {
+  StreamState* stream = HostStream(engine_stream);
+  if (stream == nullptr) return absl::InvalidArgumentError("the stream belongs to another engine");
   const ModelConfig& c = config();
   const int m = stream->capacity();
-  if (m == 0) return;
+  if (m == 0) return absl::OkStatus();
   const int w = c.attn_width();
   std::vector<float> zero(c.d_model, 0.0f), kv(2 * w);
   for (int l = 0; l < c.n_layer; ++l) {
@@ -83,32 +110,16 @@ void TransformerXL::FillPoolWithZeroStates(StreamState* stream) const {
     }
   }
   stream->SetFilled(m);
+  return absl::OkStatus();
 }
 
-absl::Status TransformerXL::Check(absl::Span<const SegmentInput> batch) const {
-  if (batch.empty()) return absl::InvalidArgumentError("empty batch: nothing to run");
-  std::unordered_set<const StreamState*> seen;
-  const int64_t vocab = config().vocab_size;
+absl::Status TransformerXL::Check(absl::Span<const SegmentInput> batch, std::vector<StreamState*>* streams) const {
+  RETURN_IF_ERROR(CheckBatch(config(), batch));
+  streams->clear();
   for (size_t b = 0; b < batch.size(); ++b) {
-    const SegmentInput& in = batch[b];
-    if (in.stream == nullptr) return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " has no stream"));
-    if (!seen.insert(in.stream).second) {
-      return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " repeats a stream: one segment per stream"));
-    }
-    if (in.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " has no tokens"));
-    if (in.options.alternatives < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, ": alternatives must not be negative"));
-    }
-    if (in.stream->layer(0).keys.size() != static_cast<size_t>(in.stream->capacity()) * config().attn_width()) {
-      return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " belongs to another model"));
-    }
-    for (size_t i = 0; i < in.tokens.size(); ++i) {
-      if (in.tokens[i] < 0 || in.tokens[i] >= vocab) {
-        return absl::InvalidArgumentError(absl::StrCat("token id ", in.tokens[i], " at position ", i,
-                                                       " of batch entry ", b, " is outside the vocabulary [0, ",
-                                                       vocab, ")"));
-      }
-    }
+    StreamState* host = HostStream(batch[b].stream);
+    if (host == nullptr) return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " belongs to another model"));
+    streams->push_back(host);
   }
   return absl::OkStatus();
 }
@@ -521,19 +532,19 @@ void TransformerXL::Score(Batch& b, std::vector<SegmentOutput>* outputs) {
 }
 
 absl::Status TransformerXL::Forward(absl::Span<const SegmentInput> batch, std::vector<SegmentOutput>* outputs) {
-  RETURN_IF_ERROR(Check(batch));
+  Batch b;
+  RETURN_IF_ERROR(Check(batch, &b.streams));
   std::lock_guard<std::mutex> lock(forward_mu_);
   const ModelConfig& c = config();
-  Batch b;
   int max_klen = 0;
-  for (const SegmentInput& in : batch) {
-    b.streams.push_back(in.stream);
+  for (size_t s = 0; s < batch.size(); ++s) {
+    const SegmentInput& in = batch[s];
     b.tokens.push_back(in.tokens);
     b.options.push_back(in.options);
     b.commit.push_back(in.commit);
     b.offset.push_back(b.rows);
     b.rows += static_cast<int64_t>(in.tokens.size());
-    const int a = std::min(in.stream->size(), in.stream->settings().attend_len());
+    const int a = std::min(b.streams[s]->size(), b.streams[s]->settings().attend_len());
     b.attended.push_back(a);
     max_klen = std::max(max_klen, a + static_cast<int>(in.tokens.size()));
   }
@@ -570,7 +581,10 @@ absl::Status TransformerXL::Forward(absl::Span<const SegmentInput> batch, std::v
   return absl::OkStatus();
 }
 
-absl::Status TransformerXL::NextTokenLogProbs(const StreamState& stream, std::vector<float>* out) {
+absl::Status TransformerXL::NextTokenLogProbs(const EngineStream& engine_stream, std::vector<float>* out) {
+  const StreamState* host = HostStream(const_cast<EngineStream*>(&engine_stream));
+  if (host == nullptr) return absl::InvalidArgumentError("the stream belongs to another engine");
+  const StreamState& stream = *host;
   if (stream.position() == 0) {
     return absl::FailedPreconditionError("the stream is empty: give it at least one token before asking what follows");
   }

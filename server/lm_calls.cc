@@ -98,7 +98,7 @@ CallOrigin TakeTail(const Session& session, std::vector<int32_t>* tokens) {
 }
 
 // What a segment attended, in stream positions (for ExplainSelection).
-void RecordSelection(const StreamState& stream, int64_t start, int pool_before, int n, const SegmentOutput& out,
+void RecordSelection(const EngineStream& stream, int64_t start, int pool_before, int n, const SegmentOutput& out,
                      CallLedger* ledger) {
   if (out.selections.empty()) return;
   const TramsSettings& s = stream.settings();

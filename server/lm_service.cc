@@ -70,7 +70,7 @@ void ToProto(const SessionSnapshot& s, v1::Session* out) {
   out->set_busy(s.busy);
 }
 
-LmService::LmService(TransformerXL* model, absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer,
+LmService::LmService(Engine* model, absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer,
                      SessionManager* sessions, Scheduler* scheduler, Metrics* metrics, const ServerOptions& options)
     : model_(model),
       tokenizer_(std::move(tokenizer)),
@@ -165,7 +165,7 @@ grpc::ServerUnaryReactor* LmService::GetModelInfo(grpc::CallbackServerContext* c
   resp->set_default_segment_len(options_.defaults.segment_len);
   resp->set_max_segment_len(options_.limits.max_segment_len);
   resp->set_max_mem_len(options_.limits.max_mem_len);
-  resp->set_device("cpu");
+  resp->set_device(model_->device());
   return done.Finish(absl::OkStatus());
 }
 

@@ -10,7 +10,7 @@
 #include <memory>
 
 #include "engine/tokenizer.h"
-#include "engine/transformer_xl.h"
+#include "engine/engine.h"
 #include "server/scheduler.h"
 #include "server/server_options.h"
 #include "server/session_manager.h"
@@ -22,7 +22,7 @@ class Metrics;
 
 class LmService final : public v1::TramsService::CallbackService {
  public:
-  LmService(TransformerXL* model, absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer, SessionManager* sessions,
+  LmService(Engine* model, absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer, SessionManager* sessions,
             Scheduler* scheduler, Metrics* metrics, const ServerOptions& options);
 
   // New calls get UNAVAILABLE from now on; running calls continue.
@@ -47,7 +47,7 @@ class LmService final : public v1::TramsService::CallbackService {
                                              v1::ExplainSelectionResponse* resp) override;
 
   // Shared by the call reactors (lm_calls.cc).
-  TransformerXL* model() const { return model_; }
+  Engine* model() const { return model_; }
   const Tokenizer* tokenizer() const { return tokenizer_.ok() ? tokenizer_->get() : nullptr; }
   const absl::Status& tokenizer_status() const { return tokenizer_status_; }
   SessionManager* sessions() const { return sessions_; }
@@ -70,7 +70,7 @@ class LmService final : public v1::TramsService::CallbackService {
   void RecordConsumed(Session* session, absl::Span<const int32_t> ids) const;
 
  private:
-  TransformerXL* model_;
+  Engine* model_;
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer_;
   absl::Status tokenizer_status_;
   SessionManager* sessions_;

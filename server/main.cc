@@ -15,7 +15,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/cli/flag_usage.h"
-#include "engine/cuda/cuda_loader.h"
 #include "server/log.h"
 #include "server/server_app.h"
 
@@ -23,7 +22,15 @@ ABSL_FLAG(std::string, model, "", "model directory (config.json, model.safetenso
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address (port 0: pick one)");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464", "Prometheus /metrics address (empty: off)");
 ABSL_FLAG(std::string, port_file, "", "write '<grpc port> <metrics port>' here once serving");
-ABSL_FLAG(int, threads, 0, "engine threads (0: one per core)");
+ABSL_FLAG(int, threads, 0, "host engine threads (0: one per core)");
+ABSL_FLAG(std::string, device, "auto",
+          "where session pools live and the model runs: auto (a usable CUDA device, else the host) | cpu | cuda | "
+          "cuda:N | emulated (the CUDA path emulated on the host; slow, for tests)");
+ABSL_FLAG(int64_t, gpu_pool_bytes, 0, "CUDA: bytes of the session-pool arena (0: --gpu_memory_fraction)");
+ABSL_FLAG(double, gpu_memory_fraction, 0.5,
+          "CUDA: share of the device memory free after loading the weights taken for the arena, (0, 0.95]");
+ABSL_FLAG(std::string, weight_dtype, "f32", "CUDA: weights on the device: f32 | f16 | bf16");
+ABSL_FLAG(bool, allow_tf32, false, "CUDA: f32 matrix products may use TF32 tensor cores (~1e-3 relative)");
 ABSL_FLAG(int, drain_seconds, 10, "on SIGTERM: seconds in-flight calls get to finish (then they are cancelled)");
 ABSL_FLAG(double, drain_grace_seconds, 1.0,
           "on SIGTERM: seconds health checks answer NOT_SERVING before the listener closes (set to your load "
@@ -56,7 +63,12 @@ absl::StatusOr<ServerOptions> OptionsFromFlags(const ModelConfig& config) {
   o.listen = absl::GetFlag(FLAGS_listen);
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.port_file = absl::GetFlag(FLAGS_port_file);
-  o.engine_threads = absl::GetFlag(FLAGS_threads);
+  o.device.threads = absl::GetFlag(FLAGS_threads);
+  o.device.device = absl::GetFlag(FLAGS_device);
+  o.device.gpu_pool_bytes = absl::GetFlag(FLAGS_gpu_pool_bytes);
+  o.device.gpu_memory_fraction = absl::GetFlag(FLAGS_gpu_memory_fraction);
+  o.device.weight_dtype = absl::GetFlag(FLAGS_weight_dtype);
+  o.device.allow_tf32 = absl::GetFlag(FLAGS_allow_tf32);
   o.drain_seconds = absl::GetFlag(FLAGS_drain_seconds);
   o.memory_share_every = std::max(0, absl::GetFlag(FLAGS_memory_share_every));
   o.limits.max_sessions = absl::GetFlag(FLAGS_max_sessions);
@@ -86,7 +98,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags(const ModelConfig& config) {
                          Range{"idle_ttl_seconds", o.limits.idle_ttl_seconds, 0, int64_t{1} << 30},
                          Range{"max_mem_len", o.limits.max_mem_len, 1, kMaxMemLen},
                          Range{"max_segment_len", o.limits.max_segment_len, 1, 1 << 16},
-                         Range{"threads", o.engine_threads, 0, 1024},
+                         Range{"threads", o.device.threads, 0, 1024},
                          Range{"drain_seconds", o.drain_seconds, 0, 24 * 3600}}) {
     if (r.value < r.lo || r.value > r.hi) {
       return absl::InvalidArgumentError(
@@ -155,20 +167,6 @@ int Run() {
     LogError("bad flags", {{"error", std::string(options.status().message())}});
     return 1;
   }
-  {
-    // One line on where the model runs. The CUDA backend is not wired into the server yet (trams-eval
-    // uses it): with a device present, the server still serves from host memory, and says so.
-    auto module = cuda::CudaModule::Open();
-    std::string why;
-    const int devices = module.ok() ? (*module)->DeviceCount(&why) : 0;
-    if (!module.ok()) why = std::string(module.status().message());
-    if (devices > 0) {
-      LogInfo("a CUDA device is present, but the server runs sessions on the host in this version",
-              {{"devices", std::to_string(devices)}});
-    } else {
-      LogInfo("no CUDA device: running on the host", {{"reason", why}});
-    }
-  }
   auto app = ServerApp::Start(*options);
   if (!app.ok()) {
     LogError("cannot start", {{"model", model_dir}, {"error", std::string(app.status().message())}});
@@ -184,6 +182,7 @@ int Run() {
     serving = true;
   }
   LogInfo("serving", {{"model", model_dir},
+                      {"device", (*app)->engine().device()},
                       {"grpc_port", std::to_string(grpc_port)},
                       {"metrics_port", std::to_string(metrics_port)},
                       {"default_mode", std::string(MemoryModeName(options->defaults.memory.mode))}});

@@ -7,7 +7,7 @@ namespace trams {
 
 using Clock = std::chrono::steady_clock;
 
-Scheduler::Scheduler(TransformerXL* model, const SchedulerOptions& options, Metrics* metrics)
+Scheduler::Scheduler(Engine* model, const SchedulerOptions& options, Metrics* metrics)
     : model_(model), options_(options), metrics_(metrics), worker_([this] { Run(); }) {}
 
 Scheduler::~Scheduler() { Stop(); }

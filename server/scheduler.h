@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/transformer_xl.h"
+#include "engine/engine.h"
 #include "server/server_options.h"
 
 namespace trams {
@@ -23,7 +23,7 @@ namespace trams {
 class Metrics;
 
 struct SegmentJob {
-  StreamState* stream = nullptr;
+  EngineStream* stream = nullptr;
   std::vector<int32_t> tokens;  // empty: only the next-token distribution (options.next_distribution)
   OutputOptions options;
   bool commit = true;  // false: provisional (see SegmentInput::commit)
@@ -33,7 +33,7 @@ struct SegmentJob {
 
 class Scheduler {
  public:
-  Scheduler(TransformerXL* model, const SchedulerOptions& options, Metrics* metrics);
+  Scheduler(Engine* model, const SchedulerOptions& options, Metrics* metrics);
   ~Scheduler();  // stops after the queued jobs ran
 
   // RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE once stopping.
@@ -48,7 +48,7 @@ class Scheduler {
   void Run();
   void RunBatch(std::vector<SegmentJob>& batch);
 
-  TransformerXL* model_;
+  Engine* model_;
   SchedulerOptions options_;
   Metrics* metrics_;
   std::mutex mu_;

@@ -13,22 +13,33 @@
 namespace trams {
 
 absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions& options,
-                                                            std::unique_ptr<TransformerXL> model) {
+                                                            std::unique_ptr<Engine> model) {
   std::unique_ptr<ServerApp> app(new ServerApp());
   absl::Status address = CheckListenAddress("listen", options.listen);
   if (address.ok() && !options.metrics_listen.empty()) {
     address = CheckListenAddress("metrics_listen", options.metrics_listen);
   }
   if (!address.ok()) return address;
-  if (model == nullptr) {
-    EngineOptions engine_options;
-    engine_options.threads = options.engine_threads;
-    auto loaded = TransformerXL::Load(options.model_dir, engine_options);
-    if (!loaded.ok()) return loaded.status();
-    model = std::move(*loaded);
+  if (model != nullptr) {
+    app->engine_.engine = std::move(model);
+    app->engine_.reason = "given by the caller";
+  } else {
+    absl::StatusOr<OpenedEngine> opened = OpenEngine(options.model_dir, options.device);
+    if (!opened.ok()) return opened.status();
+    app->engine_ = std::move(*opened);
   }
-  app->model_ = std::move(model);
-  auto tokenizer = Tokenizer::Load(options.model_dir, app->model_->config().vocab_size);
+  Engine* const engine = app->engine_.engine.get();
+  LogInfo("engine ready", {{"device", engine->device()}, {"reason", app->engine_.reason}});
+  SessionLimits limits = options.limits;
+  if (absl::StatusOr<EngineMemory> memory = engine->Memory(); memory.ok() && memory->has_arena &&
+                                                               memory->arena_capacity_bytes < limits.memory_budget_bytes) {
+    // The pools live in the arena: the budget can promise no more than the arena holds.
+    LogInfo("memory budget capped at the device arena",
+            {{"budget_bytes", std::to_string(limits.memory_budget_bytes)},
+             {"arena_bytes", std::to_string(memory->arena_capacity_bytes)}});
+    limits.memory_budget_bytes = memory->arena_capacity_bytes;
+  }
+  auto tokenizer = Tokenizer::Load(options.model_dir, engine->config().vocab_size);
   if (!tokenizer.ok()) {
     LogInfo("the model has no usable tokenizer: clients must send token ids",
             {{"reason", std::string(tokenizer.status().message())}});
@@ -41,10 +52,10 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
       return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", options.metrics_listen, ": ", e.what()));
     }
   }
-  app->sessions_ = std::make_unique<SessionManager>(app->model_.get(), options.limits,
+  app->sessions_ = std::make_unique<SessionManager>(engine, limits,
                                                     options.requests.input_buffer_budget_bytes, app->metrics_.get());
-  app->scheduler_ = std::make_unique<Scheduler>(app->model_.get(), options.scheduler, app->metrics_.get());
-  app->service_ = std::make_unique<LmService>(app->model_.get(), std::move(tokenizer), app->sessions_.get(),
+  app->scheduler_ = std::make_unique<Scheduler>(engine, options.scheduler, app->metrics_.get());
+  app->service_ = std::make_unique<LmService>(engine, std::move(tokenizer), app->sessions_.get(),
                                               app->scheduler_.get(), app->metrics_.get(), options);
 
   grpc::EnableDefaultHealthCheckService(true);

@@ -18,9 +18,9 @@ namespace trams {
 
 class ServerApp {
  public:
-  // Loads options.model_dir unless `model` is given, then starts serving.
+  // Opens options.model_dir on options.device unless `model` is given, then starts serving.
   static absl::StatusOr<std::unique_ptr<ServerApp>> Start(const ServerOptions& options,
-                                                          std::unique_ptr<TransformerXL> model = nullptr);
+                                                          std::unique_ptr<Engine> model = nullptr);
   ~ServerApp();
 
   int grpc_port() const { return grpc_port_; }
@@ -28,6 +28,7 @@ class ServerApp {
   LmService& service() { return *service_; }
   SessionManager& sessions() { return *sessions_; }
   Metrics& metrics() { return *metrics_; }
+  Engine& engine() { return *engine_.engine; }
 
   // Drains: health turns NOT_SERVING at once and new streaming calls and sessions get UNAVAILABLE;
   // health checks are still answered for `grace`; running calls may finish until max(grace, drain)
@@ -39,7 +40,7 @@ class ServerApp {
  private:
   ServerApp() = default;
 
-  std::unique_ptr<TransformerXL> model_;
+  OpenedEngine engine_;  // first: destroyed after everything that uses it
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<SessionManager> sessions_;
   std::unique_ptr<Scheduler> scheduler_;

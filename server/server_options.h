@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "engine/open_engine.h"
 #include "engine/trams_selector.h"
 
 namespace trams {
@@ -49,7 +50,7 @@ struct ServerOptions {
   std::string listen = "0.0.0.0:50051";
   std::string metrics_listen = "0.0.0.0:9464";  // empty: no metrics endpoint
   std::string port_file;                          // written after start: "<grpc port> <metrics port>"
-  int engine_threads = 0;                         // 0: one per core
+  DeviceChoice device;                            // where the pools live and the math runs; threads
   int drain_seconds = 10;                         // graceful shutdown deadline
   int memory_share_every = 50;                    // sample the TRAMS attention statistic every N segments (0: off)
   SessionLimits limits;

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "server/lm_service.h"
+#include "server/log.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
 #include "server/status_convert.h"
@@ -84,6 +85,12 @@ class SessionCall : public Reactor {
     a.acquire = id;
   }
 
+  // A transaction step of the engine failed (only a device error can do that): say so, with the session.
+  void LogIfFailed(const absl::Status& s, const char* step) {
+    if (!s.ok()) LogError("session transaction failed", {{"session", session_->id}, {"step", step},
+                                                          {"error", std::string(s.message())}});
+  }
+
   // Decides what follows the current state (mutex held).
   void MaybeFinish(Actions& a) {
     if (!end_.has_value() || finished_ || job_in_flight_ || write_in_flight_ || acquiring_) return;
@@ -92,10 +99,10 @@ class SessionCall : public Reactor {
     if (end_->ok() && ctx_->IsCancelled()) end_ = absl::CancelledError("the call was cancelled; the session is unchanged");
     if (session_) {
       if (end_->ok()) {
-        session_->stream->Commit();
+        LogIfFailed(session_->stream->Commit(), "commit");
         OnCommit(*session_);
       } else {
-        session_->stream->Rollback();
+        LogIfFailed(session_->stream->Rollback(), "rollback");
       }
       a.release = session_;
       a.remove_active = true;
@@ -206,8 +213,11 @@ class SessionCall : public Reactor {
                                                              ", not the expected ", *expected_position_)));
           a.release = session_;
           session_.reset();
+        } else if (absl::Status begun = session_->stream->BeginTransaction(); !begun.ok()) {
+          EndWith(begun);  // without an undo log the call could not be rolled back: run nothing
+          a.release = session_;
+          session_.reset();
         } else {
-          session_->stream->BeginTransaction();
           svc_->scheduler()->AddActiveCall();
           OnSessionTaken(a);
         }

@@ -33,9 +33,10 @@ int64_t NowMs() {
       .count();
 }
 
-SessionManager::SessionManager(const TransformerXL* model, const SessionLimits& limits,
-                               int64_t input_buffer_budget_bytes, Metrics* metrics)
-    : model_(model), limits_(limits), metrics_(metrics), buffer_budget_(input_buffer_budget_bytes) {
+SessionManager::SessionManager(Engine* model, const SessionLimits& limits, int64_t input_buffer_budget_bytes,
+                               Metrics* metrics)
+    : model_(model), device_(model->device()), limits_(limits), metrics_(metrics),
+      buffer_budget_(input_buffer_budget_bytes) {
   if (metrics_) metrics_->SetMemoryBudget(limits_.memory_budget_bytes);
   std::lock_guard<std::mutex> lock(mu_);
   PublishGauges();
@@ -122,9 +123,9 @@ absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const Tra
     return absl::InvalidArgumentError(absl::StrCat("mem_len ", memory.mem_len, " or segment_len ", segment_len,
                                                    " is outside this server's limits"));
   }
-  absl::Status valid = memory.Validate(model_->config());
-  if (!valid.ok()) return valid;
-  const int64_t bytes = StreamState::BytesFor(model_->config(), memory);
+  absl::StatusOr<int64_t> bytes_or = model_->StreamBytes(memory);  // validates the settings
+  if (!bytes_or.ok()) return bytes_or.status();
+  const int64_t bytes = *bytes_or;
   std::lock_guard<std::mutex> lock(mu_);
   if (id.empty()) {
     static std::mt19937_64 rng(std::random_device{}());
@@ -138,9 +139,11 @@ absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const Tra
   }
   absl::Status room = MakeRoom(bytes, /*new_session=*/true);
   if (!room.ok()) return room;
+  absl::StatusOr<std::unique_ptr<EngineStream>> stream = model_->NewStream(memory);  // only after the check
+  if (!stream.ok()) return stream.status();
   auto s = std::make_shared<Session>();
   s->id = id;
-  s->stream = std::make_unique<StreamState>(model_->config(), memory);  // allocated only after the check
+  s->stream = std::move(*stream);
   s->segment_len = segment_len;
   s->created_ms = s->last_used_ms = NowMs();
   s->pool_bytes = s->stream->bytes();
@@ -327,7 +330,7 @@ int64_t SessionManager::bytes_in_use() {
 void SessionManager::PublishGauges() {
   if (metrics_) {
     metrics_->SetSessions(static_cast<int64_t>(sessions_.size()), bytes_in_use_);
-    metrics_->SetPoolBytes("cpu", pool_bytes_);
+    metrics_->SetPoolBytes(device_, pool_bytes_);
   }
 }
 

@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/transformer_xl.h"
+#include "engine/engine.h"
 #include "server/server_options.h"
 
 namespace trams {
@@ -39,7 +39,7 @@ struct SelectionRecord {
 
 struct Session {
   std::string id;
-  std::unique_ptr<StreamState> stream;
+  std::unique_ptr<EngineStream> stream;
   // Tokens past the pool's last segment boundary (an incomplete segment): consumed by the session but
   // run only provisionally; the next call runs them again, with its own tokens, as a whole segment.
   std::vector<int32_t> tail;
@@ -90,7 +90,8 @@ struct SessionSnapshot {  // a consistent copy for Get/List
 
 class SessionManager {
  public:
-  SessionManager(const TransformerXL* model, const SessionLimits& limits, int64_t input_buffer_budget_bytes,
+  // `model` holds the pools; on a backend with an arena the budget is also capped at the arena.
+  SessionManager(Engine* model, const SessionLimits& limits, int64_t input_buffer_budget_bytes,
                  Metrics* metrics);
 
   absl::StatusOr<SessionSnapshot> Create(std::string id, const TramsSettings& memory, int segment_len);
@@ -138,7 +139,8 @@ class SessionManager {
   absl::StatusOr<std::shared_ptr<Session>> Take(const std::shared_ptr<Session>& s, bool reserve_undo);  // mu_ held
   void PublishGauges();                                          // mu_ held
 
-  const TransformerXL* model_;
+  Engine* model_;
+  const std::string device_;  // the pools' place, the metrics' label
   SessionLimits limits_;
   Metrics* metrics_;
   std::mutex mu_;

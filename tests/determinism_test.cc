@@ -22,7 +22,7 @@ std::vector<int32_t> Tokens(int n, int seed) {
 }
 
 std::vector<float> RunStream(TransformerXL& model, const TramsSettings& settings, const std::vector<int32_t>& ids, int seg) {
-  auto stream = *model.NewStream(settings);
+  auto stream = *model.NewHostStream(settings);
   std::vector<float> lp;
   for (size_t pos = 0; pos < ids.size(); pos += seg) {
     const size_t n = std::min<size_t>(seg, ids.size() - pos);
@@ -63,8 +63,8 @@ TEST(DeterminismTest, AProvisionalSegmentLeavesTheStreamAsItWas) {
   ASSERT_TRUE(model.ok()) << model.status();
   const TramsSettings settings = TramsSettings::Trams(40, 8, 16);
   const auto ids = Tokens(160, 4);
-  auto plain = *(*model)->NewStream(settings);
-  auto tried = *(*model)->NewStream(settings);
+  auto plain = *(*model)->NewHostStream(settings);
+  auto tried = *(*model)->NewHostStream(settings);
   auto forward = [&](StreamState* stream, size_t from, size_t n, bool commit) {
     std::vector<SegmentOutput> out;
     SegmentInput in{stream, absl::MakeConstSpan(ids).subspan(from, n), {}, commit};

@@ -47,9 +47,9 @@ TEST(EngineTest, SegmentationDoesNotMatterWhileNothingIsEvicted) {
   auto model = LoadModel();
   const auto ids = Tokens(60, 1);
   for (const TramsSettings& settings : {TramsSettings::Xl(64), TramsSettings::Trams(64, 20, 44)}) {
-    auto whole = *model->NewStream(settings);
-    auto pieces = *model->NewStream(settings);
-    auto single = *model->NewStream(settings);
+    auto whole = *model->NewHostStream(settings);
+    auto pieces = *model->NewHostStream(settings);
+    auto single = *model->NewHostStream(settings);
     const auto a = Score(*model, whole.get(), ids, 60);
     const auto b = Score(*model, pieces.get(), ids, 7);
     const auto one = Score(*model, single.get(), ids, 1);  // decoding: the direct attention path
@@ -65,7 +65,7 @@ TEST(EngineTest, SegmentationDoesNotMatterWhileNothingIsEvicted) {
 
 TEST(EngineTest, NextTokenDistributionPredictsTheNextToken) {
   auto model = LoadModel();
-  auto stream = *model->NewStream(TramsSettings::Trams(24, 4, 8));
+  auto stream = *model->NewHostStream(TramsSettings::Trams(24, 4, 8));
   Score(*model, stream.get(), Tokens(40, 2), 8);
   std::vector<float> dist;
   ASSERT_TRUE(model->NextTokenLogProbs(*stream, &dist).ok());
@@ -89,7 +89,7 @@ TEST(EngineTest, NextTokenDistributionPredictsTheNextToken) {
 TEST(EngineTest, PoolBytesAreExactAndFixed) {
   auto model = LoadModel();
   const TramsSettings settings = TramsSettings::Trams(24, 4, 8);
-  auto stream = *model->NewStream(settings);
+  auto stream = *model->NewHostStream(settings);
   // 3 layers x 24 tokens x (keys + values: 2 x 32 floats + 4 scores) + 32 floats of prediction state.
   EXPECT_EQ(StreamState::BytesFor(model->config(), settings), (3 * 24 * (2 * 32 + 4) + 32) * 4);
   EXPECT_EQ(stream->bytes(), StreamState::BytesFor(model->config(), settings));
@@ -101,7 +101,7 @@ TEST(EngineTest, PoolBytesAreExactAndFixed) {
 
 TEST(EngineTest, BadTokensAreRejectedAndLeaveTheStreamAsItWas) {
   auto model = LoadModel();
-  auto stream = *model->NewStream(TramsSettings::Trams(24, 4, 8));
+  auto stream = *model->NewHostStream(TramsSettings::Trams(24, 4, 8));
   Score(*model, stream.get(), Tokens(30, 4), 8);
   const auto keys_before = stream->layer(0).keys;
   const int64_t position = stream->position();
@@ -123,7 +123,7 @@ TEST(EngineTest, BadTokensAreRejectedAndLeaveTheStreamAsItWas) {
 
 TEST(EngineTest, EmptyStreamHasNoNextTokenDistribution) {
   auto model = LoadModel();
-  auto stream = *model->NewStream(TramsSettings::Xl(8));
+  auto stream = *model->NewHostStream(TramsSettings::Xl(8));
   std::vector<float> dist;
   EXPECT_EQ(model->NextTokenLogProbs(*stream, &dist).code(), absl::StatusCode::kFailedPrecondition);
 }
@@ -258,8 +258,8 @@ TEST(TransactionTest, RollbackRestoresThePoolExactly) {
   for (int before : {0, 10, 30}) {
     for (int during : {3, 17, 40}) {
       const TramsSettings settings = TramsSettings::Trams(24, 4, 8);
-      auto stream = *model->NewStream(settings);
-      auto twin = *model->NewStream(settings);
+      auto stream = *model->NewHostStream(settings);
+      auto twin = *model->NewHostStream(settings);
       if (before > 0) {
         Score(*model, stream.get(), Tokens(before, 6), 8);
         Score(*model, twin.get(), Tokens(before, 6), 8);
@@ -299,7 +299,7 @@ TEST(TransactionTest, RollbackRestoresThePoolExactly) {
 
 TEST(TransactionTest, CommitKeepsTheAppendedTokens) {
   auto model = LoadModel();
-  auto stream = *model->NewStream(TramsSettings::Xl(12));
+  auto stream = *model->NewHostStream(TramsSettings::Xl(12));
   stream->BeginTransaction();
   Score(*model, stream.get(), Tokens(5, 9), 8);
   EXPECT_EQ(stream->undo_bytes(), 0) << "an empty pool has nothing to save";
@@ -321,8 +321,8 @@ namespace {
 
 TEST(MemoryShareTest, MeasuredOnlyWhereTramsSelects) {
   auto model = LoadModel();
-  auto stream = *model->NewStream(TramsSettings::Trams(24, 4, 8));
-  auto xl = *model->NewStream(TramsSettings::Xl(12));
+  auto stream = *model->NewHostStream(TramsSettings::Trams(24, 4, 8));
+  auto xl = *model->NewHostStream(TramsSettings::Xl(12));
   const auto ids = Tokens(48, 10);
   OutputOptions options;
   options.memory_share = true;

@@ -40,7 +40,7 @@ TEST_P(GoldenTest, MatchesReference) {
 
   std::vector<std::unique_ptr<StreamState>> state;
   for (int b = 0; b < streams; ++b) {
-    auto s = (*model)->NewStream(settings);
+    auto s = (*model)->NewHostStream(settings);
     ASSERT_TRUE(s.ok()) << s.status();
     if (compat) (*model)->FillPoolWithZeroStates(s->get());
     state.push_back(std::move(*s));

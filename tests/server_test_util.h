@@ -61,7 +61,11 @@ inline ServerOptions TestOptions(const std::string& model) {
   o.model_dir = ModelDir(model);
   o.listen = "127.0.0.1:0";
   o.metrics_listen = "";
-  o.engine_threads = 1;
+  o.device.threads = 1;
+  // TRAMS_TEST_DEVICE=emulated|cuda runs every server test over the CUDA orchestration path (ctest
+  // registers the server tests once per device).
+  if (const char* device = std::getenv("TRAMS_TEST_DEVICE"); device != nullptr && *device != 0) o.device.device = device;
+  else o.device.device = "cpu";
   o.limits.idle_ttl_seconds = 0;
   return o;
 }

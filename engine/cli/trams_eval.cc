@@ -14,10 +14,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "engine/cli/flag_usage.h"
-#include "engine/cuda/cuda_engine.h"
-#include "engine/cuda/cuda_loader.h"
+#include "engine/open_engine.h"
 #include "engine/evaluator.h"
-#include "engine/evaluator_loop.h"
 #include "engine/status_macros.h"
 #include "engine/tokenizer.h"
 
@@ -38,7 +36,7 @@ ABSL_FLAG(bool, reference_compat, false,
           "reproduce the authors' evaluation: zero-filled initial pool, in-segment label shift, their loss aggregate");
 ABSL_FLAG(bool, json, false, "print one JSON object on stdout");
 ABSL_FLAG(int, threads, 0, "worker threads (0: one per core)");
-ABSL_FLAG(std::string, device, "auto", "auto (a CUDA GPU if there is one, else the host) | cpu | cuda");
+ABSL_FLAG(std::string, device, "auto", "auto (a CUDA GPU if there is one, else the host) | cpu | cuda | cuda:N | emulated");
 
 namespace trams {
 namespace {
@@ -89,30 +87,20 @@ void DrawProgress(int64_t done, int64_t total) {
   std::fflush(stderr);
 }
 
-// The CUDA module when the flag asks for it and a device is there; null (with one line on stderr) else.
-absl::StatusOr<std::unique_ptr<cuda::CudaModule>> PickDevice() {
-  const std::string device = absl::GetFlag(FLAGS_device);
-  if (device == "cpu") return nullptr;
-  if (device != "auto" && device != "cuda") {
-    return absl::InvalidArgumentError(absl::StrCat("--device must be auto, cpu or cuda, got '", device, "'"));
-  }
-  auto module = cuda::CudaModule::Open();
-  std::string why;
-  if (module.ok() && (*module)->DeviceCount(&why) > 0) return std::move(*module);
-  if (!module.ok()) why = std::string(module.status().message());
-  if (device == "cuda") return absl::FailedPreconditionError(absl::StrCat("--device cuda: ", why));
-  std::fprintf(stderr, "trams-eval: no CUDA device (%s): running on the host\n", why.c_str());
-  return nullptr;
-}
-
 absl::Status Run() {
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) return absl::InvalidArgumentError("--model is required");
   const std::string input = absl::GetFlag(FLAGS_input), input_ids = absl::GetFlag(FLAGS_input_ids);
   if (input.empty() == input_ids.empty()) return absl::InvalidArgumentError("give exactly one of --input and --input_ids");
-  ASSIGN_OR_RETURN(std::unique_ptr<cuda::CudaModule> gpu, PickDevice());
-  ASSIGN_OR_RETURN(ModelWeights weights, LoadModelDirectory(model_dir));
-  const ModelConfig config = weights.config;
+  DeviceChoice choice;
+  choice.device = absl::GetFlag(FLAGS_device);
+  choice.threads = absl::GetFlag(FLAGS_threads);
+  ASSIGN_OR_RETURN(OpenedEngine opened, OpenEngine(model_dir, choice));
+  Engine& engine = *opened.engine;
+  if (choice.device == "auto" && engine.device() == "cpu") {
+    std::fprintf(stderr, "trams-eval: %s\n", opened.reason.c_str());
+  }
+  const ModelConfig config = engine.config();
   std::vector<int32_t> ids;
   if (!input.empty()) {
     ASSIGN_OR_RETURN(auto tokenizer, Tokenizer::Load(model_dir, config.vocab_size));
@@ -129,18 +117,8 @@ absl::Status Run() {
   options.max_tokens = absl::GetFlag(FLAGS_max_tokens);
   options.reference_compat = absl::GetFlag(FLAGS_reference_compat);
   if (isatty(STDERR_FILENO)) options.progress = DrawProgress;
-  EvalResult r;
-  std::string device_name = "cpu";
-  if (gpu != nullptr) {
-    ASSIGN_OR_RETURN(auto engine, cuda::CudaEngine::Create(&gpu->api(), weights));
-    ASSIGN_OR_RETURN(r, (EvaluateLoop<cuda::CudaEngine, cuda::CudaSegmentInput>(*engine, ids, options)));
-    device_name = engine->backend();
-  } else {
-    EngineOptions engine_options;
-    engine_options.threads = absl::GetFlag(FLAGS_threads);
-    auto model = TransformerXL::FromWeights(std::move(weights), engine_options);
-    ASSIGN_OR_RETURN(r, Evaluate(*model, ids, options));
-  }
+  ASSIGN_OR_RETURN(const EvalResult r, Evaluate(engine, ids, options));
+  const std::string device_name = engine.device();
   const TramsSettings& s = options.settings;
   const int64_t peak = PeakResidentBytes();
   if (absl::GetFlag(FLAGS_json)) {

@@ -73,6 +73,9 @@ Status Context::Create(const trams_cuda_model& model, const trams_cuda_options& 
   if (options.arena_bytes < 0 || options.rel_table_rows < 0 || options.output_chunk_floats < 0) {
     return InvalidArgument("arena_bytes, rel_table_rows and output_chunk_floats must not be negative");
   }
+  if (!(options.arena_fraction >= 0.0 && options.arena_fraction <= 0.95)) {
+    return InvalidArgument("arena_fraction must be in [0, 0.95], got " + std::to_string(options.arena_fraction));
+  }
   TRAMS_CUDA_RETURN_IF_ERROR(ops->Activate());
   ops->Configure(options);
   std::unique_ptr<Context> ctx(new Context(std::move(ops), options));
@@ -302,6 +305,12 @@ Status Context::Init(const trams_cuda_model& model) {
   uploads_.clear();
 
   TRAMS_CUDA_RETURN_IF_ERROR(EnsureRelTable(options_.rel_table_rows > 0 ? options_.rel_table_rows : 1024));
+  if (options_.arena_bytes == 0 && options_.arena_fraction > 0) {
+    DeviceDescription d;
+    TRAMS_CUDA_RETURN_IF_ERROR(ops_->Describe(&d));
+    options_.arena_bytes = static_cast<int64_t>(options_.arena_fraction * static_cast<double>(d.memory_free)) / 256 * 256;
+    arena_alloc_ = ArenaAllocator(options_.arena_bytes);
+  }
   if (options_.arena_bytes > 0) {
     TRAMS_CUDA_RETURN_IF_ERROR(ops_->Malloc(static_cast<size_t>(arena_alloc_.capacity()), &arena_)
                                    .Annotate("allocating the session arena of " +

@@ -25,7 +25,7 @@
 extern "C" {
 #endif
 
-#define TRAMS_CUDA_API_VERSION 1
+#define TRAMS_CUDA_API_VERSION 2
 /* The only symbol the loader resolves (see trams_cuda_get_api_fn). */
 #define TRAMS_CUDA_GET_API_SYMBOL "trams_cuda_get_api"
 /* Test and diagnostics only: `trams::cuda::DeviceOps* (int32_t device, char* error, size_t error_size)`,
@@ -111,6 +111,8 @@ typedef struct trams_cuda_options {
   int32_t allow_tf32;           /* f32 GEMMs may use TF32 tensor cores (faster, ~1e-3 relative) */
   int32_t rel_table_rows;       /* relative distances precomputed at create (grows on demand); 0 = 1024 */
   int64_t output_chunk_floats;  /* logits held at once by the output layer; 0 = 32M floats */
+  double arena_fraction;        /* arena_bytes == 0: this share (0, 0.95] of the device memory free once the
+                                 * weights are uploaded; 0 = no arena */
 } trams_cuda_options;
 
 typedef enum trams_cuda_memory_mode {
@@ -146,6 +148,7 @@ typedef struct trams_cuda_segment {
   int32_t* selections;   /* [n_layer * n_head * topk]: TRAMS-selected pool indices (0 = oldest), ascending */
   float* selection_scores; /* [n_layer * n_head * topk]: their TRAMS scores, same layout */
   int32_t* selection_counts; /* [n_layer * n_head]: entries used in each row of `selections` (0 = none) */
+  int32_t provisional;   /* nonzero: outputs as usual, but the stream does not change (nothing enters the pool) */
 } trams_cuda_segment;
 
 typedef struct trams_cuda_stream_info {
@@ -200,7 +203,7 @@ typedef struct trams_cuda_api {
                                  trams_cuda_stream_info* out);
 
   /* One segment per stream (distinct streams). Checked fully before any stream changes; on success
-   * every stream advanced by its whole segment. */
+   * every stream advanced by its whole segment, except provisional ones, which are as they were. */
   trams_cuda_code (*forward)(trams_cuda_context* ctx, const trams_cuda_segment* segments, int32_t n_segments);
   /* log p(v | stream so far), vocab_size floats; the stream must have consumed a token. */
   trams_cuda_code (*next_logprobs)(trams_cuda_context* ctx, const trams_cuda_stream* stream, float* out);

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/cuda_loader.h"
+#include "engine/status_macros.h"
 
 namespace trams::cuda {
 namespace {
@@ -91,19 +92,35 @@ absl::StatusOr<trams_cuda_stream_info> CudaStream::Info() const {
   return info;
 }
 
+int64_t CudaStream::undo_bytes() const {
+  if (!in_transaction_) return 0;
+  absl::StatusOr<trams_cuda_stream_info> info = Info();
+  return info.ok() ? info->undo_bytes : 0;
+}
+
 absl::Status CudaStream::BeginTransaction() {
   absl::Status st = FromCudaCode(api_->stream_begin_transaction(ctx_, stream_), api_->last_error());
-  if (st.ok()) saved_position_ = position_;
+  if (st.ok()) {
+    in_transaction_ = true;
+    saved_size_ = size_;
+    saved_position_ = position_;
+  }
   return st;
 }
 
-absl::Status CudaStream::Commit() { return FromCudaCode(api_->stream_commit(ctx_, stream_), api_->last_error()); }
+absl::Status CudaStream::Commit() {
+  absl::Status st = FromCudaCode(api_->stream_commit(ctx_, stream_), api_->last_error());
+  if (st.ok()) in_transaction_ = false;
+  return st;
+}
 
 absl::Status CudaStream::Rollback() {
-  trams_cuda_stream_info info{};
-  const bool active = api_->stream_info(ctx_, stream_, &info) == TRAMS_CUDA_OK && info.in_transaction;
   absl::Status st = FromCudaCode(api_->stream_rollback(ctx_, stream_), api_->last_error());
-  if (st.ok() && active) position_ = saved_position_;
+  if (st.ok() && in_transaction_) {
+    size_ = saved_size_;
+    position_ = saved_position_;
+    in_transaction_ = false;
+  }
   return st;
 }
 
@@ -117,9 +134,11 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const trams_cuda_
   o.arena_bytes = options.arena_bytes;
   o.allow_tf32 = options.allow_tf32 ? 1 : 0;
   o.output_chunk_floats = options.output_chunk_floats;
+  o.arena_fraction = options.arena_fraction;
   std::unique_ptr<CudaEngine> e(new CudaEngine());
   e->api_ = api;
   e->config_ = weights.config;
+  e->device_ = options.device;
   const trams_cuda_code code = api->create(&view.get(), &o, &e->ctx_);
   if (code != TRAMS_CUDA_OK) {
     return FromCudaCode(code, absl::StrCat("creating the ", api->backend, " context: ", api->last_error()).c_str());
@@ -131,53 +150,68 @@ CudaEngine::~CudaEngine() {
   if (ctx_ != nullptr) api_->destroy(ctx_);
 }
 
+std::string CudaEngine::device() const { return absl::StrCat(api_->backend, ":", device_); }
+
 absl::Status CudaEngine::Check(trams_cuda_code code) const { return FromCudaCode(code, api_->last_error()); }
 
-absl::StatusOr<std::unique_ptr<CudaStream>> CudaEngine::NewStream(const TramsSettings& settings) {
+CudaStream* CudaEngine::Own(const EngineStream* stream) const {
+  auto* s = dynamic_cast<CudaStream*>(const_cast<EngineStream*>(stream));
+  return s != nullptr && s->ctx_ == ctx_ ? s : nullptr;
+}
+
+absl::StatusOr<std::unique_ptr<EngineStream>> CudaEngine::NewStream(const TramsSettings& settings) {
+  RETURN_IF_ERROR(settings.Validate(config_));  // the host's checks and messages, before the module's own
   const trams_cuda_stream_settings s = ToCudaSettings(settings);
   std::unique_ptr<CudaStream> stream(new CudaStream());
   stream->api_ = api_;
   stream->ctx_ = ctx_;
   stream->settings_ = settings;
-  absl::Status st = Check(api_->stream_create(ctx_, &s, &stream->stream_));
-  if (!st.ok()) return st;
-  return stream;
+  RETURN_IF_ERROR(Check(api_->stream_create(ctx_, &s, &stream->stream_)));
+  ASSIGN_OR_RETURN(const trams_cuda_stream_info info, stream->Info());
+  stream->bytes_ = info.bytes;
+  return std::unique_ptr<EngineStream>(std::move(stream));
 }
 
 absl::StatusOr<int64_t> CudaEngine::StreamBytes(const TramsSettings& settings) {
+  RETURN_IF_ERROR(settings.Validate(config_));
   const trams_cuda_stream_settings s = ToCudaSettings(settings);
   int64_t bytes = 0;
-  absl::Status st = Check(api_->stream_bytes(ctx_, &s, &bytes));
-  if (!st.ok()) return st;
+  RETURN_IF_ERROR(Check(api_->stream_bytes(ctx_, &s, &bytes)));
   return bytes;
 }
 
-absl::Status CudaEngine::FillPoolWithZeroStates(CudaStream* stream) {
-  if (stream == nullptr) return absl::InvalidArgumentError("no stream");
-  return Check(api_->stream_fill_zero(ctx_, stream->stream_));
+absl::Status CudaEngine::FillPoolWithZeroStates(EngineStream* engine_stream) {
+  CudaStream* stream = Own(engine_stream);
+  if (stream == nullptr) return absl::InvalidArgumentError("the stream belongs to another engine");
+  RETURN_IF_ERROR(Check(api_->stream_fill_zero(ctx_, stream->stream_)));
+  stream->size_ = stream->capacity();
+  return absl::OkStatus();
 }
 
-absl::Status CudaEngine::Forward(absl::Span<const CudaSegmentInput> batch, std::vector<SegmentOutput>* outputs) {
+absl::Status CudaEngine::Forward(absl::Span<const SegmentInput> batch, std::vector<SegmentOutput>* outputs) {
+  RETURN_IF_ERROR(CheckBatch(config_, batch));
   const ModelConfig& c = config_;
   const int64_t vocab = c.vocab_size;
   const size_t n = batch.size();
+  std::vector<CudaStream*> streams(n);
+  for (size_t b = 0; b < n; ++b) {
+    streams[b] = Own(batch[b].stream);
+    if (streams[b] == nullptr) return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " belongs to another model"));
+  }
   outputs->assign(n, SegmentOutput{});
   std::vector<trams_cuda_segment> segs(n);
   std::vector<std::vector<float>> full(n);
   std::vector<std::vector<int32_t>> sel(n), sel_counts(n);
   std::vector<std::vector<float>> sel_scores(n);
   for (size_t b = 0; b < n; ++b) {
-    const CudaSegmentInput& in = batch[b];
-    if (in.stream == nullptr) return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " has no stream"));
-    if (in.options.alternatives < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, ": alternatives must not be negative"));
-    }
+    const SegmentInput& in = batch[b];
     SegmentOutput& out = (*outputs)[b];
     const size_t len = in.tokens.size();
     trams_cuda_segment& s = segs[b];
-    s.stream = in.stream->stream_;
+    s.stream = streams[b]->stream_;
     s.tokens = in.tokens.data();
     s.n_tokens = static_cast<int32_t>(len);
+    s.provisional = in.commit ? 0 : 1;
     out.logprob.resize(len);
     s.logprob = out.logprob.data();
     if (in.options.entropy || in.options.alternatives > 0) {
@@ -189,7 +223,7 @@ absl::Status CudaEngine::Forward(absl::Span<const CudaSegmentInput> batch, std::
       s.next_logprobs = out.next_logprobs.data();
     }
     if (in.options.selections) {
-      const int topk = std::max(1, in.stream->settings_.topk);
+      const int topk = std::max(1, streams[b]->settings_.topk);
       sel[b].assign(static_cast<size_t>(c.n_layer) * c.n_head * topk, -1);
       sel_counts[b].assign(static_cast<size_t>(c.n_layer) * c.n_head, 0);
       sel_scores[b].assign(sel[b].size(), 0.0f);
@@ -205,13 +239,16 @@ absl::Status CudaEngine::Forward(absl::Span<const CudaSegmentInput> batch, std::
   }
   std::vector<int32_t> order;
   for (size_t b = 0; b < n; ++b) {
-    const CudaSegmentInput& in = batch[b];
+    const SegmentInput& in = batch[b];
+    CudaStream& stream = *streams[b];
     SegmentOutput& out = (*outputs)[b];
     const int64_t len = static_cast<int64_t>(in.tokens.size());
-    const bool first = in.stream->position_ == 0;
+    const bool first = stream.position_ == 0;
     out.tokens_scored = len - (first ? 1 : 0);
-    in.stream->position_ += len;
-    if (in.options.entropy) out.entropy.assign(len, std::numeric_limits<float>::quiet_NaN());
+    if (in.commit) {
+      stream.position_ += len;
+      stream.size_ = static_cast<int>(std::min<int64_t>(stream.capacity(), stream.size_ + len));
+    }    if (in.options.entropy) out.entropy.assign(len, std::numeric_limits<float>::quiet_NaN());
     if (in.options.alternatives > 0) out.alternatives.assign(len, {});
     if (!full[b].empty()) {
       for (int64_t i = first ? 1 : 0; i < len; ++i) {
@@ -233,7 +270,7 @@ absl::Status CudaEngine::Forward(absl::Span<const CudaSegmentInput> batch, std::
       }
     }
     if (in.options.selections) {
-      const int topk = std::max(1, in.stream->settings_.topk);
+      const int topk = std::max(1, stream.settings_.topk);
       out.selections.assign(c.n_layer, std::vector<std::vector<int>>(c.n_head));
       out.selection_scores.assign(c.n_layer, std::vector<std::vector<float>>(c.n_head));
       for (int l = 0; l < c.n_layer; ++l) {
@@ -249,9 +286,27 @@ absl::Status CudaEngine::Forward(absl::Span<const CudaSegmentInput> batch, std::
   return absl::OkStatus();
 }
 
-absl::Status CudaEngine::NextTokenLogProbs(const CudaStream& stream, std::vector<float>* out) {
+absl::Status CudaEngine::NextTokenLogProbs(const EngineStream& engine_stream, std::vector<float>* out) {
+  const CudaStream* stream = Own(&engine_stream);
+  if (stream == nullptr) return absl::InvalidArgumentError("the stream belongs to another engine");
   out->resize(static_cast<size_t>(config_.vocab_size));
-  return Check(api_->next_logprobs(ctx_, stream.stream_, out->data()));
+  return Check(api_->next_logprobs(ctx_, stream->stream_, out->data()));
+}
+
+absl::StatusOr<EngineMemory> CudaEngine::Memory() {
+  ASSIGN_OR_RETURN(const trams_cuda_device_info info, DeviceInfo());
+  EngineMemory m;
+  m.device = device();
+  m.has_device_memory = info.memory_total > 0;
+  m.device_total_bytes = info.memory_total;
+  m.device_used_bytes = info.memory_total - info.memory_free;
+  m.has_arena = true;
+  m.arena_used_bytes = info.arena_used;
+  m.arena_capacity_bytes = info.arena_total;
+  m.arena_largest_free_bytes = info.arena_largest_free;
+  m.weights_bytes = info.weights_bytes;
+  m.streams = info.streams;
+  return m;
 }
 
 absl::StatusOr<trams_cuda_device_info> CudaEngine::DeviceInfo() {

@@ -1,8 +1,6 @@
-// CudaEngine: the engine on a CUDA backend (or its host emulation), behind the C ABI of
-// cuda_backend_api.h, with TransformerXL's types: ModelWeights in, TramsSettings per stream,
-// OutputOptions / SegmentOutput per segment (engine/transformer_xl.h). Entropy and alternatives are
-// computed on the host from the full distributions the device returns. Not computed on the device:
-// OutputOptions::memory_share (its samples stay 0).
+// CudaEngine: the Engine (engine/engine.h) on a CUDA backend (or its host emulation), behind the C ABI
+// of cuda_backend_api.h: ModelWeights in, TramsSettings per stream, SegmentInput / SegmentOutput per
+// segment. Not computed on the device: OutputOptions::memory_share (its samples stay 0).
 // Thread safety: the device context serializes calls; a CudaStream is used by one call at a time and must
 // be destroyed before its engine.
 #pragma once
@@ -16,14 +14,15 @@
 #include "absl/types/span.h"
 #include "engine/cuda/cuda_backend_api.h"
 #include "engine/model_weights.h"
-#include "engine/transformer_xl.h"
+#include "engine/engine.h"
 
 namespace trams::cuda {
 
 struct CudaEngineOptions {
   int device = 0;
   trams_cuda_dtype weight_dtype = TRAMS_CUDA_F32;
-  int64_t arena_bytes = int64_t{1} << 30;  // session pools
+  int64_t arena_bytes = int64_t{1} << 30;  // session pools; 0: arena_fraction of the free device memory
+  double arena_fraction = 0;
   bool allow_tf32 = false;
   int64_t output_chunk_floats = 0;  // 0: the module's default
 };
@@ -45,20 +44,25 @@ class ModelView {
 // TramsSettings as the C ABI's struct (`layers` must outlive the result).
 trams_cuda_stream_settings ToCudaSettings(const TramsSettings& settings);
 
-class CudaStream {
+class CudaStream final : public EngineStream {
  public:
-  ~CudaStream();
+  ~CudaStream() override;
   CudaStream(const CudaStream&) = delete;
   CudaStream& operator=(const CudaStream&) = delete;
 
-  const TramsSettings& settings() const { return settings_; }
-  int64_t position() const { return position_; }
+  const TramsSettings& settings() const override { return settings_; }
+  int size() const override { return size_; }
+  int64_t position() const override { return position_; }
+  int64_t bytes() const override { return bytes_; }
   absl::StatusOr<trams_cuda_stream_info> Info() const;
 
-  // StreamState's transactions: Rollback() restores the pools, cursor and prediction state of Begin().
-  absl::Status BeginTransaction();
-  absl::Status Commit();
-  absl::Status Rollback();
+  // Rollback() restores the pools, cursor and prediction state of Begin() (C ABI: the undo log lives in
+  // host memory).
+  absl::Status BeginTransaction() override;
+  absl::Status Commit() override;
+  absl::Status Rollback() override;
+  bool in_transaction() const override { return in_transaction_; }
+  int64_t undo_bytes() const override;
 
  private:
   friend class CudaEngine;
@@ -67,43 +71,47 @@ class CudaStream {
   trams_cuda_context* ctx_ = nullptr;
   trams_cuda_stream* stream_ = nullptr;
   TramsSettings settings_;
+  // The cursor as the module keeps it, mirrored so that reading it never waits for a running forward.
+  int size_ = 0;
   int64_t position_ = 0;
+  int64_t bytes_ = 0;
+  bool in_transaction_ = false;
+  int saved_size_ = 0;
   int64_t saved_position_ = 0;
 };
 
-struct CudaSegmentInput {
-  CudaStream* stream = nullptr;
-  absl::Span<const int32_t> tokens;
-  OutputOptions options;
-};
-
-class CudaEngine {
+// The Engine on a CUDA backend: a real device ("cuda:N") or its host emulation ("emulated:N").
+class CudaEngine final : public Engine {
  public:
   // `api`: CudaModule::api() or EmulatedApi(). The weights are copied to the device.
   static absl::StatusOr<std::unique_ptr<CudaEngine>> Create(const trams_cuda_api* api, const ModelWeights& weights,
                                                             const CudaEngineOptions& options = {});
-  ~CudaEngine();
+  ~CudaEngine() override;
   CudaEngine(const CudaEngine&) = delete;
   CudaEngine& operator=(const CudaEngine&) = delete;
 
-  const ModelConfig& config() const { return config_; }
+  const ModelConfig& config() const override { return config_; }
+  std::string device() const override;
   const char* backend() const { return api_->backend; }
 
-  absl::StatusOr<std::unique_ptr<CudaStream>> NewStream(const TramsSettings& settings);
-  absl::StatusOr<int64_t> StreamBytes(const TramsSettings& settings);
-  absl::Status FillPoolWithZeroStates(CudaStream* stream);
-  // As TransformerXL::Forward: all-or-nothing per batch (except device errors, see the C ABI).
-  absl::Status Forward(absl::Span<const CudaSegmentInput> batch, std::vector<SegmentOutput>* outputs);
-  absl::Status NextTokenLogProbs(const CudaStream& stream, std::vector<float>* out);
+  absl::StatusOr<int64_t> StreamBytes(const TramsSettings& settings) override;
+  absl::StatusOr<std::unique_ptr<EngineStream>> NewStream(const TramsSettings& settings) override;
+  absl::Status FillPoolWithZeroStates(EngineStream* stream) override;
+  // Entropy and alternatives are computed on the host from full distributions the device returns.
+  absl::Status Forward(absl::Span<const SegmentInput> batch, std::vector<SegmentOutput>* outputs) override;
+  absl::Status NextTokenLogProbs(const EngineStream& stream, std::vector<float>* out) override;
+  absl::StatusOr<EngineMemory> Memory() override;
   absl::StatusOr<trams_cuda_device_info> DeviceInfo();
 
  private:
   CudaEngine() = default;
   absl::Status Check(trams_cuda_code code) const;
+  CudaStream* Own(const EngineStream* stream) const;  // null if not one of this engine's streams
 
   const trams_cuda_api* api_ = nullptr;
   trams_cuda_context* ctx_ = nullptr;
   ModelConfig config_;
+  int device_ = 0;
 };
 
 }  // namespace trams::cuda

@@ -143,7 +143,7 @@ Status Context::Forward(const trams_cuda_segment* segs, int n_segments) {
   for (int b = 0; b < p.batch; ++b) {
     const Stream& s = *p.streams[b];
     const int n = segs[b].n_tokens, cap = s.capacity();
-    if (cap == 0) continue;
+    if (cap == 0 || segs[b].provisional) continue;  // a provisional segment leaves the pool as it is
     for (int i = std::max(0, n - cap); i < n; ++i) {  // earlier ones would be dropped at once
       AppendItem it;
       it.stream = b;
@@ -276,6 +276,7 @@ Status Context::Forward(const trams_cuda_segment* segs, int n_segments) {
 
   // Streams in a transaction save the live rows this forward overwrites (StreamState::SaveRowsBeforeAppend).
   for (int b = 0; b < p.batch; ++b) {
+    if (segs[b].provisional) continue;
     TRAMS_CUDA_RETURN_IF_ERROR(SaveRowsBeforeAppend(*p.streams[b], segs[b].n_tokens));
   }
 
@@ -288,6 +289,7 @@ Status Context::Forward(const trams_cuda_segment* segs, int n_segments) {
   // The prediction state for the next segment: the last row of each stream (after scoring, which read
   // the previous one).
   for (int b = 0; b < p.batch && s.ok(); ++b) {
+    if (segs[b].provisional) continue;
     s = ops_->CopyOnDevice(p.streams[b]->last_hidden_, x_final + (p.offset[b] + segs[b].n_tokens - 1) * int64_t{d},
                            sizeof(float) * d);
   }
@@ -339,7 +341,9 @@ Status Context::Forward(const trams_cuda_segment* segs, int n_segments) {
       }
     }
   }
-  for (int b = 0; b < p.batch; ++b) p.streams[b]->CommitAppend(segs[b].n_tokens);
+  for (int b = 0; b < p.batch; ++b) {
+    if (!segs[b].provisional) p.streams[b]->CommitAppend(segs[b].n_tokens);
+  }
   return Status::Ok();
 }
 

@@ -61,7 +61,7 @@ class Workload {
   }
   int warmup() const { return (streams_[0]->settings().mem_len + 63) / 64 + 1; }
   void Step(std::mt19937& rng, bool timed) {
-    std::vector<CudaSegmentInput> in;
+    std::vector<SegmentInput> in;
     for (size_t b = 0; b < streams_.size(); ++b) {
       for (auto& t : ids_[b]) t = zipf_.Sample(rng);
       in.push_back({streams_[b].get(), ids_[b], {}});
@@ -84,7 +84,7 @@ class Workload {
  private:
   CudaEngine& engine_;
   Zipf& zipf_;
-  std::vector<std::unique_ptr<CudaStream>> streams_;
+  std::vector<std::unique_ptr<EngineStream>> streams_;
   std::vector<std::vector<int32_t>> ids_;
   std::vector<SegmentOutput> out_;
   Run run_;

@@ -23,6 +23,12 @@
 namespace trams::cuda {
 namespace {
 
+// The module's own view of a stream's cursor (a CudaStream's).
+absl::StatusOr<trams_cuda_stream_info> StreamInfo(const EngineStream& stream) {
+  return dynamic_cast<const CudaStream&>(stream).Info();
+}
+
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 
@@ -62,7 +68,7 @@ TEST_P(CudaGoldenTest, MatchesReference) {
   const int n = c["tgt_len"];
   const int streams = static_cast<int>(inputs.size());
   const int64_t length = static_cast<int64_t>(inputs[0].size());
-  std::vector<std::unique_ptr<CudaStream>> state;
+  std::vector<std::unique_ptr<EngineStream>> state;
   for (int b = 0; b < streams; ++b) {
     auto s = engine->NewStream(settings);
     ASSERT_TRUE(s.ok()) << s.status();
@@ -80,7 +86,7 @@ TEST_P(CudaGoldenTest, MatchesReference) {
   int segment = 0;
   for (int64_t pos = 0; pos < length; pos += n, ++segment) {
     const int64_t len = std::min<int64_t>(n, length - pos);
-    std::vector<CudaSegmentInput> batch;
+    std::vector<SegmentInput> batch;
     for (int b = 0; b < streams; ++b) {
       batch.push_back({state[b].get(), absl::MakeConstSpan(inputs[b]).subspan(pos, len), options});
     }
@@ -174,8 +180,8 @@ TEST_P(CudaVsHostTest, RaggedMixedBatchesMatchTheHostEngine) {
     const std::vector<TramsSettings> settings = {TramsSettings::Trams(24, 4, 8), TramsSettings::Xl(12),
                                                  TramsSettings::NoMemory(), partial, paper,
                                                  TramsSettings::Trams(6, 2, 2)};
-    std::vector<std::unique_ptr<CudaStream>> dev;
-    std::vector<std::unique_ptr<StreamState>> ref;
+    std::vector<std::unique_ptr<EngineStream>> dev;
+    std::vector<std::unique_ptr<EngineStream>> ref;
     for (const TramsSettings& s : settings) {
       auto d = engine->NewStream(s);
       ASSERT_TRUE(d.ok()) << d.status();
@@ -192,7 +198,7 @@ TEST_P(CudaVsHostTest, RaggedMixedBatchesMatchTheHostEngine) {
       o.selections = true;
       o.next_distribution = seg % 2 == 1;
       o.entropy = seg == 3;
-      std::vector<CudaSegmentInput> dbatch;
+      std::vector<SegmentInput> dbatch;
       std::vector<SegmentInput> hbatch;
       for (size_t b = 0; b < settings.size(); ++b) {
         // Skip a stream now and then: batches need not hold every stream.
@@ -220,7 +226,7 @@ TEST_P(CudaVsHostTest, RaggedMixedBatchesMatchTheHostEngine) {
       }
     }
     for (size_t b = 0; b < settings.size(); ++b) {
-      auto info = dev[b]->Info();
+      auto info = StreamInfo(*dev[b]);
       ASSERT_TRUE(info.ok());
       EXPECT_EQ(info->size, ref[b]->size()) << "stream " << b;
       EXPECT_EQ(info->position, ref[b]->position()) << "stream " << b;
@@ -252,7 +258,7 @@ TEST_P(CudaVsHostTest, ReferenceCompatZeroPoolMatchesTheHostEngine) {
     o.selections = true;
     std::vector<SegmentOutput> dout, hout;
     ASSERT_TRUE(host->Forward({SegmentInput{ref.get(), ids, o}}, &hout).ok());
-    ASSERT_TRUE(engine->Forward({CudaSegmentInput{dev.get(), ids, o}}, &dout).ok());
+    ASSERT_TRUE(engine->Forward({SegmentInput{dev.get(), ids, o}}, &dout).ok());
     ExpectClose(dout[0].logprob, hout[0].logprob, kLogProbTolerance, "logprob");
     EXPECT_EQ(dout[0].selections, hout[0].selections);
   }
@@ -269,15 +275,15 @@ TEST_P(CudaVsHostTest, BadInputChangesNothing) {
   auto b = *engine->NewStream(TramsSettings::Xl(8));
   const std::vector<int32_t> good = {1, 2, 3}, bad = {4, 97, 5}, empty;
   std::vector<SegmentOutput> out;
-  absl::Status st = engine->Forward({CudaSegmentInput{a.get(), good, {}}, CudaSegmentInput{b.get(), bad, {}}}, &out);
+  absl::Status st = engine->Forward({SegmentInput{a.get(), good, {}}, SegmentInput{b.get(), bad, {}}}, &out);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
   EXPECT_NE(std::string(st.message()).find("outside the vocabulary"), std::string::npos) << st;
-  st = engine->Forward({CudaSegmentInput{a.get(), good, {}}, CudaSegmentInput{a.get(), good, {}}}, &out);
+  st = engine->Forward({SegmentInput{a.get(), good, {}}, SegmentInput{a.get(), good, {}}}, &out);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
-  st = engine->Forward({CudaSegmentInput{a.get(), empty, {}}}, &out);
+  st = engine->Forward({SegmentInput{a.get(), empty, {}}}, &out);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
-  EXPECT_EQ(a->Info()->position, 0);
-  EXPECT_EQ(b->Info()->position, 0);
+  EXPECT_EQ(StreamInfo(*a)->position, 0);
+  EXPECT_EQ(StreamInfo(*b)->position, 0);
   std::vector<float> next;
   EXPECT_EQ(engine->NextTokenLogProbs(*a, &next).code(), absl::StatusCode::kFailedPrecondition);
   auto bad_settings = engine->NewStream(TramsSettings::Trams(8, 6, 6));
@@ -299,7 +305,7 @@ TEST_P(CudaVsHostTest, FullArenaIsResourceExhaustedNotACrash) {
   options.arena_bytes = 3 * bytes + bytes / 2;
   auto engine = MakeEngine(GetParam(), *weights, &skip, options);
   ASSERT_NE(engine, nullptr);
-  std::vector<std::unique_ptr<CudaStream>> streams;
+  std::vector<std::unique_ptr<EngineStream>> streams;
   for (int i = 0; i < 3; ++i) {
     auto st = engine->NewStream(s);
     ASSERT_TRUE(st.ok()) << st.status();
@@ -336,7 +342,7 @@ TEST_P(CudaVsHostTest, HalfPrecisionWeightsStayClose) {
       const auto ids = RandomTokens(rng, 8, weights->config.vocab_size);
       std::vector<SegmentOutput> dout, hout;
       ASSERT_TRUE(host->Forward({SegmentInput{ref.get(), ids, {}}}, &hout).ok());
-      ASSERT_TRUE(engine->Forward({CudaSegmentInput{dev.get(), ids, {}}}, &dout).ok());
+      ASSERT_TRUE(engine->Forward({SegmentInput{dev.get(), ids, {}}}, &dout).ok());
       for (size_t i = 0; i < ids.size(); ++i) {
         if (std::isnan(hout[0].logprob[i])) continue;
         const double rel = std::fabs(dout[0].logprob[i] - hout[0].logprob[i]) / std::max(1.0f, std::fabs(hout[0].logprob[i]));
@@ -370,8 +376,8 @@ TEST_P(CudaVsHostTest, RandomWeightsWithLargerShapes) {
   ASSERT_NE(engine, nullptr);
   auto host = TransformerXL::FromWeights(weights, EngineOptions{1});
   const TramsSettings s = TramsSettings::Trams(40, 10, 12);
-  std::vector<std::unique_ptr<CudaStream>> dev;
-  std::vector<std::unique_ptr<StreamState>> ref;
+  std::vector<std::unique_ptr<EngineStream>> dev;
+  std::vector<std::unique_ptr<EngineStream>> ref;
   for (int b = 0; b < 3; ++b) {
     dev.push_back(*engine->NewStream(s));
     ref.push_back(*host->NewStream(s));
@@ -379,7 +385,7 @@ TEST_P(CudaVsHostTest, RandomWeightsWithLargerShapes) {
   std::mt19937 rng(23);
   for (int seg = 0; seg < 5; ++seg) {
     std::vector<std::vector<int32_t>> ids;
-    std::vector<CudaSegmentInput> dbatch;
+    std::vector<SegmentInput> dbatch;
     std::vector<SegmentInput> hbatch;
     OutputOptions o;
     o.selections = true;
@@ -426,7 +432,7 @@ TEST_P(CudaVsHostTest, RollbackRestoresTheStreamExactly) {
       const auto ids = RandomTokens(rng, n, weights->config.vocab_size);
       std::vector<SegmentOutput> dout, hout;
       ASSERT_TRUE(host->Forward({SegmentInput{ref.get(), ids, o}}, &hout).ok());
-      ASSERT_TRUE(engine->Forward({CudaSegmentInput{dev.get(), ids, o}}, &dout).ok());
+      ASSERT_TRUE(engine->Forward({SegmentInput{dev.get(), ids, o}}, &dout).ok());
       if (!compare) return;
       ExpectClose(dout[0].logprob, hout[0].logprob, kLogProbTolerance, "logprob");
       EXPECT_EQ(dout[0].selections, hout[0].selections);
@@ -436,7 +442,7 @@ TEST_P(CudaVsHostTest, RollbackRestoresTheStreamExactly) {
       ASSERT_TRUE(dev->BeginTransaction().ok());
       ref->BeginTransaction();
       for (int seg = 0; seg < round + 1; ++seg) run(3 + 5 * seg, true);
-      const auto info = dev->Info();
+      const auto info = StreamInfo(*dev);
       ASSERT_TRUE(info.ok());
       EXPECT_EQ(info->in_transaction, 1);
       EXPECT_EQ(info->undo_bytes > 0, ref->undo_bytes() > 0);
@@ -447,9 +453,9 @@ TEST_P(CudaVsHostTest, RollbackRestoresTheStreamExactly) {
         ASSERT_TRUE(dev->Rollback().ok());
         ref->Rollback();
       }
-      EXPECT_EQ(dev->Info()->position, ref->position());
+      EXPECT_EQ(StreamInfo(*dev)->position, ref->position());
       EXPECT_EQ(dev->position(), ref->position());
-      EXPECT_EQ(dev->Info()->size, ref->size());
+      EXPECT_EQ(StreamInfo(*dev)->size, ref->size());
       run(4, true);
     }
     std::vector<float> dnext, hnext;
