@@ -535,6 +535,9 @@ TEST(ServerIdsOnlyModelTest, TextIsFailedPreconditionAndChangesNothing) {
     ASSERT_TRUE(stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
     EXPECT_EQ(info.tokenizer(), "none");
     EXPECT_EQ(info.vocab_size(), 97);
+    // The device under test, as the engine names it (so the emulated run cannot silently be the host).
+    const std::string asked = TestOptions("plain_postln").device.device;
+    EXPECT_EQ(info.device(), asked == "emulated" ? "emulated:0" : asked == "cuda" ? "cuda:0" : "cpu");
   }
   ASSERT_TRUE(CreateSession(stub, "ids", Trams(kM, kTopk, kRemain), kN).ok());
   std::vector<int32_t> ids;
@@ -707,9 +710,15 @@ TEST(ServerLimitsTest, MemoryBudgetIsByteExact) {
   // A session's pool bytes, as CreateSession reports them.
   const int64_t pool = ReportedPoolBytes(TestOptions(kModel), Trams(kM, kTopk, kRemain), kN);
   {
-    auto model = TransformerXL::Load(ModelDir(kModel));
-    ASSERT_TRUE(model.ok()) << model.status();
-    EXPECT_EQ(pool, StreamState::BytesFor((*model)->config(), TramsSettings::Trams(kM, kTopk, kRemain)));
+    // What the engine of the device under test allocates (the arena block, on a CUDA backend).
+    auto opened = OpenEngine(ModelDir(kModel), TestOptions(kModel).device);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    auto bytes = opened->engine->StreamBytes(TramsSettings::Trams(kM, kTopk, kRemain));
+    ASSERT_TRUE(bytes.ok()) << bytes.status();
+    EXPECT_EQ(pool, *bytes);
+    if (opened->engine->device() == "cpu") {
+      EXPECT_EQ(pool, StreamState::BytesFor(opened->engine->config(), TramsSettings::Trams(kM, kTopk, kRemain)));
+    }
   }
   ASSERT_GT(pool, 0);
   const int64_t budget = 2 * pool + pool;  // two sessions + one running call's undo reservation
