@@ -3,8 +3,9 @@
 // segments of 64 tokens (Zipf-distributed ids, so the adaptive softmax's clusters are hit as in text).
 // XL and TRAMS segments alternate so that clock changes hit both; the ratio is TRAMS time / XL time per token.
 // Also: device memory per session at M = 400 (its pools in the arena plus its share of the batch-64
-// workspace) and how many such sessions fit in what the device has left. Without a GPU it says so and
-// exits 0.
+// workspace) and how many such sessions fit in what the device has left; and generation's decode step
+// (one token per session, next-token distribution to the host) with 1, 64 and 512 sessions. Without a GPU
+// it says so and exits 0; --emulated runs a tiny model on the host emulation (a smoke run of this code).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -16,6 +17,7 @@
 
 #include "engine/cuda/cuda_engine.h"
 #include "engine/cuda/cuda_loader.h"
+#include "engine/cuda/host_emulation.h"
 #include "engine/random_weights.h"
 
 namespace trams::cuda {
@@ -90,11 +92,70 @@ class Workload {
   Run run_;
 };
 
+// Generation's decode step as the server runs it: every session feeds its one newest token and asks for the
+// next-token distribution (copied back to the host, where the sampler runs). Returns ms per step.
+std::vector<int> ParseList(const std::string& list) {
+  std::vector<int> out;
+  for (size_t p = 0; p < list.size();) {
+    const size_t q = list.find(',', p);
+    out.push_back(std::max(1, std::atoi(list.substr(p, q - p).c_str())));
+    p = q == std::string::npos ? list.size() : q + 1;
+  }
+  return out;
+}
+
+double DecodeMsPerStep(CudaEngine& engine, const TramsSettings& settings, int sessions, int steps, Zipf& zipf,
+                       std::mt19937& rng, bool* fitted) {
+  std::vector<std::unique_ptr<EngineStream>> streams;
+  for (int b = 0; b < sessions; ++b) {
+    auto s = engine.NewStream(settings);
+    if (!s.ok()) {
+      *fitted = false;  // the arena is full: report how many fitted instead of a time
+      return static_cast<double>(b);
+    }
+    streams.push_back(std::move(*s));
+  }
+  *fitted = true;
+  // A filled pool first (the steady state of a long generation): segments of 64, 16 sessions at a time,
+  // so the fill's workspace stays small.
+  std::vector<std::vector<int32_t>> prompt(sessions, std::vector<int32_t>(settings.mem_len + 1));
+  for (auto& p : prompt) {
+    for (auto& t : p) t = zipf.Sample(rng);
+  }
+  std::vector<SegmentInput> in;
+  std::vector<SegmentOutput> out;
+  const int64_t len = static_cast<int64_t>(prompt[0].size());
+  for (int g = 0; g < sessions; g += 16) {
+    for (int64_t pos = 0; pos < len; pos += 64) {
+      in.clear();
+      for (int b = g; b < std::min(sessions, g + 16); ++b) {
+        in.push_back({streams[b].get(), absl::MakeConstSpan(prompt[b]).subspan(pos, std::min<int64_t>(64, len - pos)), {}});
+      }
+      if (!engine.Forward(in, &out).ok()) return -1;
+    }
+  }
+  std::vector<int32_t> next(sessions);
+  OutputOptions o;
+  o.next_distribution = true;
+  double seconds = 0;
+  for (int step = 0; step <= steps; ++step) {
+    in.clear();
+    for (int b = 0; b < sessions; ++b) {
+      next[b] = zipf.Sample(rng);
+      in.push_back({streams[b].get(), absl::MakeConstSpan(&next[b], 1), o});
+    }
+    const auto t0 = Clock::now();
+    if (!engine.Forward(in, &out).ok()) return -1;
+    if (step > 0) seconds += std::chrono::duration<double>(Clock::now() - t0).count();  // step 0 warms up
+  }
+  return 1000.0 * seconds / steps;
+}
+
 int Main(int argc, char** argv) {
   std::string module_path, dtype_name = "f32";
   int segments = 8;
-  bool only_enwik8 = false, tf32 = false;
-  std::vector<int> batches = {1, 10, 64};
+  bool only_enwik8 = false, tf32 = false, emulated = false;
+  std::vector<int> batches = {1, 10, 64}, decode_sessions = {1, 64, 512};
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg.rfind("--module=", 0) == 0) {
@@ -104,25 +165,25 @@ int Main(int argc, char** argv) {
     } else if (std::sscanf(argv[i], "--segments=%d", &segments) == 1) {
     } else if (arg == "--tf32") {
       tf32 = true;
+    } else if (arg == "--emulated") {
+      emulated = true;
     } else if (arg == "--enwik8-only") {
       only_enwik8 = true;
     } else if (arg.rfind("--batches=", 0) == 0) {
-      batches.clear();
-      for (size_t p = 10; p < arg.size();) {
-        const size_t q = arg.find(',', p);
-        batches.push_back(std::atoi(arg.substr(p, q - p).c_str()));
-        p = q == std::string::npos ? arg.size() : q + 1;
-      }
+      batches = ParseList(arg.substr(10));
+    } else if (arg.rfind("--decode_sessions=", 0) == 0) {
+      decode_sessions = ParseList(arg.substr(18));
     } else {
       std::fprintf(stderr,
                    "usage: trams-cuda-bench [--module=PATH] [--dtype=f32|f16|bf16] [--tf32] [--segments=N] "
-                   "[--batches=1,10,64] [--enwik8-only]\n");
+                   "[--batches=1,10,64] [--decode_sessions=1,64,512] [--enwik8-only] [--emulated (a tiny model on the host emulation: a smoke run)]\n");
       return 2;
     }
   }
-  const CudaAvailability probe = ProbeCuda(module_path);
-  std::printf("%s\n", probe.message.c_str());
-  if (!probe.available()) {
+  const CudaAvailability probe = emulated ? CudaAvailability{} : ProbeCuda(module_path);
+  const trams_cuda_api* api = emulated ? EmulatedApi() : probe.available() ? api : nullptr;
+  std::printf("%s\n", emulated ? "host emulation (smoke run: the numbers mean nothing)" : probe.message.c_str());
+  if (api == nullptr) {
     std::printf("trams-cuda-bench: no GPU, nothing to measure\n");
     return 0;
   }
@@ -135,9 +196,20 @@ int Main(int argc, char** argv) {
     ModelConfig config;
   };
   std::vector<Shape> shapes;
-  if (!only_enwik8) shapes.push_back({"wikitext103", WikiText103Config()});
-  shapes.push_back({"enwik8", Enwik8Config()});
-  const TramsSettings xl = TramsSettings::Xl(200), tr = TramsSettings::Trams(400, 50, 150);
+  if (emulated) {
+    ModelConfig tiny = Enwik8Config();
+    tiny.n_layer = 2;
+    tiny.d_model = tiny.d_embed = 32;
+    tiny.n_head = 2;
+    tiny.d_head = 16;
+    tiny.d_inner = 64;
+    shapes.push_back({"tiny", tiny});
+  } else {
+    if (!only_enwik8) shapes.push_back({"wikitext103", WikiText103Config()});
+    shapes.push_back({"enwik8", Enwik8Config()});
+  }
+  const TramsSettings xl = emulated ? TramsSettings::Xl(12) : TramsSettings::Xl(200);
+  const TramsSettings tr = emulated ? TramsSettings::Trams(24, 4, 8) : TramsSettings::Trams(400, 50, 150);
   const int tgt_len = 64, max_batch = *std::max_element(batches.begin(), batches.end());
   std::mt19937 rng(1234);
   for (const Shape& shape : shapes) {
@@ -148,7 +220,7 @@ int Main(int argc, char** argv) {
       CudaEngineOptions small;
       small.arena_bytes = 0;
       small.weight_dtype = dtype;
-      auto probe_engine = CudaEngine::Create(&probe.module->api(), weights, small);
+      auto probe_engine = CudaEngine::Create(api, weights, small);
       if (!probe_engine.ok()) {
         std::fprintf(stderr, "%s: %s\n", shape.name, std::string(probe_engine.status().message()).c_str());
         return 1;
@@ -160,7 +232,7 @@ int Main(int argc, char** argv) {
     options.weight_dtype = dtype;
     options.allow_tf32 = tf32;
     options.arena_bytes = static_cast<int64_t>(max_batch) * (xl_bytes + tr_bytes) + (int64_t{64} << 20);
-    auto engine = CudaEngine::Create(&probe.module->api(), weights, options);
+    auto engine = CudaEngine::Create(api, weights, options);
     if (!engine.ok()) {
       std::fprintf(stderr, "%s: %s\n", shape.name, std::string(engine.status().message()).c_str());
       return 1;
@@ -191,16 +263,44 @@ int Main(int argc, char** argv) {
                   x.device_ms / x.segments, t.device_ms / t.segments, info.workspace_peak / 1048576.0);
       std::fflush(stdout);
     }
+    // Decode: one token per session per step, TRAMS, in an arena sized for the most sessions.
+    {
+      const int most = *std::max_element(decode_sessions.begin(), decode_sessions.end());
+      CudaEngineOptions decode_options = options;
+      decode_options.arena_bytes = static_cast<int64_t>(most) * tr_bytes + (int64_t{64} << 20);
+      engine->reset();  // one context at a time: its arena and workspace go back first
+      auto decoder = CudaEngine::Create(api, weights, decode_options);
+      if (!decoder.ok()) {
+        std::printf("decode: %s\n", std::string(decoder.status().message()).c_str());
+      } else {
+        std::printf("%9s %12s %12s   (decode, TRAMS, next-token distribution to the host)\n", "sessions",
+                    "ms/step", "tokens/s");
+        for (int n : decode_sessions) {
+          bool fitted = false;
+          const double ms = DecodeMsPerStep(**decoder, tr, n, segments, zipf, rng, &fitted);
+          if (!fitted) {
+            std::printf("%9d   only %.0f sessions fit in the %.0f MiB arena\n", n, ms,
+                        decode_options.arena_bytes / 1048576.0);
+          } else {
+            std::printf("%9d %12.2f %12.0f\n", n, ms, ms > 0 ? n * 1000.0 / ms : 0.0);
+          }
+          std::fflush(stdout);
+        }
+      }
+      if (decoder.ok()) decoder->reset();
+      engine = CudaEngine::Create(api, weights, options);
+      if (!engine.ok()) return 1;
+    }
     const trams_cuda_device_info end = *(*engine)->DeviceInfo();
     const double per_session = tr_bytes + static_cast<double>(peak_workspace_max_batch) / max_batch;
     // Room for sessions: free device memory plus the arena not held by streams (the workloads' streams are
     // gone by now). The workspace is already allocated at its peak, so it is not counted again.
     const int64_t room = end.memory_free + (end.arena_total - end.arena_used);
-    std::printf("TRAMS M=400 session: %.2f MiB of pools (XL m=200: %.2f MiB); %.2f MiB with its share of the "
+    std::printf("TRAMS M=%d session: %.2f MiB of pools (XL m=%d: %.2f MiB); %.2f MiB with its share of the "
                 "batch-%d workspace (%.1f MiB)\n",
-                tr_bytes / 1048576.0, xl_bytes / 1048576.0, per_session / 1048576.0, max_batch,
+                tr.mem_len, tr_bytes / 1048576.0, xl.mem_len, xl_bytes / 1048576.0, per_session / 1048576.0, max_batch,
                 peak_workspace_max_batch / 1048576.0);
-    std::printf("device memory: %.0f MiB total, %.0f MiB free + %.0f MiB arena not in use -> %lld TRAMS M=400 sessions "
+    std::printf("device memory: %.0f MiB total, %.0f MiB free + %.0f MiB arena not in use -> %lld TRAMS sessions "
                 "fit (%lld counting each one's workspace share)\n",
                 end.memory_total / 1048576.0, end.memory_free / 1048576.0,
                 (end.arena_total - end.arena_used) / 1048576.0, static_cast<long long>(room / tr_bytes),
