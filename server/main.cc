@@ -99,7 +99,9 @@ absl::StatusOr<ServerOptions> OptionsFromFlags(const ModelConfig& config) {
                          Range{"max_mem_len", o.limits.max_mem_len, 1, kMaxMemLen},
                          Range{"max_segment_len", o.limits.max_segment_len, 1, 1 << 16},
                          Range{"threads", o.device.threads, 0, 1024},
-                         Range{"drain_seconds", o.drain_seconds, 0, 24 * 3600}}) {
+                         Range{"drain_seconds", o.drain_seconds, 0, 24 * 3600},
+                         Range{"max_batch", absl::GetFlag(FLAGS_max_batch), 1, 1024},
+                         Range{"max_queue", absl::GetFlag(FLAGS_max_queue), 1, 1 << 20}}) {
     if (r.value < r.lo || r.value > r.hi) {
       return absl::InvalidArgumentError(
           absl::StrCat("--", r.flag, " must be in [", r.lo, ", ", r.hi, "], got ", r.value));

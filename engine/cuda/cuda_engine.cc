@@ -11,6 +11,8 @@
 namespace trams::cuda {
 namespace {
 
+constexpr int64_t kMaxGridY = 65535;  // CUDA's limit on gridDim.y (and z)
+
 trams_cuda_matrix View(const Matrix& m) {
   trams_cuda_matrix v;
   v.data = m.data;
@@ -193,6 +195,13 @@ absl::Status CudaEngine::Forward(absl::Span<const SegmentInput> batch, std::vect
   const ModelConfig& c = config_;
   const int64_t vocab = c.vocab_size;
   const size_t n = batch.size();
+  // The attention kernels launch one block row per (head, segment): CUDA's grid y limit bounds the batch.
+  if (static_cast<int64_t>(c.n_head) * static_cast<int64_t>(n) > kMaxGridY) {
+    return absl::InvalidArgumentError(absl::StrCat("a batch of ", n, " segments with ", c.n_head,
+                                                   " heads exceeds the device's launch limit of ", kMaxGridY,
+                                                   " (heads x segments): run at most ", kMaxGridY / c.n_head,
+                                                   " segments per forward"));
+  }
   std::vector<CudaStream*> streams(n);
   for (size_t b = 0; b < n; ++b) {
     streams[b] = Own(batch[b].stream);

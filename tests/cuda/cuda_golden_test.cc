@@ -290,6 +290,72 @@ TEST_P(CudaVsHostTest, BadInputChangesNothing) {
   EXPECT_EQ(bad_settings.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// A provisional segment (SegmentInput::commit false) scores as the host's does and leaves the stream exactly
+// as it was: the next committed segment matches the host's, which never saw the provisional one.
+TEST_P(CudaVsHostTest, ProvisionalSegmentsLeaveTheStreamAsItWas) {
+  auto weights = LoadModelDirectory(GoldenDir() + "/models/plain_postln");
+  ASSERT_TRUE(weights.ok());
+  std::string skip;
+  auto engine = MakeEngine(GetParam(), *weights, &skip);
+  if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
+  ASSERT_NE(engine, nullptr);
+  auto host = TransformerXL::FromWeights(*weights);
+  const TramsSettings s = TramsSettings::Trams(10, 2, 3);
+  auto dev = std::move(*engine->NewStream(s));
+  auto ref = std::move(*host->NewStream(s));
+  std::mt19937 rng(5);
+  OutputOptions o;
+  o.selections = true;
+  o.next_distribution = true;
+  for (int seg = 0; seg < 5; ++seg) {
+    const auto ids = RandomTokens(rng, 4, weights->config.vocab_size);
+    const auto tail = RandomTokens(rng, 3, weights->config.vocab_size);
+    std::vector<SegmentOutput> dout, hout;
+    // The provisional tail first, then the committed segment (the server's order across calls).
+    ASSERT_TRUE(host->Forward({SegmentInput{ref.get(), tail, o, false}}, &hout).ok());
+    ASSERT_TRUE(engine->Forward({SegmentInput{dev.get(), tail, o, false}}, &dout).ok());
+    ExpectClose(dout[0].logprob, hout[0].logprob, kLogProbTolerance, "provisional logprob");
+    ExpectClose(dout[0].next_logprobs, hout[0].next_logprobs, kLogProbTolerance, "provisional next");
+    EXPECT_EQ(dout[0].selections, hout[0].selections);
+    EXPECT_EQ(dev->position(), ref->position());
+    EXPECT_EQ(StreamInfo(*dev)->position, ref->position());
+    EXPECT_EQ(StreamInfo(*dev)->size, ref->size());
+    ASSERT_TRUE(host->Forward({SegmentInput{ref.get(), ids, o}}, &hout).ok());
+    ASSERT_TRUE(engine->Forward({SegmentInput{dev.get(), ids, o}}, &dout).ok());
+    ExpectClose(dout[0].logprob, hout[0].logprob, kLogProbTolerance, "logprob");
+    EXPECT_EQ(dout[0].selections, hout[0].selections);
+    EXPECT_EQ(dev->size(), ref->size());
+    EXPECT_EQ(StreamInfo(*dev)->size, ref->size());
+  }
+}
+
+// The attention kernels' grid has one row per (head, segment): a batch past CUDA's launch limit is refused
+// up front, before any stream changes.
+TEST_P(CudaVsHostTest, BatchesPastTheLaunchLimitAreRefusedUpFront) {
+  auto weights = LoadModelDirectory(GoldenDir() + "/models/plain_postln");
+  ASSERT_TRUE(weights.ok());
+  std::string skip;
+  auto engine = MakeEngine(GetParam(), *weights, &skip);
+  if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
+  ASSERT_NE(engine, nullptr);
+  const int n = 65535 / weights->config.n_head + 1;
+  std::vector<std::unique_ptr<EngineStream>> streams;
+  std::vector<SegmentInput> batch;
+  const std::vector<int32_t> ids = {1, 2};
+  for (int i = 0; i < n; ++i) {
+    auto st = engine->NewStream(TramsSettings::NoMemory());
+    ASSERT_TRUE(st.ok()) << st.status();
+    streams.push_back(std::move(*st));
+    batch.push_back({streams.back().get(), ids, {}});
+  }
+  std::vector<SegmentOutput> out;
+  const absl::Status st = engine->Forward(batch, &out);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_NE(std::string(st.message()).find("launch limit"), std::string::npos) << st;
+  EXPECT_EQ(streams[0]->position(), 0);
+  EXPECT_EQ(StreamInfo(*streams[0])->position, 0);
+}
+
 TEST_P(CudaVsHostTest, FullArenaIsResourceExhaustedNotACrash) {
   auto weights = LoadModelDirectory(GoldenDir() + "/models/plain_postln");
   ASSERT_TRUE(weights.ok());
