@@ -7,6 +7,8 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include "engine/engine.h"
+
 namespace trams {
 namespace {
 
@@ -94,6 +96,39 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                      .Name("trams_pool_bytes")
                      .Help("Bytes of session memory pools, by device")
                      .Register(*registry_);
+  sessions_resident_ = &BuildGauge()
+                            .Name("trams_sessions_resident")
+                            .Help("Sessions whose memory pools live on the device")
+                            .Register(*registry_);
+  // Device and arena families are registered empty: a child (series) appears only once an engine that has
+  // that memory reports it, so the host backend exports none of them.
+  gpu_memory_used_ = &BuildGauge()
+                          .Name("trams_gpu_memory_used_bytes")
+                          .Help("Device memory in use on the whole device, every process (total - free of "
+                                "cudaMemGetInfo); absent on the host backend")
+                          .Register(*registry_);
+  gpu_memory_total_ = &BuildGauge()
+                           .Name("trams_gpu_memory_total_bytes")
+                           .Help("Device memory of the device (cudaMemGetInfo total); absent on the host backend")
+                           .Register(*registry_);
+  arena_used_ = &BuildGauge()
+                     .Name("trams_pool_arena_used_bytes")
+                     .Help("Bytes of the session-pool arena held by session pools; absent on the host backend")
+                     .Register(*registry_);
+  arena_capacity_ = &BuildGauge()
+                         .Name("trams_pool_arena_capacity_bytes")
+                         .Help("Capacity of the session-pool arena (--gpu_pool_bytes or --gpu_memory_fraction); "
+                               "absent on the host backend")
+                         .Register(*registry_);
+  arena_largest_free_ = &BuildGauge()
+                             .Name("trams_pool_arena_largest_free_bytes")
+                             .Help("Largest free block of the session-pool arena (the largest pool that still fits); "
+                                   "absent on the host backend")
+                             .Register(*registry_);
+  weights_bytes_ = &BuildGauge()
+                        .Name("trams_model_weights_bytes")
+                        .Help("Bytes of model weights and precomputed tables where the math runs, by device")
+                        .Register(*registry_);
   auto& share = BuildHistogram()
                     .Name("trams_attention_memory_share_ratio")
                     .Help("Sampled: attention probability on m memory tokens over the full pool; "
@@ -143,6 +178,26 @@ void Metrics::SetInputBufferBytes(int64_t bytes) { input_buffer_bytes_->Set(stat
 std::string Metrics::Text() const { return prometheus::TextSerializer().Serialize(registry_->Collect()); }
 void Metrics::SetPoolBytes(const std::string& device, int64_t bytes) {
   pool_bytes_->Add({{"device", device}}).Set(static_cast<double>(bytes));
+}
+void Metrics::SetSessionsResident(const std::string& device, int64_t count) {
+  sessions_resident_->Add({{"device", device}}).Set(static_cast<double>(count));
+}
+void Metrics::SetEngineMemory(const EngineMemory& m) {
+  // Family::Add returns the existing child for known labels, so this only adds series the first time.
+  const prometheus::Labels device{{"device", m.device}};
+  auto set = [&](prometheus::Family<prometheus::Gauge>* family, int64_t bytes) {
+    family->Add(device).Set(static_cast<double>(bytes));
+  };
+  if (m.has_device_memory) {
+    set(gpu_memory_used_, m.device_used_bytes);
+    set(gpu_memory_total_, m.device_total_bytes);
+  }
+  if (m.has_arena) {
+    set(arena_used_, m.arena_used_bytes);
+    set(arena_capacity_, m.arena_capacity_bytes);
+    set(arena_largest_free_, m.arena_largest_free_bytes);
+  }
+  set(weights_bytes_, m.weights_bytes);
 }
 void Metrics::SelectionShare(double selected_share, double recent_share) {
   selected_share_->Observe(selected_share);

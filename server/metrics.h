@@ -20,6 +20,8 @@ class Family;
 
 namespace trams {
 
+struct EngineMemory;
+
 class Metrics {
  public:
   Metrics();
@@ -43,6 +45,12 @@ class Metrics {
   void SetMemoryBudget(int64_t bytes);
   void SetInputBufferBytes(int64_t bytes);
   void SetPoolBytes(const std::string& device, int64_t bytes);
+  // Sessions whose pools live on `device` (trams_sessions_resident{device}).
+  void SetSessionsResident(const std::string& device, int64_t count);
+  // Where the pools live and how full it is, labelled device=m.device: trams_gpu_memory_{used,total}_bytes
+  // only when m.has_device_memory, trams_pool_arena_{used,capacity,largest_free}_bytes only when m.has_arena
+  // (on the host backend those series never appear: absent, not zero); trams_model_weights_bytes always.
+  void SetEngineMemory(const EngineMemory& m);
   // The exposition text /metrics would serve (for tests and diagnostics).
   std::string Text() const;
   // Sampled TRAMS statistics: attention probability on the attended memory tokens, and the share
@@ -68,6 +76,13 @@ class Metrics {
   prometheus::Gauge* memory_budget_;
   prometheus::Gauge* input_buffer_bytes_;
   prometheus::Family<prometheus::Gauge>* pool_bytes_;
+  prometheus::Family<prometheus::Gauge>* sessions_resident_;
+  prometheus::Family<prometheus::Gauge>* gpu_memory_used_;
+  prometheus::Family<prometheus::Gauge>* gpu_memory_total_;
+  prometheus::Family<prometheus::Gauge>* arena_used_;
+  prometheus::Family<prometheus::Gauge>* arena_capacity_;
+  prometheus::Family<prometheus::Gauge>* arena_largest_free_;
+  prometheus::Family<prometheus::Gauge>* weights_bytes_;
   prometheus::Histogram* selected_share_;
   prometheus::Histogram* recent_share_;
   std::mutex mu_;  // guards the label caches below

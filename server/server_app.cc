@@ -73,7 +73,41 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
         absl::StrCat("cannot listen on ", options.listen, ": the address is in use or not local to this machine"));
   }
   app->server_->GetHealthCheckService()->SetServingStatus("trams.v1.TramsService", true);
+  app->RefreshEngineMemory();
+  if (absl::StatusOr<EngineMemory> memory = engine->Memory();
+      memory.ok() && (memory->has_device_memory || memory->has_arena)) {
+    ServerApp* const self = app.get();
+    app->memory_refresher_ = std::thread([self] {
+      std::unique_lock<std::mutex> lock(self->refresher_mu_);
+      while (!self->refresher_cv_.wait_for(lock, kMemoryRefresh, [self] { return self->refresher_stop_; })) {
+        lock.unlock();
+        self->RefreshEngineMemory();
+        lock.lock();
+      }
+    });
+  }
   return app;
+}
+
+void ServerApp::RefreshEngineMemory() {
+  if (metrics_ == nullptr || engine_.engine == nullptr) return;
+  absl::StatusOr<EngineMemory> memory = engine_.engine->Memory();
+  if (memory.ok()) {
+    metrics_->SetEngineMemory(*memory);
+  } else if (!memory_error_logged_.exchange(true)) {  // once: the refresher asks every second
+    LogError("engine memory figures unavailable: the gpu/arena gauges keep their last values",
+             {{"device", engine_.engine->device()}, {"reason", std::string(memory.status().message())}});
+  }
+}
+
+void ServerApp::StopMemoryRefresher() {
+  if (!memory_refresher_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(refresher_mu_);
+    refresher_stop_ = true;
+  }
+  refresher_cv_.notify_all();
+  memory_refresher_.join();
 }
 
 void ServerApp::Shutdown(std::chrono::milliseconds drain, std::chrono::milliseconds grace) {
@@ -100,6 +134,7 @@ void ServerApp::Shutdown(std::chrono::milliseconds drain, std::chrono::milliseco
     server_->Shutdown(std::chrono::system_clock::now());  // cancels what is left; those calls roll back
   }
   if (scheduler_) scheduler_->Stop();
+  StopMemoryRefresher();
 }
 
 ServerApp::~ServerApp() { Shutdown(std::chrono::milliseconds(0), std::chrono::milliseconds(0)); }

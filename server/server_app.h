@@ -4,8 +4,12 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <thread>
 
 #include "absl/status/statusor.h"
 #include "server/lm_service.h"
@@ -36,9 +40,15 @@ class ServerApp {
   void Shutdown(std::chrono::milliseconds drain, std::chrono::milliseconds grace = std::chrono::milliseconds(0));
   // Removes sessions idle past the TTL (main calls it periodically).
   int ExpireIdle() { return sessions_->ExpireIdle(); }
+  // Asks the engine where the pools live and how full it is and publishes it (Metrics::SetEngineMemory).
+  // Done once at start and then every kMemoryRefresh by a refresher thread (on engines with device memory
+  // or an arena; the host's figures do not change); tests call it to see a change at once.
+  void RefreshEngineMemory();
+  static constexpr std::chrono::milliseconds kMemoryRefresh{1000};
 
  private:
   ServerApp() = default;
+  void StopMemoryRefresher();
 
   OpenedEngine engine_;  // first: destroyed after everything that uses it
   std::unique_ptr<Metrics> metrics_;
@@ -49,6 +59,13 @@ class ServerApp {
   int grpc_port_ = 0;
   int metrics_port_ = 0;
   bool shut_down_ = false;
+  // The refresher: never holds the session manager's mutex while it asks the engine (the CUDA backend
+  // takes its device context's lock).
+  std::thread memory_refresher_;
+  std::mutex refresher_mu_;
+  std::condition_variable refresher_cv_;
+  bool refresher_stop_ = false;
+  std::atomic<bool> memory_error_logged_{false};
   static constexpr std::chrono::milliseconds kCloseLinger{200};
 };
 

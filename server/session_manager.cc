@@ -331,6 +331,7 @@ void SessionManager::PublishGauges() {
   if (metrics_) {
     metrics_->SetSessions(static_cast<int64_t>(sessions_.size()), bytes_in_use_);
     metrics_->SetPoolBytes(device_, pool_bytes_);
+    metrics_->SetSessionsResident(device_, static_cast<int64_t>(sessions_.size()));
   }
 }
 
