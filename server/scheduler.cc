@@ -4,6 +4,16 @@
 #include "server/metrics.h"
 
 namespace trams {
+namespace {
+
+// Errors an engine returns before anything ran (its checks, a workspace it could not get): the streams are
+// as they were. Anything else may have stopped a forward half way.
+bool ChangedNothing(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kInvalidArgument || s.code() == absl::StatusCode::kResourceExhausted ||
+         s.code() == absl::StatusCode::kFailedPrecondition;
+}
+
+}  // namespace
 
 using Clock = std::chrono::steady_clock;
 
@@ -92,8 +102,13 @@ void Scheduler::RunBatch(std::vector<SegmentJob>& batch) {
     absl::Status s = model_->Forward(inputs, &outputs);
     if (s.ok()) {
       for (size_t k = 0; k < forward_jobs.size(); ++k) results[forward_jobs[k]] = std::move(outputs[k]);
+    } else if (!ChangedNothing(s)) {
+      // A device error part way through: the batch's pools may be half written, so no job may run again
+      // on them. Every call fails and rolls back to its undo log.
+      for (size_t k = 0; k < forward_jobs.size(); ++k) results[forward_jobs[k]] = s;
     } else {
-      // The batch is checked as a whole: run each job alone so one bad segment fails only itself.
+      // The batch is checked as a whole: run each job alone so one bad segment fails only itself (and a
+      // workspace too large for the whole batch may fit one segment).
       for (size_t k = 0; k < forward_jobs.size(); ++k) {
         std::vector<SegmentOutput> one;
         absl::Status single = model_->Forward({&inputs[k], 1}, &one);

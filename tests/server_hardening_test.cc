@@ -17,6 +17,7 @@
 #include <random>
 #include <limits>
 
+#include "engine/cuda/host_emulation.h"
 #include "server_test_util.h"
 
 namespace trams::test {
@@ -589,6 +590,40 @@ TEST(HardeningTest, AClientThatDoesNotReadStopsTheComputationNotTheServer) {
   EXPECT_LT(scored_while_stalled, kStalled * kIds / 4) << "the server computed answers nobody read";
   EXPECT_LT(scored_later - scored_while_stalled, 200 + kStalled * 8 * 4) << "stalled streams kept computing";
   std::printf("tokens scored for 4 stalled clients after 2 s: %.0f of %d sent\n", scored_while_stalled, kStalled * kIds);
+}
+
+// A device error in the middle of a forward (some pool rows already overwritten) fails the calls of that
+// batch with INTERNAL and leaves each session exactly as it was: what it scores next equals what its twin,
+// which never saw the fault, scores. (The scheduler used to run each segment of a failed batch again on
+// its own, on the half-written pools, and the session went on silently wrong.) Runs on the emulated
+// backend, which can inject the fault, whatever device the suite is under.
+TEST(HardeningTest, ADeviceErrorMidForwardLeavesTheSessionAsItWas) {
+  ServerOptions options = TestOptions(kModel);
+  options.device.device = "emulated";
+  auto server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  auto* stub = server->stub.get();
+  for (const char* id : {"faulty", "twin"}) {
+    ASSERT_TRUE(CreateSession(stub, id, Trams(kM, kTopk, kRemain), kN).ok());
+    const ScoreResult r = ScoreText(stub, id, Text(0, 5 * kN));
+    ASSERT_TRUE(r.status.ok()) << Describe(r.status);
+  }
+  const SessionState before = StateOf(stub, "faulty");
+  cuda::InjectEmulatedFault(1);  // past layer 0's pool append, the next matrix product fails
+  const ScoreResult failed = ScoreText(stub, "faulty", Text(300, 2 * kN));
+  cuda::InjectEmulatedFault(-1);
+  EXPECT_EQ(failed.status.error_code(), grpc::StatusCode::INTERNAL) << Describe(failed.status);
+  EXPECT_EQ(StateOf(stub, "faulty"), before);
+  const ScoreResult after = ScoreText(stub, "faulty", Text(300, 3 * kN));
+  const ScoreResult twin = ScoreText(stub, "twin", Text(300, 3 * kN));
+  ASSERT_TRUE(after.status.ok()) << Describe(after.status);
+  ASSERT_TRUE(twin.status.ok()) << Describe(twin.status);
+  const std::vector<float> got = after.logprobs(), want = twin.logprobs();
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_TRUE(got[i] == want[i] || (std::isnan(got[i]) && std::isnan(want[i])))
+        << "token " << i << ": " << got[i] << " vs the twin's " << want[i];
+  }
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "engine/cuda/host_emulation.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -15,6 +16,17 @@
 
 namespace trams::cuda {
 namespace {
+
+// InjectEmulatedFault's state: -1 disarmed, else the PoolAppend calls still to pass before a Gemm fails.
+std::atomic<int> fault_after_appends{-1};
+
+Status MaybeInjectedFault() {
+  int expected = 0;
+  if (fault_after_appends.compare_exchange_strong(expected, -1)) {
+    return Internal("injected fault (InjectEmulatedFault): a device error in the middle of a forward");
+  }
+  return Status::Ok();
+}
 
 class EmulatedOps final : public DeviceOps {
  public:
@@ -88,6 +100,7 @@ class EmulatedOps final : public DeviceOps {
   }
 
   Status Gemm(const GemmArgs& g) override {
+    TRAMS_CUDA_RETURN_IF_ERROR(MaybeInjectedFault());
     for (int item = 0; item < g.batch; ++item) {
       const int64_t a0 = item * g.stride_a, b0 = item * g.stride_b;
       float* c = g.c + item * g.stride_c;
@@ -269,6 +282,7 @@ class EmulatedOps final : public DeviceOps {
   }
 
   Status PoolAppend(const AppendArgs& g) override {
+    if (int left = fault_after_appends.load(); left > 0) fault_after_appends.compare_exchange_strong(left, left - 1);
     const int w = g.n_head * g.d_head;
     for (int t = 0; t < g.n_items; ++t) {
       const AppendItem& it = g.items[t];
@@ -345,5 +359,7 @@ const trams_cuda_api* EmulatedApi() {
   static const trams_cuda_api api = MakeApiTable("emulated", &EmulatedDeviceCount, &EmulatedCreate);
   return &api;
 }
+
+void InjectEmulatedFault(int after_pool_appends) { fault_after_appends.store(after_pool_appends < 0 ? -1 : after_pool_appends); }
 
 }  // namespace trams::cuda

@@ -15,4 +15,9 @@ std::unique_ptr<DeviceOps> MakeEmulatedOps();
 // The C ABI served in-process by EmulatedOps (backend "emulated"; device_count() reports 1 device).
 const trams_cuda_api* EmulatedApi();
 
+// Tests only: the first matrix product after `after_pool_appends` more pool appends (of any emulated
+// context in the process) fails as a device error would (TRAMS_CUDA_INTERNAL), once (negative: disarm). A forward then stops
+// half way, with some pool rows already overwritten: what the callers do next is under test.
+void InjectEmulatedFault(int after_pool_appends);
+
 }  // namespace trams::cuda
