@@ -22,19 +22,20 @@ std::string_view SelectionMetricName(SelectionMetric metric) {
   return metric == SelectionMetric::kCode ? "code" : "paper";
 }
 
-int TramsSettings::attend_len() const {
-  switch (mode) {
-    case MemoryMode::kNone: return 0;
-    case MemoryMode::kXl: return mem_len;
-    case MemoryMode::kTrams: return topk + remain;
-  }
-  return 0;
+SettingsView TramsSettings::view() const {
+  SettingsView v;
+  v.mode = mode;
+  v.mem_len = mem_len;
+  v.topk = topk;
+  v.remain = remain;
+  v.layers = layers.data();
+  v.n_layers = static_cast<int>(layers.size());
+  return v;
 }
 
-bool TramsSettings::SelectsOnLayer(int layer) const {
-  if (mode != MemoryMode::kTrams || topk == 0) return false;
-  return layers.empty() || std::find(layers.begin(), layers.end(), layer) != layers.end();
-}
+int TramsSettings::attend_len() const { return AttendLen(mode, mem_len, topk, remain); }
+
+bool TramsSettings::SelectsOnLayer(int layer) const { return trams::SelectsOnLayer(view(), layer); }
 
 TramsSettings TramsSettings::Xl(int mem_len) {
   TramsSettings s;
@@ -60,42 +61,8 @@ TramsSettings TramsSettings::Trams(int mem_len, int topk, int remain) {
 }
 
 absl::Status TramsSettings::Validate(const ModelConfig& config) const {
-  if (mem_len < 0 || topk < 0 || remain < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("memory sizes must not be negative (mem_len ", mem_len, ", topk ",
-                                                   topk, ", remain ", remain, ")"));
-  }
-  // Bounded first, so that every later sum and product of sizes fits (topk + remain in int, pool bytes
-  // in int64) whatever a client sends.
-  if (mem_len > kMaxMemLen || topk > kMaxMemLen || remain > kMaxMemLen) {
-    return absl::InvalidArgumentError(absl::StrCat("memory sizes must be at most ", kMaxMemLen, " (mem_len ", mem_len,
-                                                   ", topk ", topk, ", remain ", remain, ")"));
-  }
-  switch (mode) {
-    case MemoryMode::kNone:
-      if (mem_len != 0) return absl::InvalidArgumentError("mode 'none' keeps no memory: mem_len must be 0");
-      break;
-    case MemoryMode::kXl:
-      if (mem_len == 0) return absl::InvalidArgumentError("mode 'xl' needs mem_len > 0 (use mode 'none' for no memory)");
-      break;
-    case MemoryMode::kTrams:
-      if (topk + remain > mem_len) {
-        return absl::InvalidArgumentError(absl::StrCat("TRAMS attends topk + remain = ", topk + remain,
-                                                       " tokens, more than the pool holds (mem_len M = ", mem_len,
-                                                       "); need m <= M"));
-      }
-      if (topk + remain == 0) return absl::InvalidArgumentError("TRAMS needs topk + remain > 0");
-      break;
-  }
-  for (int layer : layers) {
-    if (layer < 0 || layer >= config.n_layer) {
-      return absl::InvalidArgumentError(absl::StrCat("selection layer ", layer, " does not exist (the model has ",
-                                                     config.n_layer, " layers, numbered from 0)"));
-    }
-  }
-  if (!layers.empty() && mode != MemoryMode::kTrams) {
-    return absl::InvalidArgumentError("selection layers only apply to mode 'trams'");
-  }
-  return absl::OkStatus();
+  const std::string error = SettingsError(view(), config.n_layer);
+  return error.empty() ? absl::OkStatus() : absl::InvalidArgumentError(error);
 }
 
 absl::StatusOr<TramsSettings> MakeTramsSettings(absl::string_view mode, int mem_len, int attend, int topk, int remain,

@@ -11,10 +11,11 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "engine/model_config.h"
+#include "engine/settings_rules.h"
 
 namespace trams {
 
-enum class MemoryMode { kNone, kXl, kTrams };
+// MemoryMode and kMaxMemLen: engine/settings_rules.h (shared with the CUDA backend).
 enum class SelectionMetric {
   kCode,   // ||K'|| * |sum K'|: what the authors' code ranks by (and what produced the paper's numbers)
   kPaper,  // cos(K', 1) * ||K'|| = sum K' / sqrt(d_model): the metric as the paper writes it
@@ -22,9 +23,6 @@ enum class SelectionMetric {
 
 std::string_view MemoryModeName(MemoryMode mode);
 std::string_view SelectionMetricName(SelectionMetric metric);
-
-// Largest pool (and topk, remain) any stream may ask for, so that size arithmetic cannot overflow.
-constexpr int kMaxMemLen = 1 << 20;
 
 // Per-stream memory settings. Pool capacity is `mem_len` (M); attended memory is topk + remain (m).
 struct TramsSettings {
@@ -38,7 +36,9 @@ struct TramsSettings {
   // Memory tokens attended at most (m); same_length's window.
   int attend_len() const;
   bool SelectsOnLayer(int layer) const;
+  // engine/settings_rules.h's SettingsError (the rules and messages every backend shares).
   absl::Status Validate(const ModelConfig& config) const;
+  SettingsView view() const;
   static TramsSettings Xl(int mem_len);
   static TramsSettings NoMemory();
   static TramsSettings Trams(int mem_len, int topk, int remain);

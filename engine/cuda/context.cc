@@ -10,6 +10,7 @@
 
 #include "engine/cuda/hd_common.cuh"
 #include "engine/ring_cursor.h"
+#include "engine/settings_rules.h"
 
 namespace trams::cuda {
 namespace {
@@ -32,18 +33,11 @@ Status Expect(const trams_cuda_matrix& m, int64_t rows, int64_t cols, const std:
 }
 
 constexpr int64_t kAlign = 256;
-constexpr int kMaxMemLen = 1 << 20;  // the host engine's bound (engine/trams_selector.h): sizes cannot overflow
 int64_t AlignUp(int64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 
 }  // namespace
 
-int StreamSettings::attend_len() const {
-  switch (mode) {
-    case TRAMS_CUDA_MODE_XL: return mem_len;
-    case TRAMS_CUDA_MODE_TRAMS: return topk + remain;
-    default: return 0;
-  }
-}
+int StreamSettings::attend_len() const { return AttendLen(static_cast<MemoryMode>(mode), mem_len, topk, remain); }
 
 void Stream::CommitAppend(int n) {
   AdvanceRing(settings_.mem_len, n, &start_, &size_);
@@ -423,67 +417,41 @@ Status Context::Linear(const float* x, int m, int k, const DeviceMatrix& w, bool
   return ops_->Gemm(g);
 }
 
+// The C struct's own validity (enums, pointers), then the rules and messages every backend shares
+// (engine/settings_rules.h, as TramsSettings::Validate).
 Status Context::ParseSettings(const trams_cuda_stream_settings& in, StreamSettings* out) const {
-  if (in.mem_len < 0 || in.topk < 0 || in.remain < 0) {
-    return InvalidArgument("memory sizes must not be negative (mem_len " + std::to_string(in.mem_len) + ", topk " +
-                           std::to_string(in.topk) + ", remain " + std::to_string(in.remain) + ")");
+  static_assert(static_cast<int>(MemoryMode::kNone) == TRAMS_CUDA_MODE_NONE &&
+                    static_cast<int>(MemoryMode::kXl) == TRAMS_CUDA_MODE_XL &&
+                    static_cast<int>(MemoryMode::kTrams) == TRAMS_CUDA_MODE_TRAMS,
+                "MemoryMode numbers the C ABI's modes");
+  if (in.n_select_layers < 0 || (in.n_select_layers > 0 && in.select_layers == nullptr)) {
+    return InvalidArgument("select_layers is missing");
   }
-  if (in.mem_len > kMaxMemLen || in.topk > kMaxMemLen || in.remain > kMaxMemLen) {
-    return InvalidArgument("memory sizes must be at most " + std::to_string(kMaxMemLen) + " (mem_len " +
-                           std::to_string(in.mem_len) + ", topk " + std::to_string(in.topk) + ", remain " +
-                           std::to_string(in.remain) + ")");
+  if (in.metric != TRAMS_CUDA_METRIC_CODE && in.metric != TRAMS_CUDA_METRIC_PAPER) {
+    return InvalidArgument("unknown selection metric " + std::to_string(in.metric));
   }
+  SettingsView view;
+  view.mode = static_cast<MemoryMode>(in.mode);
+  view.mem_len = in.mem_len;
+  view.topk = in.topk;
+  view.remain = in.remain;
+  view.layers = in.select_layers;
+  view.n_layers = in.n_select_layers;
+  const std::string error = SettingsError(view, c_.n_layer);
+  if (!error.empty()) return InvalidArgument(error);
   StreamSettings s;
   s.mode = in.mode;
   s.mem_len = in.mem_len;
   s.topk = in.topk;
   s.remain = in.remain;
   s.metric = in.metric;
-  switch (in.mode) {
-    case TRAMS_CUDA_MODE_NONE:
-      if (in.mem_len != 0) return InvalidArgument("mode 'none' keeps no memory: mem_len must be 0");
-      s.topk = s.remain = 0;
-      break;
-    case TRAMS_CUDA_MODE_XL:
-      if (in.mem_len == 0) return InvalidArgument("mode 'xl' needs mem_len > 0 (use mode 'none' for no memory)");
-      s.topk = 0;
-      s.remain = in.mem_len;
-      break;
-    case TRAMS_CUDA_MODE_TRAMS:
-      if (in.topk + in.remain > in.mem_len) {
-        return InvalidArgument("TRAMS attends topk + remain = " + std::to_string(in.topk + in.remain) +
-                               " tokens, more than the pool holds (mem_len M = " + std::to_string(in.mem_len) +
-                               "); need m <= M");
-      }
-      if (in.topk + in.remain == 0) return InvalidArgument("TRAMS needs topk + remain > 0");
-      break;
-    default:
-      return InvalidArgument("unknown memory mode " + std::to_string(in.mode));
-  }
-  if (in.metric != TRAMS_CUDA_METRIC_CODE && in.metric != TRAMS_CUDA_METRIC_PAPER) {
-    return InvalidArgument("unknown selection metric " + std::to_string(in.metric));
-  }
-  if (in.n_select_layers < 0 || (in.n_select_layers > 0 && in.select_layers == nullptr)) {
-    return InvalidArgument("select_layers is missing");
-  }
-  if (in.n_select_layers > 0 && in.mode != TRAMS_CUDA_MODE_TRAMS) {
-    return InvalidArgument("selection layers only apply to mode 'trams'");
-  }
-  for (int i = 0; i < in.n_select_layers; ++i) {
-    if (in.select_layers[i] < 0 || in.select_layers[i] >= c_.n_layer) {
-      return InvalidArgument("selection layer " + std::to_string(in.select_layers[i]) +
-                             " does not exist (the model has " + std::to_string(c_.n_layer) +
-                             " layers, numbered from 0)");
-    }
+  if (in.mode == TRAMS_CUDA_MODE_NONE) s.topk = s.remain = 0;
+  if (in.mode == TRAMS_CUDA_MODE_XL) {
+    s.topk = 0;
+    s.remain = in.mem_len;
   }
   s.selects_on_layer.assign(c_.n_layer, false);
-  if (s.mode == TRAMS_CUDA_MODE_TRAMS && s.topk > 0) {
-    for (int l = 0; l < c_.n_layer; ++l) {
-      bool on = in.n_select_layers == 0;
-      for (int i = 0; i < in.n_select_layers; ++i) on = on || in.select_layers[i] == l;
-      s.selects_on_layer[l] = on;
-    }
-  }
+  for (int l = 0; l < c_.n_layer; ++l) s.selects_on_layer[l] = SelectsOnLayer(view, l);
   *out = std::move(s);
   return Status::Ok();
 }

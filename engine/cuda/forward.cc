@@ -12,6 +12,7 @@
 
 #include "engine/cuda/log_softmax.cuh"
 #include "engine/cuda/workspace.h"
+#include "engine/settings_rules.h"
 
 namespace trams::cuda {
 
@@ -79,24 +80,20 @@ Status Context::PrepareWorkspace(const Plan& p, Workspace* ws) {
 Status Context::Forward(const trams_cuda_segment* segs, int n_segments) {
   std::lock_guard<std::mutex> lock(mu_);
   TRAMS_CUDA_RETURN_IF_ERROR(ops_->Activate());
-  if (segs == nullptr || n_segments <= 0) return InvalidArgument("empty batch: nothing to run");
+  if (segs == nullptr || n_segments <= 0) return InvalidArgument(kEmptyBatchMessage);
 
-  // 1. Check everything before anything changes (TransformerXL::Check).
+  // 1. Check everything before anything changes: CheckBatch's rules and messages (engine/settings_rules.h),
+  // plus the ABI's own (the stream is this context's).
   std::unordered_set<const Stream*> seen;
   for (int b = 0; b < n_segments; ++b) {
     const trams_cuda_segment& in = segs[b];
-    const std::string entry = "batch entry " + std::to_string(b);
-    if (in.stream == nullptr) return InvalidArgument(entry + " has no stream");
+    std::string error = EntryStreamError(b, in.stream != nullptr, false);
+    if (!error.empty()) return InvalidArgument(error);
     const Stream* s = reinterpret_cast<const Stream*>(in.stream);
-    if (s->owner_ != this) return InvalidArgument(entry + " belongs to another context");
-    if (!seen.insert(s).second) return InvalidArgument(entry + " repeats a stream: one segment per stream");
-    if (in.n_tokens <= 0 || in.tokens == nullptr) return InvalidArgument(entry + " has no tokens");
-    for (int i = 0; i < in.n_tokens; ++i) {
-      if (in.tokens[i] < 0 || in.tokens[i] >= c_.vocab) {
-        return InvalidArgument("token id " + std::to_string(in.tokens[i]) + " at position " + std::to_string(i) +
-                               " of " + entry + " is outside the vocabulary [0, " + std::to_string(c_.vocab) + ")");
-      }
-    }
+    if (s->owner_ != this) return InvalidArgument("batch entry " + std::to_string(b) + " belongs to another context");
+    error = EntryStreamError(b, true, !seen.insert(s).second);
+    if (error.empty()) error = EntryTokensError(b, in.tokens, in.n_tokens, c_.vocab);
+    if (!error.empty()) return InvalidArgument(error);
   }
 
   // 2. Plan on the host.
