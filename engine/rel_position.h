@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "engine/model_weights.h"
+#include "engine/precompute.h"  // SinusoidEmbedding, RelPositionSinusoids (shared with the CUDA backend)
 
 namespace trams {
 
@@ -27,8 +28,5 @@ class RelPositionTable {
   int size_ = 0;
   int width_ = 0;
 };
-
-// pos_emb(p) = [sin(p * inv_freq), cos(p * inv_freq)], inv_freq_k = 1 / 10000^(2k / d_model).
-void SinusoidEmbedding(double position, int d_model, float* out);
 
 }  // namespace trams

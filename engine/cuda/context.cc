@@ -9,6 +9,7 @@
 #include <string>
 
 #include "engine/cuda/hd_common.cuh"
+#include "engine/precompute.h"
 #include "engine/ring_cursor.h"
 #include "engine/settings_rules.h"
 
@@ -314,22 +315,13 @@ Status Context::Init(const trams_cuda_model& model) {
 }
 
 // r_l(d) = r_net_l(pos_emb(min(d, clamp_len))) for d < rows, every layer; grown geometrically. The
-// sinusoids are computed on the host with RelPositionTable's f32 rounding, the products on the device.
+// sinusoids are RelPositionTable's (engine/precompute.h, host f32 rounding), the products run on the device.
 Status Context::EnsureRelTable(int rows) {
   if (rows <= rel_rows_) return Status::Ok();
   rows = std::max(rows, rel_rows_ * 2);
-  const int d = c_.d_model, w = c_.width(), half = d / 2;
+  const int d = c_.d_model, w = c_.width();
   std::vector<float> pos(static_cast<size_t>(rows) * d, 0.0f);
-  for (int r = 0; r < rows; ++r) {
-    const int p = c_.clamp_len > 0 ? std::min(r, c_.clamp_len) : r;
-    float* out = pos.data() + static_cast<size_t>(r) * d;
-    for (int k = 0; k < half; ++k) {
-      const float inv_freq = static_cast<float>(1.0 / std::pow(10000.0, (2.0 * k) / d));
-      const float angle = static_cast<float>(p) * inv_freq;
-      out[k] = std::sin(angle);
-      out[half + k] = std::cos(angle);
-    }
-  }
+  RelPositionSinusoids(0, rows, d, c_.clamp_len, pos.data());
   const int64_t table_bytes = static_cast<int64_t>(c_.n_layer) * rows * w * static_cast<int64_t>(sizeof(float));
   void* table = nullptr;
   void* pos_dev = nullptr;
