@@ -7,7 +7,7 @@
 //             apart, as "first").
 //   generate: every session runs one Generate call: a --prompt_len token prompt, then --gen_tokens
 //             sampled tokens; latency = gap between successive tokens ("first" = time to first token).
-// Each gRPC run is paired with the in-process baseline on the same model object: TransformerXL::Forward
+// Each gRPC run is paired with the in-process baseline on the same model object: Engine::Forward
 // at batch = sessions, on fresh streams with the same memory settings and the same work (score: the
 // same segments; generate: the prompt, then one token per stream per forward with the next-token
 // distribution, sampled like the server does). Tokens/s on both sides count the same tokens.
@@ -52,6 +52,7 @@
 #include "engine/cli/flag_usage.h"
 #include "engine/random_weights.h"
 #include "engine/sampler.h"
+#include "engine/open_engine.h"
 #include "engine/transformer_xl.h"
 #include "server/server_app.h"
 #include "trams/v1/trams.grpc.pb.h"
@@ -76,6 +77,7 @@ ABSL_FLAG(int, mem_len, 128, "memory pool tokens (M)");
 ABSL_FLAG(int, topk, 16, "TRAMS selected tokens");
 ABSL_FLAG(int, remain, 48, "TRAMS newest tokens");
 ABSL_FLAG(int, threads, 0, "engine threads (0: one per core)");
+ABSL_FLAG(std::string, device, "cpu", "in-process server and baseline: cpu | cuda | cuda:N | emulated | auto");
 ABSL_FLAG(int, batch_wait_us, 300, "in-process server: scheduler batch wait");
 ABSL_FLAG(int, channels, 4, "gRPC channels (connections) the sessions are spread over");
 ABSL_FLAG(int, rounds, 3, "runs per cell (alternating gRPC / in-process); the best tokens/s is kept");
@@ -394,7 +396,7 @@ class Load {
 };
 
 // ---------------------------------------------------------------------------------------------
-// In-process baseline: the same work straight on TransformerXL::Forward.
+// In-process baseline: the same work straight on Engine::Forward.
 
 absl::StatusOr<RunResult> EngineScore(Engine& model, const std::vector<std::vector<int32_t>>& data,
                                       const Workload& w) {
@@ -495,20 +497,21 @@ struct Row {
 int Main() {
   const std::string server_flag = absl::GetFlag(FLAGS_server);
   const std::string model_dir = absl::GetFlag(FLAGS_model);
-  EngineOptions engine_options;
-  engine_options.threads = absl::GetFlag(FLAGS_threads);
+  DeviceChoice choice;
+  choice.device = absl::GetFlag(FLAGS_device);
+  choice.threads = absl::GetFlag(FLAGS_threads);
 
-  // The model (shared by the in-process server and the baseline).
-  std::unique_ptr<TransformerXL> owned;
+  // The model (shared by the in-process server and the baseline), on the chosen device.
+  OpenedEngine opened;
   std::string tokenizer_dir = model_dir;
   std::filesystem::path temp_dir;
   if (!model_dir.empty()) {
-    auto m = TransformerXL::Load(model_dir, engine_options);
+    auto m = OpenEngine(model_dir, choice);
     if (!m.ok()) {
       std::fprintf(stderr, "cannot load %s: %s\n", model_dir.c_str(), std::string(m.status().message()).c_str());
       return 1;
     }
-    owned = std::move(*m);
+    opened = std::move(*m);
   } else {
     ModelConfig c;
     c.n_layer = absl::GetFlag(FLAGS_n_layer);
@@ -526,7 +529,12 @@ int Main() {
       std::fprintf(stderr, "bad random model shape: %s\n", std::string(s.message()).c_str());
       return 2;
     }
-    owned = TransformerXL::FromWeights(RandomModelWeights(c, absl::GetFlag(FLAGS_seed)), engine_options);
+    auto m = OpenEngine(RandomModelWeights(c, absl::GetFlag(FLAGS_seed)), choice);
+    if (!m.ok()) {
+      std::fprintf(stderr, "cannot open the engine: %s\n", std::string(m.status().message()).c_str());
+      return 1;
+    }
+    opened = std::move(*m);
     if (c.vocab_size == 256) {
       // A byte tokenizer so that the sessions take text, like the bundled byte model will.
       temp_dir = std::filesystem::temp_directory_path() / absl::StrCat("trams-load-", getpid());
@@ -535,7 +543,7 @@ int Main() {
       tokenizer_dir = temp_dir.string();
     }
   }
-  TransformerXL* model = owned.get();
+  Engine* model = opened.engine.get();
   const ModelConfig& config = model->config();
 
   Workload w;
@@ -568,7 +576,7 @@ int Main() {
     o.defaults.memory = w.settings;
     o.defaults.segment_len = w.segment_len;
     o.scheduler.batch_wait_us = absl::GetFlag(FLAGS_batch_wait_us);
-    auto started = ServerApp::Start(o, std::move(owned));
+    auto started = ServerApp::Start(o, std::move(opened.engine));  // `model` stays valid: the app owns it
     if (!started.ok()) {
       std::fprintf(stderr, "cannot start the server: %s\n", std::string(started.status().message()).c_str());
       return 1;
@@ -602,11 +610,11 @@ int Main() {
   const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
 
   std::printf("trams-load: %s server at %s; model %s (%d layers, d %d, %dx%d heads, d_inner %d, vocab %lld), "
-              "engine threads %d\n",
+              "device %s, engine threads %d\n",
               server_flag.empty() ? "in-process" : "external", target.c_str(),
               model_dir.empty() ? "random weights" : model_dir.c_str(), config.n_layer, config.d_model,
               config.n_head, config.d_head, config.d_inner, static_cast<long long>(config.vocab_size),
-              engine_options.threads);
+              model->device().c_str(), choice.threads);
   std::printf("memory %s M=%d topk=%d remain=%d; n=%d; score %d segments/session; generate %d-token prompt + %d "
               "tokens/session; %s input; %d channel(s); best of %d round(s)\n\n",
               std::string(MemoryModeName(w.settings.mode)).c_str(), w.settings.mem_len, w.settings.topk,
@@ -716,7 +724,7 @@ int Main() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "trams-load [--server HOST:PORT] [--model DIR] [--sessions 1,4,16,64] [--modes score,generate] ...\n"
-      "Tokens/s and latency over gRPC with concurrent sessions, against TransformerXL::Forward in-process.");
+      "Tokens/s and latency over gRPC with concurrent sessions, against Engine::Forward in-process.");
   trams::SetFlagsUsageForMainFile(__FILE__);
   absl::ParseCommandLine(argc, argv);
   return trams::Main();

@@ -62,6 +62,12 @@ absl::StatusOr<Parsed> ParseDevice(const std::string& device) {
 }  // namespace
 
 absl::StatusOr<OpenedEngine> OpenEngine(const std::string& model_dir, const DeviceChoice& choice) {
+  RETURN_IF_ERROR(ParseDevice(choice.device).status());  // a bad flag before a slow load
+  ASSIGN_OR_RETURN(ModelWeights weights, LoadModelDirectory(model_dir));
+  return OpenEngine(std::move(weights), choice);
+}
+
+absl::StatusOr<OpenedEngine> OpenEngine(ModelWeights weights, const DeviceChoice& choice) {
   ASSIGN_OR_RETURN(const Parsed device, ParseDevice(choice.device));
   ASSIGN_OR_RETURN(const trams_cuda_dtype dtype, ParseWeightDtype(choice.weight_dtype));
   if (choice.gpu_pool_bytes < 0) {
@@ -93,7 +99,6 @@ absl::StatusOr<OpenedEngine> OpenEngine(const std::string& model_dir, const Devi
   } else {
     opened.reason = "--device cpu";
   }
-  ASSIGN_OR_RETURN(ModelWeights weights, LoadModelDirectory(model_dir));
   if (api == nullptr) {
     EngineOptions options;
     options.threads = choice.threads;

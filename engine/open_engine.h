@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/engine.h"
+#include "engine/model_weights.h"
 
 namespace trams {
 namespace cuda {
@@ -43,5 +44,7 @@ struct OpenedEngine {
 // INVALID_ARGUMENT for a bad choice; FAILED_PRECONDITION when cuda was asked for and no device is usable
 // (the message says why); the model's own load errors otherwise.
 absl::StatusOr<OpenedEngine> OpenEngine(const std::string& model_dir, const DeviceChoice& choice);
+// The same over weights already in memory (random weights of a benchmark).
+absl::StatusOr<OpenedEngine> OpenEngine(ModelWeights weights, const DeviceChoice& choice);
 
 }  // namespace trams
