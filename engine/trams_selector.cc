@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/host_ops.h"
+#include "engine/precompute.h"
 
 namespace trams {
 
@@ -109,20 +110,7 @@ TramsScorer::TramsScorer(const float* q_weight, int n_head, int d_head, int d_mo
     : n_head_(n_head), d_head_(d_head), d_model_(d_model) {
   gram_.assign(static_cast<size_t>(n_head) * d_head * d_head, 0.0f);
   row_sum_.assign(static_cast<size_t>(n_head) * d_head, 0.0f);
-  for (int h = 0; h < n_head; ++h) {
-    const float* w = q_weight + static_cast<size_t>(h) * d_head * d_model;  // [Dh, d] slice of the q rows
-    for (int a = 0; a < d_head; ++a) {
-      double s = 0;
-      for (int c = 0; c < d_model; ++c) s += w[a * d_model + c];
-      row_sum_[h * d_head + a] = static_cast<float>(s);
-      for (int b = 0; b <= a; ++b) {
-        double g = 0;
-        for (int c = 0; c < d_model; ++c) g += static_cast<double>(w[a * d_model + c]) * w[b * d_model + c];
-        gram_[(h * d_head + a) * d_head + b] = static_cast<float>(g);
-        gram_[(h * d_head + b) * d_head + a] = static_cast<float>(g);
-      }
-    }
-  }
+  TramsGram(q_weight, n_head, d_head, d_model, gram_.data(), row_sum_.data());
 }
 
 void TramsScorer::Score(const float* k, int ld_k, int64_t rows, SelectionMetric metric, float* scores) const {

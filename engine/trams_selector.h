@@ -52,7 +52,8 @@ absl::StatusOr<TramsSettings> MakeTramsSettings(absl::string_view mode, int mem_
                                                 const ModelConfig& config);
 
 // Precomputed per layer and head so a key's score costs O(d_head^2), not O(d_head * d_model):
-// with K' = W_q,h^T k, ||K'||^2 = k^T (W_q,h W_q,h^T) k and sum K' = k . (W_q,h 1).
+// with K' = W_q,h^T k, ||K'||^2 = k^T (W_q,h W_q,h^T) k and sum K' = k . (W_q,h 1) (engine/precompute.h's
+// TramsGram, the tables the CUDA backend uploads too).
 class TramsScorer {
  public:
   TramsScorer(const float* q_weight, int n_head, int d_head, int d_model);

@@ -130,24 +130,11 @@ Status Context::UploadF32(const trams_cuda_matrix& m, const float** out) {
   return Status::Ok();
 }
 
-// TramsScorer's precomputation: per head, G = W_q,h W_q,h^T and u = W_q,h 1, accumulated in double.
+// TramsScorer's tables (engine/precompute.h's TramsGram, computed on the host as the host engine does), uploaded.
 Status Context::ComputeGram(const trams_cuda_matrix& qkv, Layer* layer) {
   const int h_count = c_.n_head, dh = c_.d_head, d = c_.d_model;
   std::vector<float> gram(static_cast<size_t>(h_count) * dh * dh), row_sum(static_cast<size_t>(h_count) * dh);
-  for (int h = 0; h < h_count; ++h) {
-    const float* w = qkv.data + static_cast<size_t>(h) * dh * d;
-    for (int a = 0; a < dh; ++a) {
-      double s = 0;
-      for (int k = 0; k < d; ++k) s += w[a * d + k];
-      row_sum[h * dh + a] = static_cast<float>(s);
-      for (int b = 0; b <= a; ++b) {
-        double g = 0;
-        for (int k = 0; k < d; ++k) g += static_cast<double>(w[a * d + k]) * w[b * d + k];
-        gram[(static_cast<size_t>(h) * dh + a) * dh + b] = static_cast<float>(g);
-        gram[(static_cast<size_t>(h) * dh + b) * dh + a] = static_cast<float>(g);
-      }
-    }
-  }
+  TramsGram(qkv.data, h_count, dh, d, gram.data(), row_sum.data());
   void* g = nullptr;
   void* u = nullptr;
   TRAMS_CUDA_RETURN_IF_ERROR(AllocWeights(gram.size() * sizeof(float), &g));
