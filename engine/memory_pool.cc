@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "engine/ring_cursor.h"
+#include "engine/undo_plan.h"
 
 namespace trams {
 
@@ -56,48 +57,48 @@ absl::Status StreamState::BeginTransaction() {
   return absl::OkStatus();
 }
 
+// Which rows, in what order, and where they go in the log: engine/undo_plan.h (shared with the CUDA backend).
 void StreamState::SaveRowsBeforeAppend(int n) {
   const int m = settings_.mem_len;
   if (!in_transaction_ || m == 0) return;
-  // Overwrite index k (counted from the transaction's start) lands on ring row (s0 + k) % m, which
-  // held a live token at the start iff k >= m - size0. Indices past m repeat rows already saved.
-  const int s0 = saved_cursor_.start + saved_cursor_.size, size0 = saved_cursor_.size;
-  const int target = static_cast<int>(std::min<int64_t>(m, appended_ + n));
-  const int width = static_cast<int>(layers_[0].keys.size() / m);
-  for (int k = std::max(saved_rows_, m - size0); k < target; ++k) {
-    const size_t row = static_cast<size_t>((s0 + k) % m);
+  thread_local std::vector<UndoRun> runs;
+  saved_rows_ = UndoRowsToSave(m, saved_cursor_.start, saved_cursor_.size, appended_, saved_rows_, n, &runs);
+  const size_t width = layers_[0].keys.size() / m;
+  for (const UndoRun& run : runs) {
+    const size_t row = static_cast<size_t>(run.ring_row), count = static_cast<size_t>(run.count);
     for (size_t l = 0; l < layers_.size(); ++l) {
       const LayerPool& pool = layers_[l];
       LayerPool& undo = undo_[l];
-      undo.keys.insert(undo.keys.end(), pool.keys.begin() + row * width, pool.keys.begin() + (row + 1) * width);
+      undo.keys.insert(undo.keys.end(), pool.keys.begin() + row * width, pool.keys.begin() + (row + count) * width);
       undo.values.insert(undo.values.end(), pool.values.begin() + row * width,
-                         pool.values.begin() + (row + 1) * width);
+                         pool.values.begin() + (row + count) * width);
       if (!pool.scores.empty()) {
         const size_t heads = pool.scores.size() / m;
-        undo.scores.insert(undo.scores.end(), pool.scores.begin() + row * heads, pool.scores.begin() + (row + 1) * heads);
+        undo.scores.insert(undo.scores.end(), pool.scores.begin() + row * heads,
+                           pool.scores.begin() + (row + count) * heads);
       }
     }
   }
-  saved_rows_ = std::max(saved_rows_, target);
 }
 
 absl::Status StreamState::Rollback() {
   if (!in_transaction_) return absl::OkStatus();
   const int m = settings_.mem_len;
   if (m > 0) {
-    const int s0 = saved_cursor_.start + saved_cursor_.size, size0 = saved_cursor_.size;
-    const int first = m - size0;
-    const int width = static_cast<int>(layers_[0].keys.size() / m);
-    for (int k = first; k < saved_rows_; ++k) {
-      const size_t row = static_cast<size_t>((s0 + k) % m), j = static_cast<size_t>(k - first);
+    std::vector<UndoRun> runs;
+    UndoRowsToRestore(m, saved_cursor_.start, saved_cursor_.size, saved_rows_, &runs);
+    const size_t width = layers_[0].keys.size() / m;
+    for (const UndoRun& run : runs) {
+      const size_t row = static_cast<size_t>(run.ring_row), j = static_cast<size_t>(run.log_row);
+      const size_t count = static_cast<size_t>(run.count);
       for (size_t l = 0; l < layers_.size(); ++l) {
         LayerPool& pool = layers_[l];
         const LayerPool& undo = undo_[l];
-        std::copy_n(undo.keys.begin() + j * width, width, pool.keys.begin() + row * width);
-        std::copy_n(undo.values.begin() + j * width, width, pool.values.begin() + row * width);
+        std::copy_n(undo.keys.begin() + j * width, count * width, pool.keys.begin() + row * width);
+        std::copy_n(undo.values.begin() + j * width, count * width, pool.values.begin() + row * width);
         if (!pool.scores.empty()) {
           const size_t heads = pool.scores.size() / m;
-          std::copy_n(undo.scores.begin() + j * heads, heads, pool.scores.begin() + row * heads);
+          std::copy_n(undo.scores.begin() + j * heads, count * heads, pool.scores.begin() + row * heads);
         }
       }
     }

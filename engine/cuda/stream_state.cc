@@ -1,28 +1,14 @@
 // Stream state on the device beyond the forward: the reference code's zero-filled pool
 // (TransformerXL::FillPoolWithZeroStates) and transactions, StreamState's undo log (engine/memory_pool.cc)
-// with the saved rows in host memory, copied in at most two contiguous ring runs per layer and array.
+// with the saved rows in host memory, copied in at most two contiguous ring runs per layer and array (which
+// rows, in what order: engine/undo_plan.h, shared with the host).
 #include <algorithm>
 #include <cmath>
 
 #include "engine/cuda/workspace.h"
+#include "engine/undo_plan.h"
 
 namespace trams::cuda {
-namespace {
-
-// fn(ring_row, count, k) for the ring rows (s0 + k) % m, k in [k0, k1), as contiguous runs.
-template <class Fn>
-Status ForEachRun(int s0, int m, int k0, int k1, Fn&& fn) {
-  for (int k = k0; k < k1;) {
-    const int row = (s0 + k) % m;
-    const int count = std::min(k1 - k, m - row);
-    TRAMS_CUDA_RETURN_IF_ERROR(fn(row, count, k));
-    k += count;
-  }
-  return Status::Ok();
-}
-
-}  // namespace
-
 int64_t Stream::undo_bytes() const {
   int64_t floats = static_cast<int64_t>(saved_hidden_.size());
   for (const auto& v : undo_keys_) floats += static_cast<int64_t>(v.size());
@@ -51,16 +37,17 @@ Status Context::BeginTransaction(Stream* stream) {
   return Status::Ok();
 }
 
+// Which rows, in what order, and where they go in the log: engine/undo_plan.h (shared with the host engine).
 Status Context::SaveRowsBeforeAppend(Stream& s, int n) {
   const int m = s.capacity();
   if (!s.in_transaction_ || m == 0) return Status::Ok();
-  // Overwrite index k (counted from the transaction's start) lands on ring row (s0 + k) % m, which held a
-  // live token at the start iff k >= m - size0. Indices past m repeat rows already saved.
-  const int s0 = s.saved_start_ + s.saved_size_, size0 = s.saved_size_;
-  const int target = static_cast<int>(std::min<int64_t>(m, s.appended_ + n));
-  const int k0 = std::max(s.saved_rows_, m - size0);
-  if (k0 < target) {
+  std::vector<UndoRun> runs;
+  const int saved_rows = UndoRowsToSave(m, s.saved_start_, s.saved_size_, s.appended_, s.saved_rows_, n, &runs);
+  if (!runs.empty()) {
+    int total = 0;
+    for (const UndoRun& run : runs) total += run.count;
     const int w = c_.width(), h = c_.n_head;
+    const int log0 = runs.front().log_row;  // rows already in the log
     std::vector<size_t> old_k(c_.n_layer), old_v(c_.n_layer), old_s(c_.n_layer);
     Status st;
     for (int l = 0; l < c_.n_layer && st.ok(); ++l) {
@@ -70,19 +57,21 @@ Status Context::SaveRowsBeforeAppend(Stream& s, int n) {
       old_k[l] = uk.size();
       old_v[l] = uv.size();
       old_s[l] = us.size();
-      uk.resize(old_k[l] + static_cast<size_t>(target - k0) * w);
-      uv.resize(old_v[l] + static_cast<size_t>(target - k0) * w);
-      if (s.scores_[l] != nullptr) us.resize(old_s[l] + static_cast<size_t>(target - k0) * h);
-      st = ForEachRun(s0, m, k0, target, [&](int row, int count, int k) -> Status {
-        const size_t j = static_cast<size_t>(k - k0);
-        const size_t bytes = static_cast<size_t>(count) * w * sizeof(float);
-        TRAMS_CUDA_RETURN_IF_ERROR(ops_->Download(uk.data() + old_k[l] + j * w, s.keys_[l] + static_cast<int64_t>(row) * w, bytes));
-        TRAMS_CUDA_RETURN_IF_ERROR(
-            ops_->Download(uv.data() + old_v[l] + j * w, s.values_[l] + static_cast<int64_t>(row) * w, bytes));
-        if (s.scores_[l] == nullptr) return Status::Ok();
-        return ops_->Download(us.data() + old_s[l] + j * h, s.scores_[l] + static_cast<int64_t>(row) * h,
-                              static_cast<size_t>(count) * h * sizeof(float));
-      });
+      uk.resize(old_k[l] + static_cast<size_t>(total) * w);
+      uv.resize(old_v[l] + static_cast<size_t>(total) * w);
+      if (s.scores_[l] != nullptr) us.resize(old_s[l] + static_cast<size_t>(total) * h);
+      for (const UndoRun& run : runs) {
+        const size_t j = static_cast<size_t>(run.log_row - log0);
+        const size_t bytes = static_cast<size_t>(run.count) * w * sizeof(float);
+        const int64_t row = run.ring_row;
+        st = ops_->Download(uk.data() + old_k[l] + j * w, s.keys_[l] + row * w, bytes);
+        if (st.ok()) st = ops_->Download(uv.data() + old_v[l] + j * w, s.values_[l] + row * w, bytes);
+        if (st.ok() && s.scores_[l] != nullptr) {
+          st = ops_->Download(us.data() + old_s[l] + j * h, s.scores_[l] + row * h,
+                              static_cast<size_t>(run.count) * h * sizeof(float));
+        }
+        if (!st.ok()) break;
+      }
     }
     if (!st.ok()) {  // leave the log as it was
       for (int l = 0; l < c_.n_layer; ++l) {
@@ -93,7 +82,7 @@ Status Context::SaveRowsBeforeAppend(Stream& s, int n) {
       return st.Annotate("saving pool rows for the transaction");
     }
   }
-  s.saved_rows_ = std::max(s.saved_rows_, target);
+  s.saved_rows_ = saved_rows;
   return Status::Ok();
 }
 
@@ -105,19 +94,23 @@ Status Context::RollbackTransaction(Stream* stream) {
   if (!s.in_transaction_) return Status::Ok();
   const int m = s.capacity();
   if (m > 0) {
-    const int s0 = s.saved_start_ + s.saved_size_, first = m - s.saved_size_;
+    std::vector<UndoRun> runs;
+    UndoRowsToRestore(m, s.saved_start_, s.saved_size_, s.saved_rows_, &runs);
     const int w = c_.width(), h = c_.n_head;
     for (int l = 0; l < c_.n_layer; ++l) {
-      const Status st = ForEachRun(s0, m, first, s.saved_rows_, [&](int row, int count, int k) -> Status {
-        const size_t j = static_cast<size_t>(k - first);
-        const size_t bytes = static_cast<size_t>(count) * w * sizeof(float);
-        TRAMS_CUDA_RETURN_IF_ERROR(ops_->Upload(s.keys_[l] + static_cast<int64_t>(row) * w, s.undo_keys_[l].data() + j * w, bytes));
-        TRAMS_CUDA_RETURN_IF_ERROR(
-            ops_->Upload(s.values_[l] + static_cast<int64_t>(row) * w, s.undo_values_[l].data() + j * w, bytes));
-        if (s.scores_[l] == nullptr) return Status::Ok();
-        return ops_->Upload(s.scores_[l] + static_cast<int64_t>(row) * h, s.undo_scores_[l].data() + j * h,
-                            static_cast<size_t>(count) * h * sizeof(float));
-      });
+      Status st;
+      for (const UndoRun& run : runs) {
+        const size_t j = static_cast<size_t>(run.log_row);
+        const size_t bytes = static_cast<size_t>(run.count) * w * sizeof(float);
+        const int64_t row = run.ring_row;
+        st = ops_->Upload(s.keys_[l] + row * w, s.undo_keys_[l].data() + j * w, bytes);
+        if (st.ok()) st = ops_->Upload(s.values_[l] + row * w, s.undo_values_[l].data() + j * w, bytes);
+        if (st.ok() && s.scores_[l] != nullptr) {
+          st = ops_->Upload(s.scores_[l] + row * h, s.undo_scores_[l].data() + j * h,
+                            static_cast<size_t>(run.count) * h * sizeof(float));
+        }
+        if (!st.ok()) break;
+      }
       if (!st.ok()) return st.Annotate("rolling back layer " + std::to_string(l));
     }
   }
