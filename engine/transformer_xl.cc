@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "absl/strings/str_cat.h"
+#include "engine/forward_plan.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
 
@@ -18,8 +19,9 @@ struct TransformerXL::Batch {
   std::vector<absl::Span<const int32_t>> tokens;
   std::vector<OutputOptions> options;
   std::vector<bool> commit;     // false: provisional, the stream stays as it was
-  std::vector<int64_t> offset;  // first row of each stream
-  std::vector<int> attended;    // memory tokens each stream attends (same on every layer)
+  // Rows, attended memory, selecting layers, pool appends, scored tokens (engine/forward_plan.h, shared with
+  // the CUDA backend).
+  ForwardPlan plan;
   int64_t rows = 0;
   std::vector<float> x;         // [rows, d_model] layer input, then output
   std::vector<float> normed;    // [rows, d_model] pre-LN input
@@ -142,7 +144,7 @@ void TransformerXL::Embed(Batch& b) const {
       for (size_t t = 0; t < b.tokens[s].size(); ++t) {
         const int32_t id = b.tokens[s][t];
         if (id >= lo && id < hi) {
-          rows.push_back(b.offset[s] + static_cast<int64_t>(t));
+          rows.push_back(b.plan.offset[s] + static_cast<int64_t>(t));
           ids.push_back(static_cast<int32_t>(id - lo));
         }
       }
@@ -209,7 +211,7 @@ void TransformerXL::AttentionProbs(int layer, int s, int h, const Batch& b, cons
     key_rows[j] = pool.keys.data() + row;
     if (value_rows != nullptr) (*value_rows)[j] = pool.values.data() + row;
   }
-  const float* qkv = b.qkv.data() + b.offset[s] * 3 * w;
+  const float* qkv = b.qkv.data() + b.plan.offset[s] * 3 * w;
   for (int i = 0; i < n; ++i) {
     key_rows[a + i] = qkv + i * 3 * w + w + h * dh;
     if (value_rows != nullptr) (*value_rows)[a + i] = qkv + i * 3 * w + 2 * w + h * dh;
@@ -296,14 +298,14 @@ void TransformerXL::AttendOne(int layer, int s, int h, Batch& b, std::vector<int
   const LayerPool& pool = stream.layer(layer);
   const int n = static_cast<int>(b.tokens[s].size());
   const int pool_size = stream.size();
-  const int a = b.attended[s];
+  const int a = b.plan.attended[s];
   const int klen = a + n;
 
   // Which pool tokens (0 = oldest) this head attends: TRAMS top-k of the older part + the newest `remain`,
   // or simply the newest `a`.
   thread_local std::vector<int> chosen;
   chosen.clear();
-  const bool selecting = settings.SelectsOnLayer(layer) && pool_size > settings.topk + settings.remain;
+  const bool selecting = b.plan.Selects(layer, s);
   if (selecting) {
     const int candidates = pool_size - settings.remain;
     // Scores of candidates in pool order: ring rows are not contiguous, so copy them out.
@@ -323,7 +325,7 @@ void TransformerXL::AttendOne(int layer, int s, int h, Batch& b, std::vector<int
   thread_local std::vector<float> probs, values;
   thread_local std::vector<const float*> value_rows;
   AttentionProbs(layer, s, h, b, chosen, &probs, &value_rows);
-  float* out = b.attn_vec.data() + b.offset[s] * w + h * dh;
+  float* out = b.attn_vec.data() + b.plan.offset[s] * w + h * dh;
   if (n <= kDirectRows) {
     for (int i = 0; i < n; ++i) {
       float* o = out + static_cast<size_t>(i) * w;
@@ -385,26 +387,26 @@ void TransformerXL::AttentionLayer(int layer, Batch& b, std::vector<SegmentOutpu
   }
 
   // The attention above has read the pools; now the segment's keys/values (and scores) enter them.
+  // The plan lists each committing stream's appends (the last min(n, M) tokens) with consecutive rows.
   pool_.ParallelFor(n_streams, [&](int64_t s) {
+    const int begin = b.plan.append_begin[s], count = b.plan.append_begin[s + 1] - begin;
+    if (count == 0) return;
     StreamState& stream = *b.streams[s];
-    if (stream.capacity() == 0 || !b.commit[s]) return;
     LayerPool& pool = stream.mutable_layer(layer);
-    const int n = static_cast<int>(b.tokens[s].size());
-    const int first = std::max(0, n - stream.capacity());  // earlier ones would be dropped at once
-    const float* rows = b.qkv.data() + (b.offset[s] + first) * 3 * w;
+    const float* rows = b.qkv.data() + b.plan.append[begin].src_row * 3 * w;
     thread_local std::vector<float> scores;
     const bool selects = !pool.scores.empty();
     if (selects) {
-      scores.resize(static_cast<size_t>(n - first) * c.n_head);
-      scorers_[layer].Score(rows + w, 3 * w, n - first, stream.settings().metric, scores.data());
+      scores.resize(static_cast<size_t>(count) * c.n_head);
+      scorers_[layer].Score(rows + w, 3 * w, count, stream.settings().metric, scores.data());
     }
-    for (int i = first; i < n; ++i) {
-      const float* row = rows + (i - first) * 3 * w;
-      const size_t dst = static_cast<size_t>(stream.AppendRow(i));
+    for (int i = 0; i < count; ++i) {
+      const float* row = rows + static_cast<int64_t>(i) * 3 * w;
+      const size_t dst = static_cast<size_t>(b.plan.append[begin + i].ring_row);
       std::memcpy(pool.keys.data() + dst * w, row + w, sizeof(float) * w);
       std::memcpy(pool.values.data() + dst * w, row + 2 * w, sizeof(float) * w);
       if (selects) {
-        std::memcpy(pool.scores.data() + dst * c.n_head, scores.data() + (i - first) * c.n_head,
+        std::memcpy(pool.scores.data() + dst * c.n_head, scores.data() + static_cast<size_t>(i) * c.n_head,
                     sizeof(float) * c.n_head);
       }
     }
@@ -448,26 +450,19 @@ void TransformerXL::Score(Batch& b, std::vector<SegmentOutput>* outputs) {
   std::vector<std::pair<int, int>> where;  // (stream, token index) of each target
   pred.reserve(static_cast<size_t>(b.rows) * d);
   for (size_t s = 0; s < b.streams.size(); ++s) {
-    const StreamState& stream = *b.streams[s];
     SegmentOutput& out = (*outputs)[s];
     const OutputOptions& options = b.options[s];
     const size_t n = b.tokens[s].size();
     out.logprob.assign(n, kNaN);
     if (options.entropy) out.entropy.assign(n, kNaN);
     if (options.alternatives > 0) out.alternatives.assign(n, {});
-    for (size_t i = 0; i < n; ++i) {
-      const float* h;
-      if (i == 0) {
-        if (stream.position() == 0) continue;  // the first token of a stream has no context
-        h = stream.last_hidden().data();
-      } else {
-        h = b.x.data() + (b.offset[s] + static_cast<int64_t>(i) - 1) * d;
-      }
-      pred.insert(pred.end(), h, h + d);
-      targets.push_back(b.tokens[s][i]);
-      where.emplace_back(static_cast<int>(s), static_cast<int>(i));
-    }
-    out.tokens_scored = static_cast<int64_t>(n) - (stream.position() == 0 ? 1 : 0);
+    out.tokens_scored = b.plan.tokens_scored[s];
+  }
+  for (const PlanScore& sc : b.plan.scored) {  // every token but a stream's first
+    const float* h = sc.pred_row < 0 ? b.streams[sc.stream]->last_hidden().data() : b.x.data() + sc.pred_row * d;
+    pred.insert(pred.end(), h, h + d);
+    targets.push_back(b.tokens[sc.stream][sc.token]);
+    where.emplace_back(sc.stream, sc.token);
   }
   const int64_t n_pred = static_cast<int64_t>(targets.size());
   if (n_pred > 0) {
@@ -488,7 +483,7 @@ void TransformerXL::Score(Batch& b, std::vector<SegmentOutput>* outputs) {
   }
   for (size_t s = 0; s < b.streams.size(); ++s) {
     if (!b.options[s].next_distribution) continue;
-    const float* h = b.x.data() + (b.offset[s] + static_cast<int64_t>(b.tokens[s].size()) - 1) * d;
+    const float* h = b.x.data() + (b.plan.offset[s] + static_cast<int64_t>(b.tokens[s].size()) - 1) * d;
     full_rows.insert(full_rows.end(), h, h + d);
     full_where.emplace_back(static_cast<int>(s), -1);
   }
@@ -536,19 +531,30 @@ absl::Status TransformerXL::Forward(absl::Span<const SegmentInput> batch, std::v
   RETURN_IF_ERROR(Check(batch, &b.streams));
   std::lock_guard<std::mutex> lock(forward_mu_);
   const ModelConfig& c = config();
-  int max_klen = 0;
+  std::vector<PlanStream> plan(batch.size());
   for (size_t s = 0; s < batch.size(); ++s) {
     const SegmentInput& in = batch[s];
     b.tokens.push_back(in.tokens);
     b.options.push_back(in.options);
     b.commit.push_back(in.commit);
-    b.offset.push_back(b.rows);
-    b.rows += static_cast<int64_t>(in.tokens.size());
-    const int a = std::min(b.streams[s]->size(), b.streams[s]->settings().attend_len());
-    b.attended.push_back(a);
-    max_klen = std::max(max_klen, a + static_cast<int>(in.tokens.size()));
+    const StreamState& stream = *b.streams[s];
+    const TramsSettings& settings = stream.settings();
+    PlanStream& ps = plan[s];
+    ps.start = stream.capacity() > 0 ? stream.RingRow(0) : 0;
+    ps.size = stream.size();
+    ps.capacity = stream.capacity();
+    ps.position = stream.position();
+    ps.attend_len = settings.attend_len();
+    ps.topk = settings.topk;
+    ps.remain = settings.remain;
+    ps.selects_on_layer.resize(c.n_layer);
+    for (int l = 0; l < c.n_layer; ++l) ps.selects_on_layer[l] = settings.SelectsOnLayer(l);
+    ps.n = static_cast<int>(in.tokens.size());
+    ps.commit = in.commit;
   }
-  rel_.Reserve(max_klen);
+  b.plan = PlanForward(plan, c.n_layer);
+  b.rows = b.plan.rows;
+  rel_.Reserve(b.plan.klen_max);
   const int64_t rows = b.rows;
   b.x.assign(static_cast<size_t>(rows) * c.d_model, 0.0f);
   b.normed.resize(c.pre_lnorm ? b.x.size() : 0);
@@ -575,7 +581,7 @@ absl::Status TransformerXL::Forward(absl::Span<const SegmentInput> batch, std::v
   Score(b, outputs);
   for (size_t s = 0; s < b.streams.size(); ++s) {
     if (!b.commit[s]) continue;
-    const int64_t last = b.offset[s] + static_cast<int64_t>(b.tokens[s].size()) - 1;
+    const int64_t last = b.plan.offset[s] + static_cast<int64_t>(b.tokens[s].size()) - 1;
     b.streams[s]->CommitAppend(static_cast<int>(b.tokens[s].size()), b.x.data() + last * c.d_model, c.d_model);
   }
   return absl::OkStatus();

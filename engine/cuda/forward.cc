@@ -12,6 +12,7 @@
 
 #include "engine/cuda/log_softmax.cuh"
 #include "engine/cuda/workspace.h"
+#include "engine/forward_plan.h"
 #include "engine/settings_rules.h"
 
 namespace trams::cuda {
@@ -96,25 +97,41 @@ Status Context::Forward(const trams_cuda_segment* segs, int n_segments) {
     if (!error.empty()) return InvalidArgument(error);
   }
 
-  // 2. Plan on the host.
+  // 2. Plan on the host: rows, attended memory, selecting layers, pool appends, scored tokens
+  // (engine/forward_plan.h, as TransformerXL::Forward), then what only the device needs.
   const int d = c_.d_model, H = c_.n_head, L = c_.n_layer;
+  std::vector<PlanStream> plan_in(n_segments);
+  for (int b = 0; b < n_segments; ++b) {
+    const Stream& s = *reinterpret_cast<const Stream*>(segs[b].stream);
+    const StreamSettings& st = s.settings();
+    PlanStream& ps = plan_in[b];
+    ps.start = s.start_;
+    ps.size = s.size_;
+    ps.capacity = st.mem_len;
+    ps.position = s.position_;
+    ps.attend_len = st.attend_len();
+    ps.topk = st.topk;
+    ps.remain = st.remain;
+    ps.selects_on_layer = st.selects_on_layer;
+    ps.n = segs[b].n_tokens;
+    ps.commit = segs[b].provisional == 0;
+  }
+  const ForwardPlan fp = PlanForward(plan_in, L);
+  if (fp.rows > INT32_MAX / 4) return InvalidArgument("batch too large");
   Plan p;
   p.batch = n_segments;
+  p.rows = fp.rows;
+  p.n_max = fp.n_max;
+  p.a_max = fp.a_max;
+  p.klen_max = fp.klen_max;
+  p.topk_max = std::max(p.topk_max, fp.topk_max);
   for (int b = 0; b < n_segments; ++b) {
     const trams_cuda_segment& in = segs[b];
-    Stream* s = reinterpret_cast<Stream*>(in.stream);
-    p.streams.push_back(s);
-    p.offset.push_back(static_cast<int>(p.rows));
-    p.rows += in.n_tokens;
-    const int a = std::min(s->size(), s->settings().attend_len());
-    p.n_max = std::max(p.n_max, in.n_tokens);
-    p.a_max = std::max(p.a_max, a);
-    p.klen_max = std::max(p.klen_max, a + in.n_tokens);
-    p.topk_max = std::max(p.topk_max, s->settings().topk);
+    p.streams.push_back(reinterpret_cast<Stream*>(in.stream));
+    p.offset.push_back(static_cast<int>(fp.offset[b]));
     p.selections = p.selections || in.selections != nullptr || in.selection_scores != nullptr ||
                    in.selection_counts != nullptr;
   }
-  if (p.rows > INT32_MAX / 4) return InvalidArgument("batch too large");
   p.metas.assign(L, std::vector<StreamLayerMeta>(p.batch));
   for (int l = 0; l < L; ++l) {
     for (int b = 0; b < p.batch; ++b) {
@@ -126,28 +143,23 @@ Status Context::Forward(const trams_cuda_segment* segs, int n_segments) {
       m.scores = s.scores_[l];
       m.offset = p.offset[b];
       m.n = segs[b].n_tokens;
-      m.a = std::min(s.size(), st.attend_len());
+      m.a = fp.attended[b];
       m.window = st.attend_len();
       m.start = s.start_;
       m.size = s.size_;
       m.mem_len = st.mem_len;
-      m.selects = st.selects_on_layer[l] && s.size() > st.topk + st.remain ? 1 : 0;
+      m.selects = fp.Selects(l, b) ? 1 : 0;
       m.topk = st.topk;
       m.remain = st.remain;
       m.metric = st.metric;
     }
   }
-  for (int b = 0; b < p.batch; ++b) {
-    const Stream& s = *p.streams[b];
-    const int n = segs[b].n_tokens, cap = s.capacity();
-    if (cap == 0 || segs[b].provisional) continue;  // a provisional segment leaves the pool as it is
-    for (int i = std::max(0, n - cap); i < n; ++i) {  // earlier ones would be dropped at once
-      AppendItem it;
-      it.stream = b;
-      it.src_row = p.offset[b] + i;
-      it.dst_row = s.AppendRow(i);
-      p.append.push_back(it);
-    }
+  for (const PlanAppend& a : fp.append) {
+    AppendItem it;
+    it.stream = a.stream;
+    it.src_row = static_cast<int32_t>(a.src_row);
+    it.dst_row = a.ring_row;
+    p.append.push_back(it);
   }
   // Embedding: rows per table (one table for div_val == 1).
   const int n_tables = static_cast<int>(emb_table_.size());
@@ -164,16 +176,12 @@ Status Context::Forward(const trams_cuda_segment* segs, int n_segments) {
   for (int t = 0; t < n_tables; ++t) {
     if (!emb_proj_[t].empty()) p.max_emb_dim = std::max(p.max_emb_dim, static_cast<int>(emb_table_[t].cols));
   }
-  // Scoring rows (TransformerXL::Score).
-  for (int b = 0; b < p.batch; ++b) {
-    const Stream& s = *p.streams[b];
-    for (int i = 0; i < segs[b].n_tokens; ++i) {
-      if (i == 0 && s.position() == 0) continue;  // the first token of a stream has no context
-      p.targets.push_back(segs[b].tokens[i]);
-      p.where.emplace_back(b, i);
-      p.pred_stream.push_back(i == 0 ? b : -1);
-      p.pred_row.push_back(i == 0 ? -1 : p.offset[b] + i - 1);
-    }
+  // Scoring rows (every token but a stream's first, from the plan).
+  for (const PlanScore& sc : fp.scored) {
+    p.targets.push_back(segs[sc.stream].tokens[sc.token]);
+    p.where.emplace_back(sc.stream, sc.token);
+    p.pred_stream.push_back(sc.pred_row < 0 ? sc.stream : -1);
+    p.pred_row.push_back(sc.pred_row);
   }
   p.n_pred = static_cast<int>(p.targets.size());
   const int64_t cap_floats = OutputChunkFloats();
