@@ -288,9 +288,10 @@ Status Context::Init(const trams_cuda_model& model) {
 
   TRAMS_CUDA_RETURN_IF_ERROR(EnsureRelTable(options_.rel_table_rows > 0 ? options_.rel_table_rows : 1024));
   if (options_.arena_bytes == 0 && options_.arena_fraction > 0) {
-    DeviceDescription d;
-    TRAMS_CUDA_RETURN_IF_ERROR(ops_->Describe(&d));
-    options_.arena_bytes = static_cast<int64_t>(options_.arena_fraction * static_cast<double>(d.memory_free)) / 256 * 256;
+    DeviceDescription desc;
+    TRAMS_CUDA_RETURN_IF_ERROR(ops_->Describe(&desc));
+    options_.arena_bytes =
+        static_cast<int64_t>(options_.arena_fraction * static_cast<double>(desc.memory_free)) / 256 * 256;
     arena_alloc_ = ArenaAllocator(options_.arena_bytes);
   }
   if (options_.arena_bytes > 0) {
