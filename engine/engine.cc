@@ -2,35 +2,24 @@
 
 #include <unordered_set>
 
-#include "absl/strings/str_cat.h"
+#include "engine/settings_rules.h"
 
 namespace trams {
 
 absl::Status CheckBatch(const ModelConfig& config, absl::Span<const SegmentInput> batch) {
-  if (batch.empty()) return absl::InvalidArgumentError("empty batch: nothing to run");
+  if (batch.empty()) return absl::InvalidArgumentError(kEmptyBatchMessage);
   std::unordered_set<const EngineStream*> seen;
-  const int64_t vocab = config.vocab_size;
   for (size_t b = 0; b < batch.size(); ++b) {
     const SegmentInput& in = batch[b];
-    if (in.stream == nullptr) return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " has no stream"));
-    if (!seen.insert(in.stream).second) {
-      return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " repeats a stream: one segment per stream"));
+    const int64_t entry = static_cast<int64_t>(b);
+    // The rules (and messages) the CUDA module also applies at its C ABI: settings_rules.h.
+    std::string error = EntryStreamError(entry, in.stream != nullptr,
+                                         in.stream != nullptr && !seen.insert(in.stream).second);
+    if (error.empty()) {
+      error = EntryTokensError(entry, in.tokens.data(), static_cast<int64_t>(in.tokens.size()), config.vocab_size,
+                               in.options.alternatives);
     }
-    if (in.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " has no tokens"));
-    if (in.tokens.size() > static_cast<size_t>(INT32_MAX / 4)) {
-      return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " has ", in.tokens.size(),
-                                                     " tokens: too many for one segment"));
-    }
-    if (in.options.alternatives < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, ": alternatives must not be negative"));
-    }
-    for (size_t i = 0; i < in.tokens.size(); ++i) {
-      if (in.tokens[i] < 0 || in.tokens[i] >= vocab) {
-        return absl::InvalidArgumentError(absl::StrCat("token id ", in.tokens[i], " at position ", i,
-                                                       " of batch entry ", b, " is outside the vocabulary [0, ",
-                                                       vocab, ")"));
-      }
-    }
+    if (!error.empty()) return absl::InvalidArgumentError(error);
   }
   return absl::OkStatus();
 }
