@@ -38,12 +38,14 @@ class MetaBlob {
  public:
   template <class T>
   int64_t Add(const std::vector<T>& v) {
-    const int64_t at = WorkspaceAlignUp(static_cast<int64_t>(bytes_.size()));
-    bytes_.resize(static_cast<size_t>(at) + v.size() * sizeof(T));
+    const int64_t at = WorkspaceAlignUp(used_);
+    used_ = at + static_cast<int64_t>(v.size() * sizeof(T));
+    bytes_.resize(static_cast<size_t>(std::max(used_, kWorkspaceAlign)));
     if (!v.empty()) std::memcpy(bytes_.data() + at, v.data(), v.size() * sizeof(T));
     return at;
   }
-  int64_t size() const { return std::max<int64_t>(kWorkspaceAlign, static_cast<int64_t>(bytes_.size())); }
+  // Never less than one alignment unit, and data() always holds size() bytes (the upload reads them all).
+  int64_t size() const { return static_cast<int64_t>(bytes_.size()); }
   const char* data() const { return bytes_.data(); }
   template <class T>
   static T* Ptr(void* base, int64_t offset) {
@@ -51,9 +53,9 @@ class MetaBlob {
   }
 
  private:
-  std::vector<char> bytes_;
+  int64_t used_ = 0;
+  std::vector<char> bytes_ = std::vector<char>(static_cast<size_t>(kWorkspaceAlign));
 };
-
 
 // Sizes of one call and the host-side plan of the forward.
 struct Context::Plan {
