@@ -6,6 +6,13 @@
 
 namespace trams {
 
+absl::StatusOr<PoolDType> ParsePoolDType(const std::string& name) {
+  if (name == "f32") return PoolDType::kF32;
+  if (name == "f16") return PoolDType::kF16;
+  if (name == "bf16") return PoolDType::kBF16;
+  return absl::InvalidArgumentError("pool_dtype must be f32, f16 or bf16, got \"" + name + "\"");
+}
+
 absl::Status CheckBatch(const ModelConfig& config, absl::Span<const SegmentInput> batch) {
   if (batch.empty()) return absl::InvalidArgumentError(kEmptyBatchMessage);
   std::unordered_set<const EngineStream*> seen;

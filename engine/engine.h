@@ -16,6 +16,17 @@
 
 namespace trams {
 
+// How a stream's pool stores each token's key and value rows (server-wide, both backends): f32, or rounded
+// to f16/bf16 (round to nearest even, engine/cuda/hd_common.cuh) and read back as f32. Scores, the last
+// hidden state and all accumulation stay f32. Values are trams_cuda_dtype's.
+enum class PoolDType : int32_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
+inline int PoolDTypeBytes(PoolDType t) { return t == PoolDType::kF32 ? 4 : 2; }
+inline const char* PoolDTypeName(PoolDType t) {
+  return t == PoolDType::kF32 ? "f32" : t == PoolDType::kF16 ? "f16" : "bf16";
+}
+// "f32" | "f16" | "bf16"; INVALID_ARGUMENT otherwise (the message names the flag's values).
+absl::StatusOr<PoolDType> ParsePoolDType(const std::string& name);
+
 struct OutputOptions {
   int alternatives = 0;       // top-k alternatives per scored token (0 = none)
   bool entropy = false;       // entropy of each scoring distribution (needs the full vocabulary)

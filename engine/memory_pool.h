@@ -14,18 +14,35 @@
 
 namespace trams {
 
+// Keys and values live in `keys`/`values` (f32 pool) or, rounded, in `keys_half`/`values_half` (f16 or
+// bf16 bits); the other pair is empty. Read them with StreamState::LoadRow.
 struct LayerPool {
-  std::vector<float> keys;    // [M, H * Dh], ring buffer
+  std::vector<float> keys;    // [M, H * Dh], ring buffer (f32 pool)
   std::vector<float> values;  // [M, H * Dh]
+  std::vector<uint16_t> keys_half;    // [M, H * Dh] f16/bf16 bits (f16/bf16 pool)
+  std::vector<uint16_t> values_half;  // [M, H * Dh]
   std::vector<float> scores;  // [M, H]; empty when this layer never selects
 };
 
 class StreamState final : public EngineStream {
  public:
-  StreamState(const ModelConfig& config, const TramsSettings& settings);
+  StreamState(const ModelConfig& config, const TramsSettings& settings, PoolDType pool_dtype = PoolDType::kF32);
 
-  // Exact bytes of pool + prediction state for a stream with these settings (what StreamState allocates).
-  static int64_t BytesFor(const ModelConfig& config, const TramsSettings& settings);
+  // Exact bytes of pool + prediction state for a stream with these settings (what StreamState allocates):
+  // keys and values at PoolDTypeBytes(pool_dtype) per element, scores and the hidden state at 4.
+  static int64_t BytesFor(const ModelConfig& config, const TramsSettings& settings,
+                          PoolDType pool_dtype = PoolDType::kF32);
+  // `v` as the pool stores it (f32: unchanged; f16/bf16: rounded to nearest even, hd_common.cuh).
+  static float RoundToPool(PoolDType pool_dtype, float v);
+
+  PoolDType pool_dtype() const { return pool_dtype_; }
+  int width() const { return width_; }  // H * Dh
+  // Writes ring row `row` of layer l: key k and value v (width() floats each), rounded to the pool dtype.
+  void StoreKeyValue(int l, int row, const float* k, const float* v);
+  // dst[0, count) = elements [row * width() + col, + count) of layer l's keys (or values), as f32.
+  void LoadRow(int l, bool value, int row, int col, int count, float* dst) const;
+  // Direct pointer to that f32 row (f32 pools only; null for f16/bf16).
+  const float* F32Row(int l, bool value, int row, int col) const;
 
   const TramsSettings& settings() const override { return settings_; }
   int size() const override { return size_; }          // tokens in the pool (<= capacity)
@@ -65,6 +82,8 @@ class StreamState final : public EngineStream {
     std::vector<float> last_hidden;
   };
   TramsSettings settings_;
+  PoolDType pool_dtype_ = PoolDType::kF32;
+  int width_ = 0;
   std::vector<LayerPool> layers_;
   std::vector<float> last_hidden_;
   int start_ = 0;

@@ -63,6 +63,7 @@ absl::StatusOr<Parsed> ParseDevice(const std::string& device) {
 
 absl::StatusOr<OpenedEngine> OpenEngine(const std::string& model_dir, const DeviceChoice& choice) {
   RETURN_IF_ERROR(ParseDevice(choice.device).status());  // a bad flag before a slow load
+  RETURN_IF_ERROR(ParsePoolDType(choice.pool_dtype).status());
   ASSIGN_OR_RETURN(ModelWeights weights, LoadModelDirectory(model_dir));
   return OpenEngine(std::move(weights), choice);
 }
@@ -70,6 +71,7 @@ absl::StatusOr<OpenedEngine> OpenEngine(const std::string& model_dir, const Devi
 absl::StatusOr<OpenedEngine> OpenEngine(ModelWeights weights, const DeviceChoice& choice) {
   ASSIGN_OR_RETURN(const Parsed device, ParseDevice(choice.device));
   ASSIGN_OR_RETURN(const trams_cuda_dtype dtype, ParseWeightDtype(choice.weight_dtype));
+  ASSIGN_OR_RETURN(const PoolDType pool_dtype, ParsePoolDType(choice.pool_dtype));
   if (choice.gpu_pool_bytes < 0) {
     return absl::InvalidArgumentError(absl::StrCat("gpu pool bytes must not be negative, got ", choice.gpu_pool_bytes));
   }
@@ -102,12 +104,14 @@ absl::StatusOr<OpenedEngine> OpenEngine(ModelWeights weights, const DeviceChoice
   if (api == nullptr) {
     EngineOptions options;
     options.threads = choice.threads;
+    options.pool_dtype = pool_dtype;
     opened.engine = TransformerXL::FromWeights(std::move(weights), options);
     return opened;
   }
   cuda::CudaEngineOptions options;
   options.device = device.ordinal;
   options.weight_dtype = dtype;
+  options.pool_dtype = static_cast<trams_cuda_dtype>(static_cast<int32_t>(pool_dtype));
   options.allow_tf32 = choice.allow_tf32;
   options.arena_bytes = choice.gpu_pool_bytes;
   if (options.arena_bytes == 0 && device.kind == Parsed::kEmulated) options.arena_bytes = kEmulatedDefaultPoolBytes;

@@ -24,6 +24,9 @@ struct DeviceChoice {
   int64_t gpu_pool_bytes = 0;         // session arena; 0: gpu_memory_fraction of the free device memory
   double gpu_memory_fraction = 0.5;   // (0, 0.95]
   std::string weight_dtype = "f32";   // f32 | f16 | bf16 (device weights; pools and accumulation stay f32)
+  // f32 | f16 | bf16: how every session's pool stores keys and values, on every device (DESIGN.md,
+  // "Pool storage dtype"); f16/bf16 halve the pool's key/value bytes.
+  std::string pool_dtype = "f32";
   bool allow_tf32 = false;
   std::string module_path;            // empty: libtrams_cuda.so next to the executable
 };

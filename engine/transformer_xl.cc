@@ -36,7 +36,11 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 }  // namespace
 
 TransformerXL::TransformerXL(ModelWeights weights, const EngineOptions& options)
-    : weights_(std::move(weights)), pool_(options.threads), output_(weights_), rel_(&weights_) {
+    : weights_(std::move(weights)),
+      pool_(options.threads),
+      output_(weights_),
+      rel_(&weights_),
+      pool_dtype_(options.pool_dtype) {
   const ModelConfig& c = weights_.config;
   for (int l = 0; l < c.n_layer; ++l) {
     scorers_.emplace_back(weights_.layers[l].qkv.data, c.n_head, c.d_head, c.d_model);
@@ -55,7 +59,7 @@ std::unique_ptr<TransformerXL> TransformerXL::FromWeights(ModelWeights weights, 
 
 absl::StatusOr<std::unique_ptr<StreamState>> TransformerXL::NewHostStream(const TramsSettings& settings) const {
   RETURN_IF_ERROR(settings.Validate(config()));
-  return std::make_unique<StreamState>(config(), settings);
+  return std::make_unique<StreamState>(config(), settings, pool_dtype_);
 }
 
 absl::StatusOr<std::unique_ptr<EngineStream>> TransformerXL::NewStream(const TramsSettings& settings) {
@@ -65,7 +69,7 @@ absl::StatusOr<std::unique_ptr<EngineStream>> TransformerXL::NewStream(const Tra
 
 absl::StatusOr<int64_t> TransformerXL::StreamBytes(const TramsSettings& settings) {
   RETURN_IF_ERROR(settings.Validate(config()));
-  return StreamState::BytesFor(config(), settings);
+  return StreamState::BytesFor(config(), settings, pool_dtype_);
 }
 
 absl::StatusOr<EngineMemory> TransformerXL::Memory() {
@@ -79,7 +83,7 @@ absl::StatusOr<EngineMemory> TransformerXL::Memory() {
 StreamState* TransformerXL::HostStream(EngineStream* stream) const {
   auto* host = dynamic_cast<StreamState*>(stream);
   if (host == nullptr) return nullptr;
-  if (host->layer(0).keys.size() != static_cast<size_t>(host->capacity()) * config().attn_width()) return nullptr;
+  if (host->width() != config().attn_width() || host->pool_dtype() != pool_dtype_) return nullptr;
   return host;
 }
 
@@ -105,8 +109,7 @@ absl::Status TransformerXL::FillPoolWithZeroStates(EngineStream* engine_stream) 
     const bool selects = !pool.scores.empty();
     if (selects) scorers_[l].Score(kv.data(), 2 * w, 1, stream->settings().metric, scores.data());
     for (int r = 0; r < m; ++r) {
-      std::memcpy(pool.keys.data() + static_cast<size_t>(r) * w, kv.data(), sizeof(float) * w);
-      std::memcpy(pool.values.data() + static_cast<size_t>(r) * w, kv.data() + w, sizeof(float) * w);
+      stream->StoreKeyValue(l, r, kv.data(), kv.data() + w);  // rounded to the pool dtype
       if (selects) std::memcpy(pool.scores.data() + static_cast<size_t>(r) * c.n_head, scores.data(),
                                sizeof(float) * c.n_head);
     }
@@ -204,10 +207,28 @@ void TransformerXL::AttentionProbs(int layer, int s, int h, const Batch& b, cons
   const int klen = a + n;
 
   thread_local std::vector<const float*> key_rows;
+  // f16/bf16 pools: the attended rows of this head read back as f32 (values only when asked for: the
+  // caller keeps using them after a second call without value rows).
+  thread_local std::vector<float> mem_keys, mem_values;
+  const bool half = stream.pool_dtype() != PoolDType::kF32;
+  if (half) {
+    mem_keys.resize(static_cast<size_t>(a) * dh);
+    if (value_rows != nullptr) mem_values.resize(static_cast<size_t>(a) * dh);
+  }
   key_rows.resize(klen);
   if (value_rows != nullptr) value_rows->resize(klen);
   for (int j = 0; j < a; ++j) {
-    const size_t row = static_cast<size_t>(stream.RingRow(chosen[j])) * w + h * dh;
+    const int ring = stream.RingRow(chosen[j]);
+    if (half) {
+      stream.LoadRow(layer, false, ring, h * dh, dh, mem_keys.data() + static_cast<size_t>(j) * dh);
+      key_rows[j] = mem_keys.data() + static_cast<size_t>(j) * dh;
+      if (value_rows != nullptr) {
+        stream.LoadRow(layer, true, ring, h * dh, dh, mem_values.data() + static_cast<size_t>(j) * dh);
+        (*value_rows)[j] = mem_values.data() + static_cast<size_t>(j) * dh;
+      }
+      continue;
+    }
+    const size_t row = static_cast<size_t>(ring) * w + h * dh;
     key_rows[j] = pool.keys.data() + row;
     if (value_rows != nullptr) (*value_rows)[j] = pool.values.data() + row;
   }
@@ -403,8 +424,8 @@ void TransformerXL::AttentionLayer(int layer, Batch& b, std::vector<SegmentOutpu
     for (int i = 0; i < count; ++i) {
       const float* row = rows + static_cast<int64_t>(i) * 3 * w;
       const size_t dst = static_cast<size_t>(b.plan.append[begin + i].ring_row);
-      std::memcpy(pool.keys.data() + dst * w, row + w, sizeof(float) * w);
-      std::memcpy(pool.values.data() + dst * w, row + 2 * w, sizeof(float) * w);
+      // Scores above come from the f32 key; the pool keeps the rows rounded to its dtype.
+      stream.StoreKeyValue(layer, static_cast<int>(dst), row + w, row + 2 * w);
       if (selects) {
         std::memcpy(pool.scores.data() + dst * c.n_head, scores.data() + static_cast<size_t>(i) * c.n_head,
                     sizeof(float) * c.n_head);

@@ -22,6 +22,8 @@ namespace trams {
 
 struct EngineOptions {
   int threads = 0;  // <= 0: one per hardware core
+  // How every stream's pool stores keys and values (DESIGN.md, "Pool storage dtype").
+  PoolDType pool_dtype = PoolDType::kF32;
 };
 
 class TransformerXL final : public Engine {
@@ -69,6 +71,7 @@ class TransformerXL final : public Engine {
   OutputLayer output_;
   RelPositionTable rel_;
   std::vector<TramsScorer> scorers_;  // per layer
+  PoolDType pool_dtype_ = PoolDType::kF32;
   std::mutex forward_mu_;
 };
 

@@ -30,6 +30,10 @@ ABSL_FLAG(int64_t, gpu_pool_bytes, 0, "CUDA: bytes of the session-pool arena (0:
 ABSL_FLAG(double, gpu_memory_fraction, 0.5,
           "CUDA: share of the device memory free after loading the weights taken for the arena, (0, 0.95]");
 ABSL_FLAG(std::string, weight_dtype, "f32", "CUDA: weights on the device: f32 | f16 | bf16");
+ABSL_FLAG(std::string, pool_dtype, "f32",
+          "how every session's pool stores keys and values, on every device: f32 | f16 | bf16 (rounded to nearest "
+          "even and read back as f32; f16/bf16 halve the pools' key/value bytes, so more sessions fit the budget; "
+          "scores, hidden states and accumulation stay f32)");
 ABSL_FLAG(bool, allow_tf32, false, "CUDA: f32 matrix products may use TF32 tensor cores (~1e-3 relative)");
 ABSL_FLAG(int, drain_seconds, 10, "on SIGTERM: seconds in-flight calls get to finish (then they are cancelled)");
 ABSL_FLAG(double, drain_grace_seconds, 1.0,
@@ -68,6 +72,10 @@ absl::StatusOr<ServerOptions> OptionsFromFlags(const ModelConfig& config) {
   o.device.gpu_pool_bytes = absl::GetFlag(FLAGS_gpu_pool_bytes);
   o.device.gpu_memory_fraction = absl::GetFlag(FLAGS_gpu_memory_fraction);
   o.device.weight_dtype = absl::GetFlag(FLAGS_weight_dtype);
+  o.device.pool_dtype = absl::GetFlag(FLAGS_pool_dtype);
+  if (absl::Status st = ParsePoolDType(o.device.pool_dtype).status(); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", st.message()));
+  }
   o.device.allow_tf32 = absl::GetFlag(FLAGS_allow_tf32);
   o.drain_seconds = absl::GetFlag(FLAGS_drain_seconds);
   o.memory_share_every = std::max(0, absl::GetFlag(FLAGS_memory_share_every));

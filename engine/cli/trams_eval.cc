@@ -37,6 +37,9 @@ ABSL_FLAG(bool, reference_compat, false,
 ABSL_FLAG(bool, json, false, "print one JSON object on stdout");
 ABSL_FLAG(int, threads, 0, "worker threads (0: one per core)");
 ABSL_FLAG(std::string, device, "auto", "auto (a CUDA GPU if there is one, else the host) | cpu | cuda | cuda:N | emulated");
+ABSL_FLAG(std::string, pool_dtype, "f32",
+          "how the pools store keys and values: f32 | f16 | bf16 (rounded to nearest even, read back as f32; "
+          "f16/bf16 halve the pools' key/value bytes)");
 
 namespace trams {
 namespace {
@@ -95,6 +98,7 @@ absl::Status Run() {
   DeviceChoice choice;
   choice.device = absl::GetFlag(FLAGS_device);
   choice.threads = absl::GetFlag(FLAGS_threads);
+  choice.pool_dtype = absl::GetFlag(FLAGS_pool_dtype);
   ASSIGN_OR_RETURN(OpenedEngine opened, OpenEngine(model_dir, choice));
   Engine& engine = *opened.engine;
   if (choice.device == "auto" && engine.device() == "cpu") {

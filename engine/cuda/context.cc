@@ -65,6 +65,9 @@ Status Context::Create(const trams_cuda_model& model, const trams_cuda_options& 
   if (options.weight_dtype < TRAMS_CUDA_F32 || options.weight_dtype > TRAMS_CUDA_BF16) {
     return InvalidArgument("weight_dtype must be TRAMS_CUDA_F32, TRAMS_CUDA_F16 or TRAMS_CUDA_BF16");
   }
+  if (options.pool_dtype < TRAMS_CUDA_F32 || options.pool_dtype > TRAMS_CUDA_BF16) {
+    return InvalidArgument("pool_dtype must be TRAMS_CUDA_F32, TRAMS_CUDA_F16 or TRAMS_CUDA_BF16");
+  }
   if (options.arena_bytes < 0 || options.rel_table_rows < 0 || options.output_chunk_floats < 0) {
     return InvalidArgument("arena_bytes, rel_table_rows and output_chunk_floats must not be negative");
   }
@@ -177,6 +180,7 @@ Status Context::Init(const trams_cuda_model& model) {
   c_.ends.push_back(mc.vocab_size);
   if (c_.vocab > INT32_MAX) return InvalidArgument("vocab_size must fit in 32 bits");
   dtype_ = static_cast<DType>(options_.weight_dtype);
+  pool_dtype_ = static_cast<DType>(options_.pool_dtype);
   auto cluster_dim = [&](int i) {
     int dim = c_.d_embed;
     for (int k = 0; k < i; ++k) dim /= c_.div_val;
@@ -441,7 +445,7 @@ int64_t Context::StreamBytesFor(const StreamSettings& s) const {
   int64_t bytes = AlignUp(c_.d_model * static_cast<int64_t>(sizeof(float)));
   if (m == 0) return bytes;
   for (int l = 0; l < c_.n_layer; ++l) {
-    bytes += 2 * AlignUp(m * w * static_cast<int64_t>(sizeof(float)));
+    bytes += 2 * AlignUp(m * w * DTypeBytes(pool_dtype_));  // keys and values as pool_dtype
     if (s.selects_on_layer[l]) bytes += AlignUp(m * c_.n_head * static_cast<int64_t>(sizeof(float)));
   }
   return bytes;
@@ -472,9 +476,11 @@ Status Context::CreateStream(const trams_cuda_stream_settings& settings, Stream*
   }
   char* base = static_cast<char*>(arena_) + offset;
   int64_t at = 0;
-  auto take = [&](int64_t floats) {
+  // elements of elem_bytes each (keys and values: pool_dtype_; the pointers stay float*, the bytes are the
+  // pool dtype's: StreamLayerMeta::pool_dtype says how to read them).
+  auto take = [&](int64_t elements, int elem_bytes = static_cast<int>(sizeof(float))) {
     float* p = reinterpret_cast<float*>(base + at);
-    at += AlignUp(floats * static_cast<int64_t>(sizeof(float)));
+    at += AlignUp(elements * elem_bytes);
     return p;
   };
   Stream& s = *stream;
@@ -488,8 +494,8 @@ Status Context::CreateStream(const trams_cuda_stream_settings& settings, Stream*
   s.scores_.assign(c_.n_layer, nullptr);
   if (m > 0) {
     for (int l = 0; l < c_.n_layer; ++l) {
-      s.keys_[l] = take(m * w);
-      s.values_[l] = take(m * w);
+      s.keys_[l] = take(m * w, DTypeBytes(pool_dtype_));
+      s.values_[l] = take(m * w, DTypeBytes(pool_dtype_));
       if (s.settings_.selects_on_layer[l]) s.scores_[l] = take(m * c_.n_head);
     }
   }

@@ -54,7 +54,9 @@ class Stream {
   int start_ = 0, size_ = 0;
   int64_t position_ = 0;
   int64_t arena_offset_ = 0, bytes_ = 0;
-  std::vector<float*> keys_, values_, scores_;  // per layer; scores_ null where the layer never selects
+  // Per layer; scores_ null where the layer never selects. keys_/values_ hold the context's pool dtype
+  // (f32, or f16/bf16 bits) whatever their pointer type.
+  std::vector<float*> keys_, values_, scores_;
   float* last_hidden_ = nullptr;                // [d_model]
 
   // Transaction (StreamState's undo log, kept in host memory): the cursor and hidden state at begin, and
@@ -65,7 +67,8 @@ class Stream {
   std::vector<float> saved_hidden_;
   int64_t appended_ = 0;  // tokens appended since begin
   int saved_rows_ = 0;    // overwrite indices [0, saved_rows_) are handled (saved or never live)
-  std::vector<std::vector<float>> undo_keys_, undo_values_, undo_scores_;
+  std::vector<std::vector<uint8_t>> undo_keys_, undo_values_;  // the stored bytes (pool dtype)
+  std::vector<std::vector<float>> undo_scores_;
 };
 
 class Context {
@@ -159,6 +162,7 @@ class Context {
   std::unique_ptr<DeviceOps> ops_;
   trams_cuda_options options_;
   DType dtype_ = DType::kF32;
+  DType pool_dtype_ = DType::kF32;  // session pools' keys and values
   Config c_;
   std::vector<Upload> uploads_;
   std::vector<void*> weight_allocs_;

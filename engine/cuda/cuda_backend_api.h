@@ -106,13 +106,15 @@ typedef struct trams_cuda_model {
 
 typedef struct trams_cuda_options {
   int32_t device;               /* CUDA device ordinal */
-  trams_cuda_dtype weight_dtype; /* matrices on the device; biases, norms and pools stay f32 */
+  trams_cuda_dtype weight_dtype; /* matrices on the device; biases, norms and pools stay f32 (pools: pool_dtype) */
   int64_t arena_bytes;          /* allocated once at create(); session pools are carved from it */
   int32_t allow_tf32;           /* f32 GEMMs may use TF32 tensor cores (faster, ~1e-3 relative) */
   int32_t rel_table_rows;       /* relative distances precomputed at create (grows on demand); 0 = 1024 */
   int64_t output_chunk_floats;  /* logits held at once by the output layer; 0 = 32M floats */
   double arena_fraction;        /* arena_bytes == 0: this share (0, 0.95] of the device memory free once the
                                  * weights are uploaded; 0 = no arena */
+  int32_t pool_dtype;           /* trams_cuda_dtype: how session pools store keys and values (rounded to nearest
+                                 * even, read back as f32); scores and the hidden state stay f32. 0 = f32 */
 } trams_cuda_options;
 
 typedef enum trams_cuda_memory_mode {

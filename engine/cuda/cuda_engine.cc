@@ -133,6 +133,7 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const trams_cuda_
   trams_cuda_options o{};
   o.device = options.device;
   o.weight_dtype = options.weight_dtype;
+  o.pool_dtype = options.pool_dtype;
   o.arena_bytes = options.arena_bytes;
   o.allow_tf32 = options.allow_tf32 ? 1 : 0;
   o.output_chunk_floats = options.output_chunk_floats;

@@ -21,6 +21,7 @@ namespace trams::cuda {
 struct CudaEngineOptions {
   int device = 0;
   trams_cuda_dtype weight_dtype = TRAMS_CUDA_F32;
+  trams_cuda_dtype pool_dtype = TRAMS_CUDA_F32;  // session pools' keys and values (trams_cuda_options.pool_dtype)
   int64_t arena_bytes = int64_t{1} << 30;  // session pools; 0: arena_fraction of the free device memory
   double arena_fraction = 0;
   bool allow_tf32 = false;

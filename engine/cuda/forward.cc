@@ -152,6 +152,7 @@ Status Context::Forward(const trams_cuda_segment* segs, int n_segments) {
       m.topk = st.topk;
       m.remain = st.remain;
       m.metric = st.metric;
+      m.pool_dtype = pool_dtype_;
     }
   }
   for (const PlanAppend& a : fp.append) {

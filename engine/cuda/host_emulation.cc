@@ -288,8 +288,15 @@ class EmulatedOps final : public DeviceOps {
       const AppendItem& it = g.items[t];
       const StreamLayerMeta& s = g.streams[it.stream];
       const float* row = g.qkv + static_cast<int64_t>(it.src_row) * 3 * w;
-      std::memcpy(s.keys + static_cast<int64_t>(it.dst_row) * w, row + w, sizeof(float) * w);
-      std::memcpy(s.values + static_cast<int64_t>(it.dst_row) * w, row + 2 * w, sizeof(float) * w);
+      if (s.pool_dtype == DType::kF32) {
+        std::memcpy(s.keys + static_cast<int64_t>(it.dst_row) * w, row + w, sizeof(float) * w);
+        std::memcpy(s.values + static_cast<int64_t>(it.dst_row) * w, row + 2 * w, sizeof(float) * w);
+      } else {  // PoolAppendKernel's rounding
+        for (int c = 0; c < w; ++c) {
+          StoreAs(s.keys, s.pool_dtype, static_cast<int64_t>(it.dst_row) * w + c, row[w + c]);
+          StoreAs(s.values, s.pool_dtype, static_cast<int64_t>(it.dst_row) * w + c, row[2 * w + c]);
+        }
+      }
       if (s.scores == nullptr) continue;
       for (int h = 0; h < g.n_head; ++h) {
         s.scores[static_cast<int64_t>(it.dst_row) * g.n_head + h] =

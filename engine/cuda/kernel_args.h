@@ -81,8 +81,10 @@ struct ConvertArgs {
 
 // One stream at one layer of one forward.
 struct StreamLayerMeta {
-  float* keys = nullptr;    // pool ring [M, W]
-  float* values = nullptr;  // pool ring [M, W]
+  // Pool rings [M, W] stored as `pool_dtype` (f32, or f16/bf16 bits behind the float pointer): write with
+  // StoreAs, read with LoadF32 (hd_common.cuh).
+  float* keys = nullptr;
+  float* values = nullptr;
   float* scores = nullptr;  // pool ring [M, H]; null when this layer never selects
   int32_t offset = 0;       // first packed row of the stream's segment
   int32_t n = 0;            // segment tokens
@@ -92,7 +94,7 @@ struct StreamLayerMeta {
   int32_t selects = 0;      // 1: TRAMS top-k on this layer in this segment (size > topk + remain)
   int32_t topk = 0, remain = 0;
   int32_t metric = 0;       // 0 code, 1 paper
-  int32_t pad = 0;
+  DType pool_dtype = DType::kF32;  // how keys/values are stored
 };
 
 // Relative attention of one layer over all streams and heads (three kernels share it):

@@ -40,7 +40,7 @@ TRAMS_HD float AttnKeyValue(const AttnArgs& g, int b, int h, int j, int c, bool 
   if (j < s.a) {
     const int64_t ring = g.att_rows[(static_cast<int64_t>(b) * g.n_head + h) * g.a_max + j];
     const float* pool = value ? s.values : s.keys;
-    return pool[ring * w + h * g.d_head + c];
+    return LoadF32(pool, s.pool_dtype, ring * w + h * g.d_head + c);  // f16/bf16 pools: read back as f32
   }
   if (j < s.a + s.n) {
     const int64_t row = s.offset + (j - s.a);

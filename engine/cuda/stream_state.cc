@@ -11,10 +11,11 @@
 namespace trams::cuda {
 int64_t Stream::undo_bytes() const {
   int64_t floats = static_cast<int64_t>(saved_hidden_.size());
-  for (const auto& v : undo_keys_) floats += static_cast<int64_t>(v.size());
-  for (const auto& v : undo_values_) floats += static_cast<int64_t>(v.size());
   for (const auto& v : undo_scores_) floats += static_cast<int64_t>(v.size());
-  return floats * static_cast<int64_t>(sizeof(float));
+  int64_t bytes = floats * static_cast<int64_t>(sizeof(float));
+  for (const auto& v : undo_keys_) bytes += static_cast<int64_t>(v.size());
+  for (const auto& v : undo_values_) bytes += static_cast<int64_t>(v.size());
+  return bytes;
 }
 
 Status Context::BeginTransaction(Stream* stream) {
@@ -46,26 +47,31 @@ Status Context::SaveRowsBeforeAppend(Stream& s, int n) {
   if (!runs.empty()) {
     int total = 0;
     for (const UndoRun& run : runs) total += run.count;
-    const int w = c_.width(), h = c_.n_head;
+    const int h = c_.n_head;
+    const size_t row_bytes = static_cast<size_t>(c_.width()) * DTypeBytes(pool_dtype_);  // stored bytes
     const int log0 = runs.front().log_row;  // rows already in the log
     std::vector<size_t> old_k(c_.n_layer), old_v(c_.n_layer), old_s(c_.n_layer);
     Status st;
     for (int l = 0; l < c_.n_layer && st.ok(); ++l) {
-      std::vector<float>& uk = s.undo_keys_[l];
-      std::vector<float>& uv = s.undo_values_[l];
+      std::vector<uint8_t>& uk = s.undo_keys_[l];
+      std::vector<uint8_t>& uv = s.undo_values_[l];
       std::vector<float>& us = s.undo_scores_[l];
       old_k[l] = uk.size();
       old_v[l] = uv.size();
       old_s[l] = us.size();
-      uk.resize(old_k[l] + static_cast<size_t>(total) * w);
-      uv.resize(old_v[l] + static_cast<size_t>(total) * w);
+      uk.resize(old_k[l] + static_cast<size_t>(total) * row_bytes);
+      uv.resize(old_v[l] + static_cast<size_t>(total) * row_bytes);
       if (s.scores_[l] != nullptr) us.resize(old_s[l] + static_cast<size_t>(total) * h);
       for (const UndoRun& run : runs) {
         const size_t j = static_cast<size_t>(run.log_row - log0);
-        const size_t bytes = static_cast<size_t>(run.count) * w * sizeof(float);
+        const size_t bytes = static_cast<size_t>(run.count) * row_bytes;
+        const size_t at = static_cast<size_t>(run.ring_row) * row_bytes;
         const int64_t row = run.ring_row;
-        st = ops_->Download(uk.data() + old_k[l] + j * w, s.keys_[l] + row * w, bytes);
-        if (st.ok()) st = ops_->Download(uv.data() + old_v[l] + j * w, s.values_[l] + row * w, bytes);
+        st = ops_->Download(uk.data() + old_k[l] + j * row_bytes, reinterpret_cast<const char*>(s.keys_[l]) + at, bytes);
+        if (st.ok()) {
+          st = ops_->Download(uv.data() + old_v[l] + j * row_bytes, reinterpret_cast<const char*>(s.values_[l]) + at,
+                              bytes);
+        }
         if (st.ok() && s.scores_[l] != nullptr) {
           st = ops_->Download(us.data() + old_s[l] + j * h, s.scores_[l] + row * h,
                               static_cast<size_t>(run.count) * h * sizeof(float));
@@ -96,15 +102,20 @@ Status Context::RollbackTransaction(Stream* stream) {
   if (m > 0) {
     std::vector<UndoRun> runs;
     UndoRowsToRestore(m, s.saved_start_, s.saved_size_, s.saved_rows_, &runs);
-    const int w = c_.width(), h = c_.n_head;
+    const int h = c_.n_head;
+    const size_t row_bytes = static_cast<size_t>(c_.width()) * DTypeBytes(pool_dtype_);  // stored bytes
     for (int l = 0; l < c_.n_layer; ++l) {
       Status st;
       for (const UndoRun& run : runs) {
         const size_t j = static_cast<size_t>(run.log_row);
-        const size_t bytes = static_cast<size_t>(run.count) * w * sizeof(float);
+        const size_t bytes = static_cast<size_t>(run.count) * row_bytes;
+        const size_t at = static_cast<size_t>(run.ring_row) * row_bytes;
         const int64_t row = run.ring_row;
-        st = ops_->Upload(s.keys_[l] + row * w, s.undo_keys_[l].data() + j * w, bytes);
-        if (st.ok()) st = ops_->Upload(s.values_[l] + row * w, s.undo_values_[l].data() + j * w, bytes);
+        st = ops_->Upload(reinterpret_cast<char*>(s.keys_[l]) + at, s.undo_keys_[l].data() + j * row_bytes, bytes);
+        if (st.ok()) {
+          st = ops_->Upload(reinterpret_cast<char*>(s.values_[l]) + at, s.undo_values_[l].data() + j * row_bytes,
+                            bytes);
+        }
         if (st.ok() && s.scores_[l] != nullptr) {
           st = ops_->Upload(s.scores_[l] + row * h, s.undo_scores_[l].data() + j * h,
                             static_cast<size_t>(run.count) * h * sizeof(float));
@@ -160,15 +171,17 @@ Status Context::FillZero(Stream* stream) {
     metas[l].scores = stream->scores_[l];
     metas[l].metric = stream->settings().metric;
     metas[l].mem_len = m;
+    metas[l].pool_dtype = pool_dtype_;
   }
-  const std::vector<AppendItem> item(1);  // packed row 0 -> ring row 0
-  const std::vector<int32_t> zeros(static_cast<size_t>(m), 0);
+  // Packed row 0 -> every ring row: each row is appended (rounded to the pool dtype, scored from the f32
+  // key) exactly as one token would be.
+  std::vector<AppendItem> items(static_cast<size_t>(m));
+  for (int r = 0; r < m; ++r) items[r].dst_row = r;
   MetaBlob blob;
-  const int64_t o_metas = blob.Add(metas), o_item = blob.Add(item), o_zeros = blob.Add(zeros);
+  const int64_t o_metas = blob.Add(metas), o_item = blob.Add(items);
   TRAMS_CUDA_RETURN_IF_ERROR(EnsureMeta(blob.size()));
   const StreamLayerMeta* dev_metas = MetaBlob::Ptr<const StreamLayerMeta>(meta_, o_metas);
   const AppendItem* dev_item = MetaBlob::Ptr<const AppendItem>(meta_, o_item);
-  const int32_t* dev_zeros = MetaBlob::Ptr<const int32_t>(meta_, o_zeros);
 
   Status s = ops_->Upload(meta_, blob.data(), static_cast<size_t>(blob.size()));
   if (s.ok()) s = ops_->Zero(ws.zero_row, sizeof(float) * d);
@@ -191,7 +204,7 @@ Status Context::FillZero(Stream* stream) {
     AppendArgs ap;
     ap.streams = dev_metas + l;
     ap.items = dev_item;
-    ap.n_items = 1;
+    ap.n_items = m;
     ap.qkv = ws.zero_qkv;
     ap.n_head = H;
     ap.d_head = c_.d_head;
@@ -199,22 +212,6 @@ Status Context::FillZero(Stream* stream) {
     ap.row_sum = lw.row_sum;
     ap.inv_sqrt_d_model = 1.0 / std::sqrt(static_cast<double>(d));
     if (s.ok()) s = ops_->PoolAppend(ap);
-    if (m == 1) continue;
-    // Ring row 0 to rows 1..M-1.
-    GatherArgs g;
-    g.src_idx = dev_zeros;
-    g.rows = m - 1;
-    for (int part = 0; part < 3 && s.ok(); ++part) {
-      float* base = part == 0 ? stream->keys_[l] : part == 1 ? stream->values_[l] : stream->scores_[l];
-      if (base == nullptr) continue;
-      const int width = part == 2 ? H : w;
-      g.src = base;
-      g.src_ld = width;
-      g.dst = base + width;
-      g.dst_ld = width;
-      g.width = width;
-      s = ops_->Gather(g);
-    }
   }
   if (s.ok()) s = ops_->Synchronize();
   if (!s.ok()) return s.Annotate("filling the pool with zero states");

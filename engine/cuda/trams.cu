@@ -110,13 +110,12 @@ __global__ void PoolAppendKernel(AppendArgs g) {
   const StreamLayerMeta& s = g.streams[it.stream];
   const int w = g.n_head * g.d_head;
   const float* row = g.qkv + static_cast<int64_t>(it.src_row) * 3 * w;
-  float* k = s.keys + static_cast<int64_t>(it.dst_row) * w;
-  float* v = s.values + static_cast<int64_t>(it.dst_row) * w;
-  for (int c = threadIdx.x; c < w; c += blockDim.x) {
-    k[c] = row[w + c];
-    v[c] = row[2 * w + c];
+  const int64_t o = static_cast<int64_t>(it.dst_row) * w;  // elements: the rows are pool_dtype
+  for (int c = threadIdx.x; c < w; c += blockDim.x) {  // rounded to the pool dtype (round to nearest even)
+    StoreAs(s.keys, s.pool_dtype, o + c, row[w + c]);
+    StoreAs(s.values, s.pool_dtype, o + c, row[2 * w + c]);
   }
-  if (s.scores == nullptr) return;
+  if (s.scores == nullptr) return;  // the score below is the f32 key's
   for (int h = threadIdx.x; h < g.n_head; h += blockDim.x) {
     s.scores[static_cast<int64_t>(it.dst_row) * g.n_head + h] =
         TramsScore(row + w + h * g.d_head, g.gram + static_cast<int64_t>(h) * g.d_head * g.d_head,

@@ -531,6 +531,98 @@ TEST_P(CudaVsHostTest, RollbackRestoresTheStreamExactly) {
   }
 }
 
+// f16/bf16 pools (--pool_dtype): the device rounds the rows entering its pools as the host does (hd_common.cuh),
+// so both agree within the f32 tolerance over ragged multi-segment batches, zero-filled pools and
+// transactions; a rollback restores the stored rows exactly (the next segment scores bit for bit as on a twin
+// stream that never saw the transaction); stream bytes are the host's, key/value bytes halved.
+TEST_P(CudaVsHostTest, HalfPrecisionPoolsMatchTheHostEngine) {
+  for (const trams_cuda_dtype dtype : {TRAMS_CUDA_F16, TRAMS_CUDA_BF16}) {
+    for (const std::string model : {"plain_postln", "adaptive_samelen"}) {
+      SCOPED_TRACE(std::string(model) + (dtype == TRAMS_CUDA_F16 ? " f16" : " bf16"));
+      auto weights = LoadModelDirectory(GoldenDir() + "/models/" + model);
+      ASSERT_TRUE(weights.ok()) << weights.status();
+      std::string skip;
+      CudaEngineOptions options;
+      options.pool_dtype = dtype;
+      auto engine = MakeEngine(GetParam(), *weights, &skip, options);
+      if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
+      ASSERT_NE(engine, nullptr);
+      auto f32_engine = MakeEngine(GetParam(), *weights, &skip);
+      ASSERT_NE(f32_engine, nullptr);
+      EngineOptions host_options{1};
+      host_options.pool_dtype = static_cast<PoolDType>(dtype);
+      auto host = TransformerXL::FromWeights(*weights, host_options);
+      const ModelConfig& c = weights->config;
+      TramsSettings partial = TramsSettings::Trams(20, 4, 6);
+      partial.layers = {c.n_layer - 1};
+      const std::vector<TramsSettings> settings = {TramsSettings::Trams(24, 4, 8), TramsSettings::Xl(12), partial,
+                                                   TramsSettings::Trams(6, 2, 2), TramsSettings::Trams(10, 3, 4)};
+      std::vector<std::unique_ptr<EngineStream>> dev, ref, twin;
+      for (const TramsSettings& s : settings) {
+        // Device bytes: the f32 stream's minus half its key/value bytes (rounded up to the arena's alignment).
+        const int64_t kv = int64_t{2} * c.n_layer * s.mem_len * c.attn_width() * 4;
+        EXPECT_EQ(*host->StreamBytes(s), StreamState::BytesFor(c, s) - kv / 2);
+        EXPECT_GE(*engine->StreamBytes(s), *host->StreamBytes(s));
+        EXPECT_LT(*engine->StreamBytes(s), *f32_engine->StreamBytes(s));
+        dev.push_back(*engine->NewStream(s));
+        ref.push_back(*host->NewStream(s));
+        twin.push_back(*engine->NewStream(s));
+        EXPECT_EQ(dev.back()->bytes(), *engine->StreamBytes(s));
+      }
+      ASSERT_TRUE(engine->FillPoolWithZeroStates(dev.back().get()).ok());
+      ASSERT_TRUE(engine->FillPoolWithZeroStates(twin.back().get()).ok());
+      ASSERT_TRUE(host->FillPoolWithZeroStates(ref.back().get()).ok());
+      std::mt19937 rng(41);
+      const std::vector<std::vector<int>> lengths = {{5, 9, 3, 7, 4}, {8, 1, 6, 2, 9}, {3, 12, 7, 5, 1},
+                                                     {9, 4, 1, 8, 6}, {6, 6, 6, 6, 6}};
+      OutputOptions o;
+      o.selections = true;
+      auto step = [&](const std::vector<int>& lens, bool twins) {
+        std::vector<std::vector<int32_t>> ids;
+        for (int n : lens) ids.push_back(RandomTokens(rng, n, c.vocab_size));
+        std::vector<SegmentInput> dbatch, hbatch, tbatch;
+        for (size_t b = 0; b < settings.size(); ++b) {
+          dbatch.push_back({dev[b].get(), ids[b], o});
+          hbatch.push_back({ref[b].get(), ids[b], o});
+          tbatch.push_back({twin[b].get(), ids[b], o});
+        }
+        std::vector<SegmentOutput> dout, hout, tout;
+        ASSERT_TRUE(host->Forward(hbatch, &hout).ok());
+        ASSERT_TRUE(engine->Forward(dbatch, &dout).ok());
+        if (twins) {
+          ASSERT_TRUE(engine->Forward(tbatch, &tout).ok());
+          for (size_t k = 0; k < dout.size(); ++k) {
+            ASSERT_EQ(dout[k].logprob.size(), tout[k].logprob.size());
+            for (size_t i = 0; i < dout[k].logprob.size(); ++i) {
+              if (std::isnan(tout[k].logprob[i])) continue;
+              ASSERT_EQ(dout[k].logprob[i], tout[k].logprob[i]) << "after rollback, entry " << k << " token " << i;
+            }
+            EXPECT_EQ(dout[k].selections, tout[k].selections);
+          }
+        }
+        for (size_t k = 0; k < dout.size(); ++k) {
+          ExpectClose(dout[k].logprob, hout[k].logprob, kLogProbTolerance, "logprob entry " + std::to_string(k));
+          EXPECT_EQ(dout[k].selections, hout[k].selections) << "entry " << k;
+        }
+      };
+      for (size_t seg = 0; seg < 3; ++seg) step(lengths[seg], true);
+      // A transaction of two segments, rolled back on both: the twins never saw it.
+      for (size_t b = 0; b < settings.size(); ++b) {
+        ASSERT_TRUE(dev[b]->BeginTransaction().ok());
+        ASSERT_TRUE(ref[b]->BeginTransaction().ok());
+      }
+      step(lengths[3], false);
+      step(lengths[4], false);
+      for (size_t b = 0; b < settings.size(); ++b) {
+        EXPECT_GT(dev[b]->undo_bytes(), 0);
+        ASSERT_TRUE(dev[b]->Rollback().ok());
+        ASSERT_TRUE(ref[b]->Rollback().ok());
+      }
+      for (size_t seg = 3; seg < lengths.size(); ++seg) step(lengths[seg], true);
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, CudaVsHostTest, ::testing::ValuesIn(testing::BackendNames()),
                          [](const auto& param_info) { return param_info.param; });
 
