@@ -2,7 +2,9 @@
 // token ids),
 // XL (m = 200) against TRAMS (M = 400, topk 50 + remain 150), batch 1 and 10, n = 64.
 // XL and TRAMS runs alternate so that machine noise hits both; the ratio is from the same run.
-// Also prints per-stream pool bytes and the forward's GFLOP/s next to plain sgemm GFLOP/s.
+// Also prints per-stream pool bytes and the forward's GFLOP/s next to plain sgemm GFLOP/s, and then, for the
+// pool storage dtypes (f32, f16, bf16: --pool_dtype), TRAMS M = 400 bytes per session and tokens/s against the
+// f32 pool in the same run (the three engines alternate segment by segment).
 #include <cblas.h>
 
 #include <algorithm>
@@ -115,8 +117,9 @@ class Workload {
 
 int Main(int argc, char** argv) {
   int threads = 0, segments = 6, rounds = 2;
-  bool only_enwik8 = false, help = false;
-  const char* kUsage = "usage: trams-bench [--threads=N] [--segments=N] [--rounds=N] [--enwik8-only] [--help]\n";
+  bool only_enwik8 = false, help = false, pool_dtypes = true;
+  const char* kUsage =
+      "usage: trams-bench [--threads=N] [--segments=N] [--rounds=N] [--enwik8-only] [--no-pool-dtypes] [--help]\n";
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--help") == 0) {
       help = true;  // after the other flags are checked, so `CMD --help` tells whether CMD's flags exist
@@ -125,6 +128,10 @@ int Main(int argc, char** argv) {
     if (std::sscanf(argv[i], "--threads=%d", &threads) == 1) continue;
     if (std::sscanf(argv[i], "--segments=%d", &segments) == 1) continue;
     if (std::sscanf(argv[i], "--rounds=%d", &rounds) == 1) continue;
+    if (std::strcmp(argv[i], "--no-pool-dtypes") == 0) {
+      pool_dtypes = false;
+      continue;
+    }
     if (std::strcmp(argv[i], "--enwik8-only") == 0) {
       only_enwik8 = true;
       continue;
@@ -178,6 +185,45 @@ int Main(int argc, char** argv) {
   }
   std::printf("\nTRAMS/XL is time per token (lower is better; the paper's code: 1.49 on a 2080Ti).\n"
               "GF/s counts layer and head FLOPs only (tail clusters of the adaptive softmax are data dependent).\n");
+  if (!pool_dtypes) return 0;
+
+  // Pool storage dtype: one engine per dtype over the same weights, TRAMS M = 400 (topk 50 + remain 150),
+  // batch 10; the three alternate segment by segment with the same tokens.
+  std::printf("\npool dtype (TRAMS M=400, batch 10, n=%d)\n%-12s %6s %16s %12s %12s %12s\n", tgt_len, "model",
+              "pool", "bytes/session", "vs f32", "tok/s", "tok/s vs f32");
+  for (const Shape& shape : shapes) {
+    const ModelWeights weights = RandomModelWeights(shape.config, 7);
+    const PoolDType dtypes[] = {PoolDType::kF32, PoolDType::kF16, PoolDType::kBF16};
+    std::vector<std::unique_ptr<TransformerXL>> models;
+    std::vector<std::unique_ptr<Workload>> loads;
+    const TramsSettings tr = TramsSettings::Trams(400, 50, 150);
+    for (PoolDType t : dtypes) {
+      EngineOptions options;
+      options.threads = threads;
+      options.pool_dtype = t;
+      models.push_back(TransformerXL::FromWeights(weights, options));
+      loads.push_back(std::make_unique<Workload>(*models.back(), tr, 10, tgt_len));
+    }
+    for (int i = 0; i < loads[0]->warmup(); ++i) {
+      const uint32_t seed = static_cast<uint32_t>(rng());
+      for (auto& load : loads) load->Step(seed, false);
+    }
+    for (int i = 0; i < segments * rounds; ++i) {
+      const uint32_t seed = static_cast<uint32_t>(rng());
+      for (auto& load : loads) load->Step(seed, true);
+    }
+    const Run& base = loads[0]->run();
+    const double base_tps = base.tokens / base.seconds;
+    for (size_t k = 0; k < loads.size(); ++k) {
+      const Run& r = loads[k]->run();
+      const double tps = r.tokens / r.seconds;
+      std::printf("%-12s %6s %16lld %12.3f %12.1f %12.3f\n", shape.name.c_str(), PoolDTypeName(dtypes[k]),
+                  static_cast<long long>(r.pool_bytes), static_cast<double>(r.pool_bytes) / base.pool_bytes, tps,
+                  tps / base_tps);
+      std::fflush(stdout);
+    }
+  }
+  std::printf("\nbytes/session: keys + values at the pool dtype, TRAMS scores and the hidden state in f32.\n");
   return 0;
 }
 
