@@ -141,6 +141,18 @@ GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(CudaGoldenTest);
 
 class CudaVsHostTest : public ::testing::TestWithParam<std::string> {};
 
+// The golden model `model` and an engine for it on `backend`. `engine` stays null when the test is over:
+// skipped (the backend has no device) or failed; the caller returns then.
+void OpenGolden(const std::string& backend, const std::string& model, absl::StatusOr<ModelWeights>* weights,
+                std::unique_ptr<CudaEngine>* engine) {
+  *weights = LoadModelDirectory(GoldenDir() + "/models/" + model);
+  ASSERT_TRUE(weights->ok()) << weights->status();
+  std::string skip;
+  *engine = MakeEngine(backend, **weights, &skip);
+  if (*engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
+  ASSERT_NE(*engine, nullptr);
+}
+
 std::vector<int32_t> RandomTokens(std::mt19937& rng, int n, int64_t vocab) {
   std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
   std::vector<int32_t> ids(n);
@@ -239,12 +251,10 @@ TEST_P(CudaVsHostTest, RaggedMixedBatchesMatchTheHostEngine) {
 }
 
 TEST_P(CudaVsHostTest, ReferenceCompatZeroPoolMatchesTheHostEngine) {
-  auto weights = LoadModelDirectory(GoldenDir() + "/models/adaptive_preln");
-  ASSERT_TRUE(weights.ok()) << weights.status();
-  std::string skip;
-  auto engine = MakeEngine(GetParam(), *weights, &skip);
-  if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
-  ASSERT_NE(engine, nullptr);
+  absl::StatusOr<ModelWeights> weights;
+  std::unique_ptr<CudaEngine> engine;
+  OpenGolden(GetParam(), "adaptive_preln", &weights, &engine);
+  if (engine == nullptr) return;  // skipped (no GPU) or failed
   auto host = TransformerXL::FromWeights(*weights, EngineOptions{1});
   const TramsSettings s = TramsSettings::Trams(10, 3, 4);
   auto dev = *engine->NewStream(s);
@@ -265,12 +275,10 @@ TEST_P(CudaVsHostTest, ReferenceCompatZeroPoolMatchesTheHostEngine) {
 }
 
 TEST_P(CudaVsHostTest, BadInputChangesNothing) {
-  auto weights = LoadModelDirectory(GoldenDir() + "/models/plain_postln");
-  ASSERT_TRUE(weights.ok());
-  std::string skip;
-  auto engine = MakeEngine(GetParam(), *weights, &skip);
-  if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
-  ASSERT_NE(engine, nullptr);
+  absl::StatusOr<ModelWeights> weights;
+  std::unique_ptr<CudaEngine> engine;
+  OpenGolden(GetParam(), "plain_postln", &weights, &engine);
+  if (engine == nullptr) return;  // skipped (no GPU) or failed
   auto a = *engine->NewStream(TramsSettings::Trams(24, 4, 8));
   auto b = *engine->NewStream(TramsSettings::Xl(8));
   const std::vector<int32_t> good = {1, 2, 3}, bad = {4, 97, 5}, empty;
@@ -293,12 +301,10 @@ TEST_P(CudaVsHostTest, BadInputChangesNothing) {
 // A provisional segment (SegmentInput::commit false) scores as the host's does and leaves the stream exactly
 // as it was: the next committed segment matches the host's, which never saw the provisional one.
 TEST_P(CudaVsHostTest, ProvisionalSegmentsLeaveTheStreamAsItWas) {
-  auto weights = LoadModelDirectory(GoldenDir() + "/models/plain_postln");
-  ASSERT_TRUE(weights.ok());
-  std::string skip;
-  auto engine = MakeEngine(GetParam(), *weights, &skip);
-  if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
-  ASSERT_NE(engine, nullptr);
+  absl::StatusOr<ModelWeights> weights;
+  std::unique_ptr<CudaEngine> engine;
+  OpenGolden(GetParam(), "plain_postln", &weights, &engine);
+  if (engine == nullptr) return;  // skipped (no GPU) or failed
   auto host = TransformerXL::FromWeights(*weights);
   const TramsSettings s = TramsSettings::Trams(10, 2, 3);
   auto dev = std::move(*engine->NewStream(s));
@@ -332,12 +338,10 @@ TEST_P(CudaVsHostTest, ProvisionalSegmentsLeaveTheStreamAsItWas) {
 // The attention kernels' grid has one row per (head, segment): a batch past CUDA's launch limit is refused
 // up front, before any stream changes.
 TEST_P(CudaVsHostTest, BatchesPastTheLaunchLimitAreRefusedUpFront) {
-  auto weights = LoadModelDirectory(GoldenDir() + "/models/plain_postln");
-  ASSERT_TRUE(weights.ok());
-  std::string skip;
-  auto engine = MakeEngine(GetParam(), *weights, &skip);
-  if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
-  ASSERT_NE(engine, nullptr);
+  absl::StatusOr<ModelWeights> weights;
+  std::unique_ptr<CudaEngine> engine;
+  OpenGolden(GetParam(), "plain_postln", &weights, &engine);
+  if (engine == nullptr) return;  // skipped (no GPU) or failed
   const int n = 65535 / weights->config.n_head + 1;
   std::vector<std::unique_ptr<EngineStream>> streams;
   std::vector<SegmentInput> batch;
@@ -357,18 +361,17 @@ TEST_P(CudaVsHostTest, BatchesPastTheLaunchLimitAreRefusedUpFront) {
 }
 
 TEST_P(CudaVsHostTest, FullArenaIsResourceExhaustedNotACrash) {
-  auto weights = LoadModelDirectory(GoldenDir() + "/models/plain_postln");
-  ASSERT_TRUE(weights.ok());
-  std::string skip;
-  auto probe = MakeEngine(GetParam(), *weights, &skip);
-  if (probe == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
-  ASSERT_NE(probe, nullptr);
+  absl::StatusOr<ModelWeights> weights;
+  std::unique_ptr<CudaEngine> probe;
+  OpenGolden(GetParam(), "plain_postln", &weights, &probe);
+  if (probe == nullptr) return;  // skipped (no GPU) or failed
   const TramsSettings s = TramsSettings::Trams(400, 50, 150);
   const int64_t bytes = *probe->StreamBytes(s);
   EXPECT_GE(bytes, StreamState::BytesFor(weights->config, s));
   probe.reset();
   CudaEngineOptions options;
   options.arena_bytes = 3 * bytes + bytes / 2;
+  std::string skip;
   auto engine = MakeEngine(GetParam(), *weights, &skip, options);
   ASSERT_NE(engine, nullptr);
   std::vector<std::unique_ptr<EngineStream>> streams;
@@ -481,12 +484,10 @@ TEST_P(CudaVsHostTest, RandomWeightsWithLargerShapes) {
 // A transaction over several segments rolls back to the exact state (pools, cursor, prediction state):
 // what follows matches the host engine that went through the same begin / forward / rollback.
 TEST_P(CudaVsHostTest, RollbackRestoresTheStreamExactly) {
-  auto weights = LoadModelDirectory(GoldenDir() + "/models/plain_postln");
-  ASSERT_TRUE(weights.ok());
-  std::string skip;
-  auto engine = MakeEngine(GetParam(), *weights, &skip);
-  if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
-  ASSERT_NE(engine, nullptr);
+  absl::StatusOr<ModelWeights> weights;
+  std::unique_ptr<CudaEngine> engine;
+  OpenGolden(GetParam(), "plain_postln", &weights, &engine);
+  if (engine == nullptr) return;  // skipped (no GPU) or failed
   auto host = TransformerXL::FromWeights(*weights, EngineOptions{1});
   std::mt19937 rng(29);
   for (const TramsSettings& s : {TramsSettings::Trams(10, 3, 4), TramsSettings::Xl(7), TramsSettings::NoMemory()}) {
