@@ -197,15 +197,6 @@ int Run() {
                       {"metrics_port", std::to_string(metrics_port)},
                       {"default_mode", std::string(MemoryModeName(options->defaults.memory.mode))}});
 
-  // Idle expiry, once a second.
-  std::atomic<bool> stop{false};
-  std::thread reaper([&] {
-    while (!stop.load()) {
-      std::this_thread::sleep_for(std::chrono::seconds(1));
-      const int n = (*app)->ExpireIdle();
-      if (n > 0) LogInfo("expired idle sessions", {{"count", std::to_string(n)}});
-    }
-  });
 
   int sig = 0;
   {
@@ -220,8 +211,6 @@ int Run() {
                        {"drain_seconds", std::to_string(options->drain_seconds)}});
   (*app)->Shutdown(std::chrono::seconds(std::max(0, options->drain_seconds)),
                    std::chrono::milliseconds(static_cast<int64_t>(grace * 1000)));
-  stop = true;
-  reaper.join();
   LogInfo("stopped");
   return 0;
 }

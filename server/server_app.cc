@@ -74,19 +74,25 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
   }
   app->server_->GetHealthCheckService()->SetServingStatus("trams.v1.TramsService", true);
   app->RefreshEngineMemory();
-  if (absl::StatusOr<EngineMemory> memory = engine->Memory();
-      memory.ok() && (memory->has_device_memory || memory->has_arena)) {
-    ServerApp* const self = app.get();
-    app->memory_refresher_ = std::thread([self] {
-      std::unique_lock<std::mutex> lock(self->refresher_mu_);
-      while (!self->refresher_cv_.wait_for(lock, kMemoryRefresh, [self] { return self->refresher_stop_; })) {
-        lock.unlock();
-        self->RefreshEngineMemory();
-        lock.lock();
-      }
-    });
-  }
+  absl::StatusOr<EngineMemory> memory = engine->Memory();
+  const bool memory_changes = memory.ok() && (memory->has_device_memory || memory->has_arena);
+  ServerApp* const self = app.get();
+  app->housekeeping_ = std::thread([self, memory_changes] {
+    std::unique_lock<std::mutex> lock(self->housekeeping_mu_);
+    while (!self->housekeeping_cv_.wait_for(lock, kHousekeeping, [self] { return self->housekeeping_stop_; })) {
+      lock.unlock();
+      self->ExpireIdle();
+      if (memory_changes) self->RefreshEngineMemory();
+      lock.lock();
+    }
+  });
   return app;
+}
+
+int ServerApp::ExpireIdle() {
+  const int n = sessions_->ExpireIdle();
+  if (n > 0) LogInfo("expired idle sessions", {{"count", std::to_string(n)}});
+  return n;
 }
 
 void ServerApp::RefreshEngineMemory() {
@@ -100,14 +106,14 @@ void ServerApp::RefreshEngineMemory() {
   }
 }
 
-void ServerApp::StopMemoryRefresher() {
-  if (!memory_refresher_.joinable()) return;
+void ServerApp::StopHousekeeping() {
+  if (!housekeeping_.joinable()) return;
   {
-    std::lock_guard<std::mutex> lock(refresher_mu_);
-    refresher_stop_ = true;
+    std::lock_guard<std::mutex> lock(housekeeping_mu_);
+    housekeeping_stop_ = true;
   }
-  refresher_cv_.notify_all();
-  memory_refresher_.join();
+  housekeeping_cv_.notify_all();
+  housekeeping_.join();
 }
 
 void ServerApp::Shutdown(std::chrono::milliseconds drain, std::chrono::milliseconds grace) {
@@ -134,7 +140,7 @@ void ServerApp::Shutdown(std::chrono::milliseconds drain, std::chrono::milliseco
     server_->Shutdown(std::chrono::system_clock::now());  // cancels what is left; those calls roll back
   }
   if (scheduler_) scheduler_->Stop();
-  StopMemoryRefresher();
+  StopHousekeeping();
 }
 
 ServerApp::~ServerApp() { Shutdown(std::chrono::milliseconds(0), std::chrono::milliseconds(0)); }

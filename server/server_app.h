@@ -38,17 +38,18 @@ class ServerApp {
   // health checks are still answered for `grace`; running calls may finish until max(grace, drain)
   // has passed; the rest are cancelled (their sessions roll back); then the engine worker stops.
   void Shutdown(std::chrono::milliseconds drain, std::chrono::milliseconds grace = std::chrono::milliseconds(0));
-  // Removes sessions idle past the TTL (main calls it periodically).
-  int ExpireIdle() { return sessions_->ExpireIdle(); }
+  // Removes sessions idle past the TTL; the housekeeping thread does it every kHousekeeping, in every
+  // server (trams-server, tests, the load tool). Returns how many.
+  int ExpireIdle();
   // Asks the engine where the pools live and how full it is and publishes it (Metrics::SetEngineMemory).
-  // Done once at start and then every kMemoryRefresh by a refresher thread (on engines with device memory
-  // or an arena; the host's figures do not change); tests call it to see a change at once.
+  // Done once at start and then by the housekeeping thread (on engines with device memory or an arena;
+  // the host's figures do not change); tests call it to see a change at once.
   void RefreshEngineMemory();
-  static constexpr std::chrono::milliseconds kMemoryRefresh{1000};
+  static constexpr std::chrono::milliseconds kHousekeeping{1000};
 
  private:
   ServerApp() = default;
-  void StopMemoryRefresher();
+  void StopHousekeeping();
 
   OpenedEngine engine_;  // first: destroyed after everything that uses it
   std::unique_ptr<Metrics> metrics_;
@@ -59,12 +60,12 @@ class ServerApp {
   int grpc_port_ = 0;
   int metrics_port_ = 0;
   bool shut_down_ = false;
-  // The refresher: never holds the session manager's mutex while it asks the engine (the CUDA backend
-  // takes its device context's lock).
-  std::thread memory_refresher_;
-  std::mutex refresher_mu_;
-  std::condition_variable refresher_cv_;
-  bool refresher_stop_ = false;
+  // Housekeeping (idle expiry, engine memory figures): never holds the session manager's mutex while it
+  // asks the engine (the CUDA backend takes its device context's lock).
+  std::thread housekeeping_;
+  std::mutex housekeeping_mu_;
+  std::condition_variable housekeeping_cv_;
+  bool housekeeping_stop_ = false;
   std::atomic<bool> memory_error_logged_{false};
   static constexpr std::chrono::milliseconds kCloseLinger{200};
 };

@@ -626,5 +626,26 @@ TEST(HardeningTest, ADeviceErrorMidForwardLeavesTheSessionAsItWas) {
   }
 }
 
+// Idle sessions expire in every server, not only in trams-server's main(): the expiry runs in ServerApp
+// (it used to be a thread of main.cc, so in-process servers (tests, trams-load) never expired anything).
+TEST(HardeningTest, IdleSessionsExpireInAnInProcessServer) {
+  ServerOptions options = TestOptions(kModel);
+  options.limits.idle_ttl_seconds = 1;
+  auto server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  auto* stub = server->stub.get();
+  ASSERT_TRUE(CreateSession(stub, "idle", Trams(kM, kTopk, kRemain), kN).ok());
+  v1::Session s;
+  grpc::Status got = GetSession(stub, "idle", &s);
+  ASSERT_TRUE(got.ok()) << Describe(got);
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (got.ok() && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    got = GetSession(stub, "idle", &s);
+  }
+  EXPECT_EQ(got.error_code(), grpc::StatusCode::NOT_FOUND) << Describe(got);
+  EXPECT_TRUE(Contains(got.error_message(), "expired after 1 s idle"));
+}
+
 }  // namespace
 }  // namespace trams::test

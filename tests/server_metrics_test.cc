@@ -117,7 +117,7 @@ TEST(ServerMetrics, RefresherPublishesArenaUse) {
   grpc::Status st = CreateSession(server->stub.get(), "a", Memory(), 8, &a);
   ASSERT_TRUE(st.ok()) << Describe(st);
   const std::string series = Dev("trams_pool_arena_used_bytes", "emulated:0");
-  const auto give_up = std::chrono::steady_clock::now() + 10 * ServerApp::kMemoryRefresh;
+  const auto give_up = std::chrono::steady_clock::now() + 10 * ServerApp::kHousekeeping;
   std::optional<double> used;
   while ((used = Sample(server->app->metrics().Text(), series)) != a.pool_bytes() &&
          std::chrono::steady_clock::now() < give_up) {
