@@ -31,8 +31,10 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
   Engine* const engine = app->engine_.engine.get();
   LogInfo("engine ready", {{"device", engine->device()}, {"reason", app->engine_.reason}});
   SessionLimits limits = options.limits;
-  if (absl::StatusOr<EngineMemory> memory = engine->Memory(); memory.ok() && memory->has_arena &&
-                                                               memory->arena_capacity_bytes < limits.memory_budget_bytes) {
+  // Where the pools live: caps the budget, and says whether the figures change (a device, an arena).
+  const absl::StatusOr<EngineMemory> memory = engine->Memory();
+  const bool memory_changes = memory.ok() && (memory->has_device_memory || memory->has_arena);
+  if (memory.ok() && memory->has_arena && memory->arena_capacity_bytes < limits.memory_budget_bytes) {
     // The pools live in the arena: the budget can promise no more than the arena holds.
     LogInfo("memory budget capped at the device arena",
             {{"budget_bytes", std::to_string(limits.memory_budget_bytes)},
@@ -74,8 +76,6 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
   }
   app->server_->GetHealthCheckService()->SetServingStatus("trams.v1.TramsService", true);
   app->RefreshEngineMemory();
-  absl::StatusOr<EngineMemory> memory = engine->Memory();
-  const bool memory_changes = memory.ok() && (memory->has_device_memory || memory->has_arena);
   ServerApp* const self = app.get();
   app->housekeeping_ = std::thread([self, memory_changes] {
     std::unique_lock<std::mutex> lock(self->housekeeping_mu_);
