@@ -84,7 +84,7 @@ ABSL_FLAG(int, rounds, 3, "runs per cell (alternating gRPC / in-process); the be
 ABSL_FLAG(uint64_t, seed, 1, "data and sampling seed");
 ABSL_FLAG(int, deadline_s, 600, "deadline of every Score/Generate call, seconds");
 
-namespace trams {
+namespace trams::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -260,7 +260,7 @@ class GenerateReactor final : public grpc::ClientReadReactor<v1::GenerateRespons
 // ---------------------------------------------------------------------------------------------
 
 struct Workload {
-  TramsSettings settings;
+  engine::TramsSettings settings;
   v1::MemorySettings memory_proto;
   int segment_len = 64;
   int score_segments = 4;
@@ -398,21 +398,21 @@ class Load {
 // ---------------------------------------------------------------------------------------------
 // In-process baseline: the same work straight on Engine::Forward.
 
-absl::StatusOr<RunResult> EngineScore(Engine& model, const std::vector<std::vector<int32_t>>& data,
+absl::StatusOr<RunResult> EngineScore(engine::Engine& model, const std::vector<std::vector<int32_t>>& data,
                                       const Workload& w) {
-  std::vector<std::unique_ptr<EngineStream>> streams;
+  std::vector<std::unique_ptr<engine::EngineStream>> streams;
   for (size_t i = 0; i < data.size(); ++i) {
     auto s = model.NewStream(w.settings);
     if (!s.ok()) return s.status();
     streams.push_back(std::move(*s));
   }
-  OutputOptions o;
-  o.selections = w.settings.mode == MemoryMode::kTrams;  // as the server asks
+  engine::OutputOptions o;
+  o.selections = w.settings.mode == engine::MemoryMode::kTrams;  // as the server asks
   RunResult r;
-  std::vector<SegmentOutput> out;
+  std::vector<engine::SegmentOutput> out;
   const auto t0 = Clock::now();
   for (int seg = 0; seg < w.score_segments; ++seg) {
-    std::vector<SegmentInput> in;
+    std::vector<engine::SegmentInput> in;
     for (size_t i = 0; i < data.size(); ++i) {
       in.push_back({streams[i].get(),
                     absl::MakeConstSpan(data[i]).subspan(static_cast<size_t>(seg * w.segment_len),
@@ -429,31 +429,31 @@ absl::StatusOr<RunResult> EngineScore(Engine& model, const std::vector<std::vect
   return r;
 }
 
-absl::StatusOr<RunResult> EngineGenerate(Engine& model, const std::vector<std::vector<int32_t>>& prompts,
+absl::StatusOr<RunResult> EngineGenerate(engine::Engine& model, const std::vector<std::vector<int32_t>>& prompts,
                                          const Workload& w, uint64_t seed) {
   const size_t n = prompts.size();
-  std::vector<std::unique_ptr<EngineStream>> streams;
-  std::vector<Sampler> samplers;
+  std::vector<std::unique_ptr<engine::EngineStream>> streams;
+  std::vector<engine::Sampler> samplers;
   for (size_t i = 0; i < n; ++i) {
     auto s = model.NewStream(w.settings);
     if (!s.ok()) return s.status();
     streams.push_back(std::move(*s));
-    SamplingParams p;
+    engine::SamplingParams p;
     p.temperature = 1.0f;
     p.seed = seed + i;
     samplers.emplace_back(p);
   }
-  const bool trams = w.settings.mode == MemoryMode::kTrams;
+  const bool trams = w.settings.mode == engine::MemoryMode::kTrams;
   RunResult r;
-  std::vector<SegmentOutput> out;
+  std::vector<engine::SegmentOutput> out;
   const auto t0 = Clock::now();
   // The prompt, in segments; the next-token distribution after its last one.
   const size_t plen = prompts[0].size();
   for (size_t at = 0; at < plen; at += static_cast<size_t>(w.segment_len)) {
     const size_t take = std::min(plen - at, static_cast<size_t>(w.segment_len));
-    std::vector<SegmentInput> in;
+    std::vector<engine::SegmentInput> in;
     for (size_t i = 0; i < n; ++i) {
-      OutputOptions o;
+      engine::OutputOptions o;
       o.selections = trams;
       o.next_distribution = at + take == plen;
       in.push_back({streams[i].get(), absl::MakeConstSpan(prompts[i]).subspan(at, take), o});
@@ -466,10 +466,10 @@ absl::StatusOr<RunResult> EngineGenerate(Engine& model, const std::vector<std::v
   std::vector<std::vector<int32_t>> tokens(n, std::vector<int32_t>(1));
   for (int t = 0; t < w.gen_tokens; ++t) {
     const auto s0 = Clock::now();
-    std::vector<SegmentInput> in;
+    std::vector<engine::SegmentInput> in;
     for (size_t i = 0; i < n; ++i) {
       tokens[i][0] = samplers[i].Sample(out[i].next_logprobs);
-      OutputOptions o;
+      engine::OutputOptions o;
       o.selections = trams;
       o.next_distribution = t + 1 < w.gen_tokens;
       in.push_back({streams[i].get(), tokens[i], o});
@@ -497,23 +497,23 @@ struct Row {
 int Main() {
   const std::string server_flag = absl::GetFlag(FLAGS_server);
   const std::string model_dir = absl::GetFlag(FLAGS_model);
-  DeviceChoice choice;
+  engine::DeviceChoice choice;
   choice.device = absl::GetFlag(FLAGS_device);
   choice.threads = absl::GetFlag(FLAGS_threads);
 
   // The model (shared by the in-process server and the baseline), on the chosen device.
-  OpenedEngine opened;
+  engine::OpenedEngine opened;
   std::string tokenizer_dir = model_dir;
   std::filesystem::path temp_dir;
   if (!model_dir.empty()) {
-    auto m = OpenEngine(model_dir, choice);
+    auto m = engine::OpenEngine(model_dir, choice);
     if (!m.ok()) {
       std::fprintf(stderr, "cannot load %s: %s\n", model_dir.c_str(), std::string(m.status().message()).c_str());
       return 1;
     }
     opened = std::move(*m);
   } else {
-    ModelConfig c;
+    engine::ModelConfig c;
     c.n_layer = absl::GetFlag(FLAGS_n_layer);
     c.d_model = c.d_embed = absl::GetFlag(FLAGS_d_model);
     c.n_head = absl::GetFlag(FLAGS_n_head);
@@ -529,7 +529,7 @@ int Main() {
       std::fprintf(stderr, "bad random model shape: %s\n", std::string(s.message()).c_str());
       return 2;
     }
-    auto m = OpenEngine(RandomModelWeights(c, absl::GetFlag(FLAGS_seed)), choice);
+    auto m = engine::OpenEngine(engine::RandomModelWeights(c, absl::GetFlag(FLAGS_seed)), choice);
     if (!m.ok()) {
       std::fprintf(stderr, "cannot open the engine: %s\n", std::string(m.status().message()).c_str());
       return 1;
@@ -543,8 +543,8 @@ int Main() {
       tokenizer_dir = temp_dir.string();
     }
   }
-  Engine* model = opened.engine.get();
-  const ModelConfig& config = model->config();
+  engine::Engine* model = opened.engine.get();
+  const engine::ModelConfig& config = model->config();
 
   Workload w;
   w.segment_len = absl::GetFlag(FLAGS_segment_len);
@@ -552,31 +552,31 @@ int Main() {
   w.gen_tokens = absl::GetFlag(FLAGS_gen_tokens);
   w.prompt_len = absl::GetFlag(FLAGS_prompt_len);
   w.vocab = config.vocab_size;
-  auto settings = MakeTramsSettings(absl::GetFlag(FLAGS_mode), absl::GetFlag(FLAGS_mem_len), -1,
+  auto settings = engine::MakeTramsSettings(absl::GetFlag(FLAGS_mode), absl::GetFlag(FLAGS_mem_len), -1,
                                     absl::GetFlag(FLAGS_topk), absl::GetFlag(FLAGS_remain), {}, "code", config);
   if (!settings.ok()) {
     std::fprintf(stderr, "bad memory settings: %s\n", std::string(settings.status().message()).c_str());
     return 2;
   }
   w.settings = *settings;
-  ToProto(w.settings, &w.memory_proto);
+  server::ToProto(w.settings, &w.memory_proto);
   if (w.segment_len < 1 || w.score_segments < 1 || w.gen_tokens < 1 || w.prompt_len < 1) {
     std::fprintf(stderr, "--segment_len, --score_segments, --gen_tokens and --prompt_len must be >= 1\n");
     return 2;
   }
 
   // The server.
-  std::unique_ptr<ServerApp> app;
+  std::unique_ptr<server::ServerApp> app;
   std::string target = server_flag, metrics = absl::GetFlag(FLAGS_metrics);
   if (server_flag.empty()) {
-    ServerOptions o;
+    server::ServerOptions o;
     o.model_dir = tokenizer_dir;
     o.listen = "127.0.0.1:0";
     o.metrics_listen = "127.0.0.1:0";
     o.defaults.memory = w.settings;
     o.defaults.segment_len = w.segment_len;
     o.scheduler.batch_wait_us = absl::GetFlag(FLAGS_batch_wait_us);
-    auto started = ServerApp::Start(o, std::move(opened.engine));  // `model` stays valid: the app owns it
+    auto started = server::ServerApp::Start(o, std::move(opened.engine));  // `model` stays valid: the app owns it
     if (!started.ok()) {
       std::fprintf(stderr, "cannot start the server: %s\n", std::string(started.status().message()).c_str());
       return 1;
@@ -617,7 +617,7 @@ int Main() {
               model->device().c_str(), choice.threads);
   std::printf("memory %s M=%d topk=%d remain=%d; n=%d; score %d segments/session; generate %d-token prompt + %d "
               "tokens/session; %s input; %d channel(s); best of %d round(s)\n\n",
-              std::string(MemoryModeName(w.settings.mode)).c_str(), w.settings.mem_len, w.settings.topk,
+              std::string(engine::MemoryModeName(w.settings.mode)).c_str(), w.settings.mem_len, w.settings.topk,
               w.settings.remain, w.segment_len, w.score_segments, w.prompt_len, w.gen_tokens,
               w.text ? "text" : "token-id", absl::GetFlag(FLAGS_channels), rounds);
   std::fflush(stdout);
@@ -719,13 +719,13 @@ int Main() {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::bench
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "trams-load [--server HOST:PORT] [--model DIR] [--sessions 1,4,16,64] [--modes score,generate] ...\n"
       "Tokens/s and latency over gRPC with concurrent sessions, against Engine::Forward in-process.");
-  trams::SetFlagsUsageForMainFile(__FILE__);
+  trams::engine::SetFlagsUsageForMainFile(__FILE__);
   absl::ParseCommandLine(argc, argv);
-  return trams::Main();
+  return trams::bench::Main();
 }

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <vector>
 
-namespace trams {
+namespace trams::bench {
 
 inline double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return std::nan("");
@@ -17,4 +17,4 @@ inline double Percentile(std::vector<double> v, double p) {
   return v[lo] + (v[hi] - v[lo]) * (rank - static_cast<double>(lo));
 }
 
-}  // namespace trams
+}  // namespace trams::bench

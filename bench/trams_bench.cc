@@ -18,19 +18,19 @@
 #include "engine/random_weights.h"
 #include "engine/transformer_xl.h"
 
-namespace trams {
+namespace trams::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
 struct Shape {
   std::string name;
-  ModelConfig config;
+  engine::ModelConfig config;
 };
 
 // Forward FLOPs per token of the layers (projections, attention products, feed-forward), plus the
 // adaptive/plain softmax head; tail clusters are data dependent and left out.
-double FlopsPerToken(const ModelConfig& c, int klen) {
+double FlopsPerToken(const engine::ModelConfig& c, int klen) {
   const double d = c.d_model, w = c.attn_width(), di = c.d_inner;
   const double layer = 2 * d * 3 * w + 2 * w * d + 4 * d * di + 3 * 2 * klen * w;
   const double head = 2.0 * c.d_embed * ((c.cutoffs.empty() ? c.vocab_size : c.cutoffs[0]) + c.n_clusters());
@@ -41,11 +41,11 @@ double SgemmGflops(int threads) {
   // The shape of the feed-forward product at batch 10 x 64 tokens, enwik8 width.
   const int m = 640, n = 2048, k = 512;
   std::vector<float> a(m * k, 0.5f), b(n * k, 0.25f), c(m * n);
-  ThreadPool pool(threads);
+  engine::ThreadPool pool(threads);
   double best = 0;
   for (int rep = 0; rep < 10; ++rep) {
     const auto t0 = Clock::now();
-    LinearNT(&pool, a.data(), k, b.data(), k, c.data(), n, m, n, k);
+    engine::LinearNT(&pool, a.data(), k, b.data(), k, c.data(), n, m, n, k);
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     best = std::max(best, 2.0 * m * n * k / s / 1e9);
   }
@@ -80,7 +80,7 @@ struct Run {
 // Streams of one memory setting, fed random tokens one segment at a time.
 class Workload {
  public:
-  Workload(Engine& model, const TramsSettings& settings, int batch, int tgt_len)
+  Workload(engine::Engine& model, const engine::TramsSettings& settings, int batch, int tgt_len)
       : model_(model), zipf_(model.config().vocab_size), ids_(batch, std::vector<int32_t>(tgt_len)) {
     for (int b = 0; b < batch; ++b) streams_.push_back(*model.NewStream(settings));
     run_.pool_bytes = streams_[0]->bytes();
@@ -92,7 +92,7 @@ class Workload {
   // Both settings get the same tokens (the adaptive softmax's cost depends on which clusters they hit).
   void Step(uint32_t seed, bool timed) {
     std::mt19937 rng(seed);
-    std::vector<SegmentInput> in;
+    std::vector<engine::SegmentInput> in;
     for (size_t b = 0; b < streams_.size(); ++b) {
       for (auto& t : ids_[b]) t = zipf_.Sample(rng);
       in.push_back({streams_[b].get(), ids_[b], {}});
@@ -107,11 +107,11 @@ class Workload {
   const Run& run() const { return run_; }
 
  private:
-  Engine& model_;
+  engine::Engine& model_;
   Zipf zipf_;
-  std::vector<std::unique_ptr<EngineStream>> streams_;
+  std::vector<std::unique_ptr<engine::EngineStream>> streams_;
   std::vector<std::vector<int32_t>> ids_;
-  std::vector<SegmentOutput> out_;
+  std::vector<engine::SegmentOutput> out_;
   Run run_;
 };
 
@@ -149,15 +149,15 @@ int Main(int argc, char** argv) {
   std::printf("%-12s %5s %7s %12s %12s %9s %10s %10s %14s %14s\n", "model", "batch", "threads", "XL tok/s",
               "TRAMS tok/s", "TRAMS/XL", "XL GF/s", "TRAMS GF/s", "XL pool B", "TRAMS pool B");
   std::vector<Shape> shapes;
-  if (!only_enwik8) shapes.push_back({"wikitext103", WikiText103Config()});
-  shapes.push_back({"enwik8", Enwik8Config()});
+  if (!only_enwik8) shapes.push_back({"wikitext103", engine::WikiText103Config()});
+  shapes.push_back({"enwik8", engine::Enwik8Config()});
   std::mt19937 rng(1234);
-  const int pool_threads = ThreadPool(threads).size();
+  const int pool_threads = engine::ThreadPool(threads).size();
   for (const Shape& shape : shapes) {
-    EngineOptions options;
+    engine::EngineOptions options;
     options.threads = threads;
-    auto model = TransformerXL::FromWeights(RandomModelWeights(shape.config, 7), options);
-    const TramsSettings xl = TramsSettings::Xl(200), tr = TramsSettings::Trams(400, 50, 150);
+    auto model = engine::TransformerXL::FromWeights(engine::RandomModelWeights(shape.config, 7), options);
+    const engine::TramsSettings xl = engine::TramsSettings::Xl(200), tr = engine::TramsSettings::Trams(400, 50, 150);
     for (int batch : {1, 10}) {
       // XL and TRAMS segments alternate one by one, so machine noise hits both alike.
       Workload xl_load(*model, xl, batch, tgt_len), tr_load(*model, tr, batch, tgt_len);
@@ -192,16 +192,16 @@ int Main(int argc, char** argv) {
   std::printf("\npool dtype (TRAMS M=400, batch 10, n=%d)\n%-12s %6s %16s %12s %12s %12s\n", tgt_len, "model",
               "pool", "bytes/session", "vs f32", "tok/s", "tok/s vs f32");
   for (const Shape& shape : shapes) {
-    const ModelWeights weights = RandomModelWeights(shape.config, 7);
-    const PoolDType dtypes[] = {PoolDType::kF32, PoolDType::kF16, PoolDType::kBF16};
-    std::vector<std::unique_ptr<TransformerXL>> models;
+    const engine::ModelWeights weights = engine::RandomModelWeights(shape.config, 7);
+    const engine::PoolDType dtypes[] = {engine::PoolDType::kF32, engine::PoolDType::kF16, engine::PoolDType::kBF16};
+    std::vector<std::unique_ptr<engine::TransformerXL>> models;
     std::vector<std::unique_ptr<Workload>> loads;
-    const TramsSettings tr = TramsSettings::Trams(400, 50, 150);
-    for (PoolDType t : dtypes) {
-      EngineOptions options;
+    const engine::TramsSettings tr = engine::TramsSettings::Trams(400, 50, 150);
+    for (engine::PoolDType t : dtypes) {
+      engine::EngineOptions options;
       options.threads = threads;
       options.pool_dtype = t;
-      models.push_back(TransformerXL::FromWeights(weights, options));
+      models.push_back(engine::TransformerXL::FromWeights(weights, options));
       loads.push_back(std::make_unique<Workload>(*models.back(), tr, 10, tgt_len));
     }
     for (int i = 0; i < loads[0]->warmup(); ++i) {
@@ -217,7 +217,7 @@ int Main(int argc, char** argv) {
     for (size_t k = 0; k < loads.size(); ++k) {
       const Run& r = loads[k]->run();
       const double tps = r.tokens / r.seconds;
-      std::printf("%-12s %6s %16lld %12.3f %12.1f %12.3f\n", shape.name.c_str(), PoolDTypeName(dtypes[k]),
+      std::printf("%-12s %6s %16lld %12.3f %12.1f %12.3f\n", shape.name.c_str(), engine::PoolDTypeName(dtypes[k]),
                   static_cast<long long>(r.pool_bytes), static_cast<double>(r.pool_bytes) / base.pool_bytes, tps,
                   tps / base_tps);
       std::fflush(stdout);
@@ -228,6 +228,6 @@ int Main(int argc, char** argv) {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::bench
 
-int main(int argc, char** argv) { return trams::Main(argc, argv); }
+int main(int argc, char** argv) { return trams::bench::Main(argc, argv); }

@@ -9,7 +9,7 @@
 #include <string_view>
 #include <type_traits>
 
-namespace trams {
+namespace trams::engine {
 
 // Printable ASCII is kept; other bytes (controls, DEL, bytes of UTF-8 sequences) become \xNN and a
 // backslash becomes "\\", so the result is one line and unambiguous. At most `max` output characters
@@ -54,4 +54,4 @@ inline std::string EchoForError(const S& s, size_t max = 64) {
   return EchoForError(std::string_view(s.data(), s.size()), max);
 }
 
-}  // namespace trams
+}  // namespace trams::engine

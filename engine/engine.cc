@@ -4,7 +4,7 @@
 
 #include "engine/settings_rules.h"
 
-namespace trams {
+namespace trams::engine {
 
 absl::StatusOr<PoolDType> ParsePoolDType(const std::string& name) {
   if (name == "f32") return PoolDType::kF32;
@@ -31,4 +31,4 @@ absl::Status CheckBatch(const ModelConfig& config, absl::Span<const SegmentInput
   return absl::OkStatus();
 }
 
-}  // namespace trams
+}  // namespace trams::engine

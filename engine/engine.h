@@ -12,9 +12,9 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/model_config.h"
-#include "engine/trams_selector.h"
+#include "engine/trams_settings.h"
 
-namespace trams {
+namespace trams::engine {
 
 // How a stream's pool stores each token's key and value rows (server-wide, both backends): f32, or rounded
 // to f16/bf16 (round to nearest even, engine/cuda/hd_common.cuh) and read back as f32. Scores, the last
@@ -136,4 +136,4 @@ class Engine {
 // a stream per entry, no stream twice, tokens in every entry and in the vocabulary, sane options.
 absl::Status CheckBatch(const ModelConfig& config, absl::Span<const SegmentInput> batch);
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
 
-namespace trams {
+namespace trams::engine {
 
 absl::StatusOr<EvalResult> Evaluate(Engine& model, absl::Span<const int32_t> ids, const EvalOptions& options) {
   if (options.tgt_len <= 0) return absl::InvalidArgumentError(absl::StrCat("tgt_len must be positive, got ", options.tgt_len));
@@ -88,4 +88,4 @@ int64_t PeakResidentBytes() {
   return 0;
 }
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -9,7 +9,7 @@
 #include "absl/types/span.h"
 #include "engine/engine.h"
 
-namespace trams {
+namespace trams::engine {
 
 struct EvalOptions {
   TramsSettings settings;
@@ -43,4 +43,4 @@ absl::StatusOr<EvalResult> Evaluate(Engine& model, absl::Span<const int32_t> ids
 // Peak resident set size of this process in bytes (VmHWM), 0 if unknown.
 int64_t PeakResidentBytes();
 
-}  // namespace trams
+}  // namespace trams::engine

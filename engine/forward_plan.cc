@@ -4,7 +4,7 @@
 
 #include "engine/ring_cursor.h"
 
-namespace trams {
+namespace trams::engine {
 
 ForwardPlan PlanForward(const std::vector<PlanStream>& streams, int n_layer) {
   ForwardPlan p;
@@ -48,4 +48,4 @@ ForwardPlan PlanForward(const std::vector<PlanStream>& streams, int n_layer) {
   return p;
 }
 
-}  // namespace trams
+}  // namespace trams::engine

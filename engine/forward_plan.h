@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <vector>
 
-namespace trams {
+namespace trams::engine {
 
 // One batch entry as the plan sees it: the stream's ring cursor before the segment, its settings, and the
 // segment's length.
@@ -63,4 +63,4 @@ struct ForwardPlan {
 
 ForwardPlan PlanForward(const std::vector<PlanStream>& streams, int n_layer);
 
-}  // namespace trams
+}  // namespace trams::engine

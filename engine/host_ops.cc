@@ -6,7 +6,7 @@
 #include <cmath>
 #include <limits>
 
-namespace trams {
+namespace trams::engine {
 
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
@@ -184,4 +184,4 @@ void SoftmaxPrefix(float* x, int64_t n, int64_t valid) {
   for (int64_t i = valid; i < n; ++i) x[i] = 0.0f;
 }
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -9,7 +9,7 @@
 #include <thread>
 #include <vector>
 
-namespace trams {
+namespace trams::engine {
 
 class ThreadPool {
  public:
@@ -56,4 +56,4 @@ double LogSoftmaxRow(float* x, int64_t n);
 // In-place softmax of one row over its first `valid` entries; entries past `valid` become 0.
 void SoftmaxPrefix(float* x, int64_t n, int64_t valid);
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -9,7 +9,7 @@
 #include "engine/model_files.h"
 #include "engine/status_macros.h"
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 using nlohmann::json;
@@ -213,4 +213,4 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
   return config;
 }
 
-}  // namespace trams
+}  // namespace trams::engine

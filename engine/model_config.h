@@ -9,7 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-namespace trams {
+namespace trams::engine {
 
 // Limits Validate enforces before anything is sized from a config (a config.json is input: n_layer
 // 2^31-1 used to reach std::bad_alloc). Generous for real models (the paper's WikiText-103 model is
@@ -60,4 +60,4 @@ struct ModelConfig {
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text);
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
 
-}  // namespace trams
+}  // namespace trams::engine

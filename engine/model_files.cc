@@ -11,7 +11,7 @@
 #include "engine/echo.h"
 #include "engine/status_macros.h"
 
-namespace trams {
+namespace trams::engine {
 
 namespace fs = std::filesystem;
 
@@ -75,4 +75,4 @@ absl::StatusOr<std::string> ReadModelFile(const std::string& model_dir, std::str
   return out;
 }
 
-}  // namespace trams
+}  // namespace trams::engine

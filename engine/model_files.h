@@ -9,7 +9,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace trams {
+namespace trams::engine {
 
 // Size caps of the small model files (generous: real ones are a few KB, WikiText-103's vocabulary 2 MB).
 constexpr size_t kMaxJsonFileBytes = size_t{1} << 20;   // config.json, tokenizer.json
@@ -29,4 +29,4 @@ absl::StatusOr<std::string> ResolveModelFile(const std::string& model_dir, std::
 absl::StatusOr<std::string> ReadModelFile(const std::string& model_dir, std::string_view name, size_t max_bytes,
                                           std::string_view what);
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -10,7 +10,7 @@
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
 
-namespace trams {
+namespace trams::engine {
 
 Matrix Matrix::RowRange(int64_t begin, int64_t end) const {
   Matrix m = *this;
@@ -198,4 +198,4 @@ absl::StatusOr<ModelWeights> LoadModelDirectory(const std::string& model_dir) {
   return LoadModelWeights(config, *file);
 }
 
-}  // namespace trams
+}  // namespace trams::engine

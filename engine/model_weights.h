@@ -8,7 +8,7 @@
 #include "absl/status/statusor.h"
 #include "engine/model_config.h"
 
-namespace trams {
+namespace trams::engine {
 
 class SafetensorsFile;
 
@@ -60,4 +60,4 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& config, const S
 // config.json + model.safetensors from a model directory.
 absl::StatusOr<ModelWeights> LoadModelDirectory(const std::string& model_dir);
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -11,7 +11,7 @@
 #include "engine/status_macros.h"
 #include "engine/transformer_xl.h"
 
-namespace trams {
+namespace trams::engine {
 
 OpenedEngine::OpenedEngine() = default;
 OpenedEngine::OpenedEngine(OpenedEngine&&) noexcept = default;
@@ -121,4 +121,4 @@ absl::StatusOr<OpenedEngine> OpenEngine(ModelWeights weights, const DeviceChoice
   return opened;
 }
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -11,10 +11,11 @@
 #include "engine/engine.h"
 #include "engine/model_weights.h"
 
-namespace trams {
-namespace cuda {
+namespace trams::cuda {
 class CudaModule;
 }
+
+namespace trams::engine {
 
 struct DeviceChoice {
   // auto (a usable CUDA device, else the host) | cpu | cuda | cuda:N | emulated (the CUDA orchestration on
@@ -50,4 +51,4 @@ absl::StatusOr<OpenedEngine> OpenEngine(const std::string& model_dir, const Devi
 // The same over weights already in memory (random weights of a benchmark).
 absl::StatusOr<OpenedEngine> OpenEngine(ModelWeights weights, const DeviceChoice& choice);
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-namespace trams {
+namespace trams::engine {
 
 OutputLayer::OutputLayer(const ModelWeights& weights)
     : w_(weights), d_model_(weights.config.d_model), vocab_size_(weights.config.vocab_size) {
@@ -111,4 +111,4 @@ void OutputLayer::FullLogProbs(ThreadPool* pool, const float* hidden, int64_t ro
   }
 }
 
-}  // namespace trams
+}  // namespace trams::engine

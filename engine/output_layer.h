@@ -10,7 +10,7 @@
 #include "engine/host_ops.h"
 #include "engine/model_weights.h"
 
-namespace trams {
+namespace trams::engine {
 
 class OutputLayer {
  public:
@@ -40,4 +40,4 @@ class OutputLayer {
   std::vector<float> head_bias_;    // [head_size]
 };
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <cstddef>
 
-namespace trams {
+namespace trams::engine {
 
 void SinusoidEmbedding(double position, int d_model, float* out) {
   const int half = d_model / 2;
@@ -44,4 +44,4 @@ void TramsGram(const float* q_weight, int n_head, int d_head, int d_model, float
   }
 }
 
-}  // namespace trams
+}  // namespace trams::engine

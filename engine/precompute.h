@@ -3,7 +3,7 @@
 // start from bit-identical tables.
 #pragma once
 
-namespace trams {
+namespace trams::engine {
 
 // pos_emb(p) = [sin(p * inv_freq), cos(p * inv_freq)], inv_freq_k = 1 / 10000^(2k / d_model), with
 // PyTorch's float32 rounding (inv_freq is a float32 tensor, the product is float32). d_model floats.
@@ -17,4 +17,4 @@ void RelPositionSinusoids(int first, int rows, int d_model, int clamp_len, float
 // to float. gram has n_head * d_head * d_head floats, row_sum n_head * d_head.
 void TramsGram(const float* q_weight, int n_head, int d_head, int d_model, float* gram, float* row_sum);
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <random>
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 class Filler {
@@ -122,4 +122,4 @@ ModelConfig Enwik8Config() {
   return c;
 }
 
-}  // namespace trams
+}  // namespace trams::engine

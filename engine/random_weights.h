@@ -5,7 +5,7 @@
 
 #include "engine/model_weights.h"
 
-namespace trams {
+namespace trams::engine {
 
 ModelWeights RandomModelWeights(const ModelConfig& config, uint64_t seed);
 
@@ -13,4 +13,4 @@ ModelWeights RandomModelWeights(const ModelConfig& config, uint64_t seed);
 ModelConfig WikiText103Config();  // 16 layers, d 410, adaptive softmax over 267,735 words
 ModelConfig Enwik8Config();       // 12 layers, d 512, 204 characters
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -4,7 +4,7 @@
 
 #include "engine/host_ops.h"
 
-namespace trams {
+namespace trams::engine {
 
 void RelPositionTable::Reserve(int n) {
   if (n <= size_) return;
@@ -30,4 +30,4 @@ void RelPositionTable::Reserve(int n) {
   size_ = n;
 }
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -8,7 +8,7 @@
 #include "engine/model_weights.h"
 #include "engine/precompute.h"  // SinusoidEmbedding, RelPositionSinusoids (shared with the CUDA backend)
 
-namespace trams {
+namespace trams::engine {
 
 class RelPositionTable {
  public:
@@ -29,4 +29,4 @@ class RelPositionTable {
   int width_ = 0;
 };
 
-}  // namespace trams
+}  // namespace trams::engine

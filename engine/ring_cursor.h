@@ -2,7 +2,7 @@
 // backend's stream (header only, no dependencies, so the CUDA module can use it too).
 #pragma once
 
-namespace trams {
+namespace trams::engine {
 
 // After appending `n` tokens to a ring of `capacity` rows holding `size` tokens from row `start`, only the
 // newest `capacity` survive: the oldest survivor is appended token size + n - capacity.
@@ -16,4 +16,4 @@ inline void AdvanceRing(int capacity, int n, int* start, int* size) {
   }
 }
 
-}  // namespace trams
+}  // namespace trams::engine

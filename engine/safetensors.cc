@@ -22,7 +22,7 @@
 #include "engine/echo.h"
 #include "engine/status_macros.h"
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 // The format and our memcpy-based readers are little-endian.
@@ -583,4 +583,4 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorI
   return absl::OkStatus();
 }
 
-}  // namespace trams
+}  // namespace trams::engine

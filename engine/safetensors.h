@@ -16,7 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
-namespace trams {
+namespace trams::engine {
 
 enum class DType { kF32, kF16, kBF16, kI32, kI64, kU8 };
 
@@ -97,4 +97,4 @@ float BF16ToF32(uint16_t bits);
 absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorInfo>& tensors,
                               const std::map<std::string, std::string>& metadata);
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace trams {
+namespace trams::engine {
 
 absl::Status SamplingParams::Validate() const {
   if (!(temperature >= 0.0f) || !std::isfinite(temperature)) {
@@ -74,4 +74,4 @@ int32_t Sampler::Sample(const std::vector<float>& logprobs) {
   return order_[keep - 1];
 }
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -7,7 +7,7 @@
 
 #include "absl/status/status.h"
 
-namespace trams {
+namespace trams::engine {
 
 struct SamplingParams {
   float temperature = 1.0f;  // 0: greedy (argmax)
@@ -31,4 +31,4 @@ class Sampler {
   std::vector<double> weights_;
 };
 
-}  // namespace trams
+}  // namespace trams::engine

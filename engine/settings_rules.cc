@@ -1,6 +1,6 @@
 #include "engine/settings_rules.h"
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 std::string Sizes(const SettingsView& s) {
@@ -87,4 +87,4 @@ std::string EntryTokensError(int64_t entry, const int32_t* tokens, int64_t n_tok
   return std::string();
 }
 
-}  // namespace trams
+}  // namespace trams::engine

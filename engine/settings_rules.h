@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-namespace trams {
+namespace trams::engine {
 
 // Memory modes, numbered as the C ABI's trams_cuda_memory_mode (TRAMS_CUDA_MODE_NONE = 0, XL = 1, TRAMS = 2).
 enum class MemoryMode { kNone = 0, kXl = 1, kTrams = 2 };
@@ -38,4 +38,4 @@ std::string EntryStreamError(int64_t entry, bool has_stream, bool repeats_a_stre
 std::string EntryTokensError(int64_t entry, const int32_t* tokens, int64_t n_tokens, int64_t vocab,
                              int alternatives = 0);
 
-}  // namespace trams
+}  // namespace trams::engine

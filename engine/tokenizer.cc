@@ -17,7 +17,7 @@
 #include "engine/model_files.h"
 #include "engine/status_macros.h"
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 using nlohmann::json;
@@ -294,4 +294,4 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadWith(const ModelFileRe
                                                  "\" (expected \"byte\", \"word\" or \"none\")"));
 }
 
-}  // namespace trams
+}  // namespace trams::engine

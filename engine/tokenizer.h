@@ -13,7 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
-namespace trams {
+namespace trams::engine {
 
 class Tokenizer {
  public:
@@ -57,4 +57,4 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeWordTokenizer(std::vector<std::st
                                                              std::string unk, std::string eos,
                                                              bool add_eos);
 
-}  // namespace trams
+}  // namespace trams::engine

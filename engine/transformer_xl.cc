@@ -11,7 +11,7 @@
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
 
-namespace trams {
+namespace trams::engine {
 
 // Activations of one Forward(): rows of all streams' segments, concatenated.
 struct TransformerXL::Batch {
@@ -621,4 +621,4 @@ absl::Status TransformerXL::NextTokenLogProbs(const EngineStream& engine_stream,
   return absl::OkStatus();
 }
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -12,13 +12,13 @@
 #include "absl/types/span.h"
 #include "engine/engine.h"
 #include "engine/host_ops.h"
-#include "engine/memory_pool.h"
+#include "engine/stream_state.h"
 #include "engine/model_weights.h"
 #include "engine/output_layer.h"
 #include "engine/rel_position.h"
 #include "engine/trams_selector.h"
 
-namespace trams {
+namespace trams::engine {
 
 struct EngineOptions {
   int threads = 0;  // <= 0: one per hardware core
@@ -75,4 +75,4 @@ class TransformerXL final : public Engine {
   std::mutex forward_mu_;
 };
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 // Overwrite indices [k0, k1) as runs of contiguous ring rows.
@@ -33,4 +33,4 @@ void UndoRowsToRestore(int capacity, int start0, int size0, int saved_rows, std:
   Runs(capacity, start0, size0, capacity - size0, saved_rows, runs);
 }
 
-}  // namespace trams
+}  // namespace trams::engine

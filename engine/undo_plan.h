@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <vector>
 
-namespace trams {
+namespace trams::engine {
 
 // Ring rows [ring_row, ring_row + count) <-> log rows [log_row, log_row + count).
 struct UndoRun {
@@ -31,4 +31,4 @@ int UndoRowsToSave(int capacity, int start0, int size0, int64_t appended, int sa
 // position and last hidden state as at the start).
 void UndoRowsToRestore(int capacity, int start0, int size0, int saved_rows, std::vector<UndoRun>* runs);
 
-}  // namespace trams
+}  // namespace trams::engine

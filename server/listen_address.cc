@@ -4,11 +4,11 @@
 #include "absl/strings/str_cat.h"
 #include "engine/echo.h"
 
-namespace trams {
+namespace trams::server {
 namespace {
 
 absl::Status Bad(absl::string_view flag, absl::string_view address, absl::string_view why) {
-  return absl::InvalidArgumentError(absl::StrCat("--", flag, " '", EchoForError(address), "': ", why,
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, " '", engine::EchoForError(address), "': ", why,
                                                  " (use HOST:PORT, [IPV6]:PORT or unix:PATH)"));
 }
 
@@ -45,4 +45,4 @@ absl::Status CheckListenAddress(absl::string_view flag, absl::string_view addres
   return absl::OkStatus();
 }
 
-}  // namespace trams
+}  // namespace trams::server

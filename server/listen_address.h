@@ -6,10 +6,10 @@
 
 #include "absl/status/status.h"
 
-namespace trams {
+namespace trams::server {
 
 // `address` is HOST:PORT, [IPV6]:PORT or unix:PATH; PORT is 0 (pick one) to 65535. `flag` names the
 // flag in the message.
 absl::Status CheckListenAddress(absl::string_view flag, absl::string_view address);
 
-}  // namespace trams
+}  // namespace trams::server

@@ -9,7 +9,7 @@
 #include "server/request_checks.h"
 #include "server/session_call.h"
 
-namespace trams {
+namespace trams::server {
 namespace {
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
@@ -45,7 +45,7 @@ struct CallOrigin {
 };
 
 // Fills token scores for one segment and the ledger; `start` is the segment's first position.
-void AddTokenScores(const LmService& svc, absl::Span<const int32_t> ids, const SegmentOutput& out, int64_t start,
+void AddTokenScores(const LmService& svc, absl::Span<const int32_t> ids, const engine::SegmentOutput& out, int64_t start,
                     const CallOrigin& origin, bool provisional, CallLedger* ledger,
                     google::protobuf::RepeatedPtrField<v1::TokenScore>* tokens) {
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -80,7 +80,7 @@ void AddTokenScores(const LmService& svc, absl::Span<const int32_t> ids, const S
     }
     if (!out.entropy.empty() && !std::isnan(out.entropy[i])) t->set_entropy(out.entropy[i]);
     if (!out.alternatives.empty()) {
-      for (const TokenAlternative& alt : out.alternatives[i]) {
+      for (const engine::TokenAlternative& alt : out.alternatives[i]) {
         v1::Alternative* a = t->add_alternatives();
         a->set_id(alt.id);
         a->set_text(svc.TokenText(alt.id));
@@ -98,10 +98,10 @@ CallOrigin TakeTail(const Session& session, std::vector<int32_t>* tokens) {
 }
 
 // What a segment attended, in stream positions (for ExplainSelection).
-void RecordSelection(const EngineStream& stream, int64_t start, int pool_before, int n, const SegmentOutput& out,
+void RecordSelection(const engine::EngineStream& stream, int64_t start, int pool_before, int n, const engine::SegmentOutput& out,
                      CallLedger* ledger) {
   if (out.selections.empty()) return;
-  const TramsSettings& s = stream.settings();
+  const engine::TramsSettings& s = stream.settings();
   SelectionRecord& rec = ledger->selection;
   rec.segment_start = start;
   rec.segment_len = n;
@@ -191,7 +191,7 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
 
   void AbsorbInput() {
     if (!req_.session_id().empty() && req_.session_id() != session_id_) {
-      return EndWith(absl::InvalidArgumentError(absl::StrCat("a Score call stays on one session: '", EchoForError(req_.session_id()),
+      return EndWith(absl::InvalidArgumentError(absl::StrCat("a Score call stays on one session: '", engine::EchoForError(req_.session_id()),
                                                              "' after '", session_id_, "'")));
     }
     switch (req_.input_case()) {
@@ -249,8 +249,8 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
         pool_before_ = session_->stream->size();
         // An incomplete last segment runs provisionally: the next call runs it again as a whole one.
         provisional_ = take < n;
-        OutputOptions o = options_;
-        o.selections = session_->stream->settings().mode == MemoryMode::kTrams;
+        engine::OutputOptions o = options_;
+        o.selections = session_->stream->settings().mode == engine::MemoryMode::kTrams;
         o.memory_share = o.selections && svc_->SampleMemoryShare();
         Submit(segment_, o, a, /*commit=*/!provisional_);
       } else if (input_closed_ && pending_.empty()) {
@@ -266,7 +266,7 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
     }
   }
 
-  void OnJobDone(SegmentOutput out, Actions& a) override {
+  void OnJobDone(engine::SegmentOutput out, Actions& a) override {
     v1::ScoreResponse resp;
     svc_->RecordMemoryShare(out);
     AddTokenScores(*svc_, segment_, out, segment_start_, origin_, provisional_, &ledger_, resp.mutable_tokens());
@@ -292,7 +292,7 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
 
   v1::ScoreRequest req_;
   std::string session_id_;
-  OutputOptions options_;
+  engine::OutputOptions options_;
   int64_t charged_ = 0;  // bytes of text_, pending_ and segment_ counted in the budget
   bool started_ = false;
   bool reading_ = false;
@@ -355,7 +355,7 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
     if (!charged.ok()) return charged;
     charged_ = prompt_bytes;
     if (req_.has_expected_position()) expected_position_ = req_.expected_position();
-    sampler_ = std::make_unique<Sampler>(params_);
+    sampler_ = std::make_unique<engine::Sampler>(params_);
     return absl::OkStatus();
   }
 
@@ -372,7 +372,7 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
 
   // Feeds the next prompt chunk, or asks for the distribution after what the session holds.
   void Step(Actions& a) {
-    OutputOptions o;
+    engine::OutputOptions o;
     o.next_distribution = true;
     const size_t n = static_cast<size_t>(session_->segment_len);
     if (fed_ < prompt_.size()) {
@@ -386,12 +386,12 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
     }
     feed_start_ = session_->stream->position();
     pool_before_ = session_->stream->size();
-    o.selections = session_->stream->settings().mode == MemoryMode::kTrams && !feeding_.empty();
+    o.selections = session_->stream->settings().mode == engine::MemoryMode::kTrams && !feeding_.empty();
     o.memory_share = o.selections && svc_->SampleMemoryShare();
     Submit(feeding_, o, a);
   }
 
-  void OnJobDone(SegmentOutput out, Actions& a) override {
+  void OnJobDone(engine::SegmentOutput out, Actions& a) override {
     svc_->RecordMemoryShare(out);
     if (!feeding_.empty()) {
       v1::GenerateResponse ignored;  // prompt/generated tokens: count them in the session's totals
@@ -451,11 +451,11 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
     if (ending()) return MaybeFinish(a);
     if (feed_pending_ && !job_in_flight_ && can_write_more()) {
       feed_pending_ = false;
-      OutputOptions o;
+      engine::OutputOptions o;
       o.next_distribution = !final_feed_;
       feed_start_ = session_->stream->position();
       pool_before_ = session_->stream->size();
-      o.selections = session_->stream->settings().mode == MemoryMode::kTrams;
+      o.selections = session_->stream->settings().mode == engine::MemoryMode::kTrams;
       o.memory_share = o.selections && svc_->SampleMemoryShare();
       Submit(feeding_, o, a);
     }
@@ -467,8 +467,8 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
   std::string session_id_;
   int64_t charged_ = 0;  // prompt bytes counted in the input-buffer budget
   int max_tokens_ = 64;
-  SamplingParams params_;
-  std::unique_ptr<Sampler> sampler_;
+  engine::SamplingParams params_;
+  std::unique_ptr<engine::Sampler> sampler_;
   std::vector<int32_t> prompt_;
   size_t fed_ = 0;
   std::vector<int32_t> feeding_;
@@ -495,4 +495,4 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* LmService::Generate(grpc::Callba
   return new GenerateCall(this, ctx, req);
 }
 
-}  // namespace trams
+}  // namespace trams::server

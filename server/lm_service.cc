@@ -10,7 +10,7 @@
 #include "server/request_checks.h"
 #include "server/status_convert.h"
 
-namespace trams {
+namespace trams::server {
 namespace {
 
 constexpr char kSessionHeader[] = "x-session-id";
@@ -43,17 +43,17 @@ class UnaryDone {
 
 }  // namespace
 
-void ToProto(const TramsSettings& s, v1::MemorySettings* out) {
+void ToProto(const engine::TramsSettings& s, v1::MemorySettings* out) {
   switch (s.mode) {
-    case MemoryMode::kTrams: out->set_mode(v1::MEMORY_MODE_TRAMS); break;
-    case MemoryMode::kXl: out->set_mode(v1::MEMORY_MODE_XL); break;
-    case MemoryMode::kNone: out->set_mode(v1::MEMORY_MODE_NONE); break;
+    case engine::MemoryMode::kTrams: out->set_mode(v1::MEMORY_MODE_TRAMS); break;
+    case engine::MemoryMode::kXl: out->set_mode(v1::MEMORY_MODE_XL); break;
+    case engine::MemoryMode::kNone: out->set_mode(v1::MEMORY_MODE_NONE); break;
   }
   out->set_mem_len(s.mem_len);
   out->set_topk(s.topk);
   out->set_remain(s.remain);
   for (int l : s.layers) out->add_layers(l);
-  out->set_metric(s.metric == SelectionMetric::kCode ? v1::SELECTION_METRIC_CODE : v1::SELECTION_METRIC_PAPER);
+  out->set_metric(s.metric == engine::SelectionMetric::kCode ? v1::SELECTION_METRIC_CODE : v1::SELECTION_METRIC_PAPER);
 }
 
 void ToProto(const SessionSnapshot& s, v1::Session* out) {
@@ -70,7 +70,7 @@ void ToProto(const SessionSnapshot& s, v1::Session* out) {
   out->set_busy(s.busy);
 }
 
-LmService::LmService(Engine* model, absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer,
+LmService::LmService(engine::Engine* model, absl::StatusOr<std::unique_ptr<engine::Tokenizer>> tokenizer,
                      SessionManager* sessions, Scheduler* scheduler, Metrics* metrics, const ServerOptions& options)
     : model_(model),
       tokenizer_(std::move(tokenizer)),
@@ -85,8 +85,8 @@ absl::StatusOr<std::string> LmService::SessionIdOf(grpc::CallbackServerContext* 
   const auto& md = ctx->client_metadata();
   if (auto it = md.find(kSessionHeader); it != md.end()) header.assign(it->second.data(), it->second.size());
   if (!field.empty() && !header.empty() && field != header) {
-    return absl::InvalidArgumentError(absl::StrCat("session_id '", EchoForError(field),
-                                                   "' and x-session-id metadata '", EchoForError(header),
+    return absl::InvalidArgumentError(absl::StrCat("session_id '", engine::EchoForError(field),
+                                                   "' and x-session-id metadata '", engine::EchoForError(header),
                                                    "' disagree"));
   }
   if (field.empty() && header.empty()) {
@@ -98,7 +98,7 @@ absl::StatusOr<std::string> LmService::SessionIdOf(grpc::CallbackServerContext* 
 }
 
 std::string LmService::TokenText(int32_t id) const {
-  const Tokenizer* t = tokenizer();
+  const engine::Tokenizer* t = tokenizer();
   return t == nullptr ? std::string() : t->TokenText(id);
 }
 
@@ -115,7 +115,7 @@ absl::Status LmService::CheckIds(absl::Span<const int32_t> ids) const {
 
 absl::Status LmService::Encode(std::string* text, bool final, std::vector<int32_t>* out) const {
   if (text->empty()) return absl::OkStatus();
-  const Tokenizer* t = tokenizer();
+  const engine::Tokenizer* t = tokenizer();
   if (t == nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat("this model takes token ids, not text (", tokenizer_status_.message(), ")"));
@@ -134,7 +134,7 @@ bool LmService::SampleMemoryShare() {
   return every > 0 && segments_.fetch_add(1) % static_cast<uint64_t>(every) == 0;
 }
 
-void LmService::RecordMemoryShare(const SegmentOutput& out) const {
+void LmService::RecordMemoryShare(const engine::SegmentOutput& out) const {
   if (metrics_ == nullptr || out.memory_share_samples == 0) return;
   metrics_->SelectionShare(out.memory_share_selected / out.memory_share_samples,
                            out.memory_share_recent / out.memory_share_samples);
@@ -153,7 +153,7 @@ void LmService::RecordConsumed(Session* session, absl::Span<const int32_t> ids) 
 grpc::ServerUnaryReactor* LmService::GetModelInfo(grpc::CallbackServerContext* ctx, const v1::GetModelInfoRequest*,
                                                   v1::ModelInfo* resp) {
   UnaryDone done(this, ctx, "GetModelInfo");
-  const ModelConfig& c = model_->config();
+  const engine::ModelConfig& c = model_->config();
   resp->set_model_dir(options_.model_dir);
   resp->set_n_layer(c.n_layer);
   resp->set_d_model(c.d_model);
@@ -241,9 +241,9 @@ grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContex
     Session& session = **s;
     const SelectionRecord& rec = session.last_selection;
     absl::Status status;
-    if (session.stream->settings().mode != MemoryMode::kTrams) {
+    if (session.stream->settings().mode != engine::MemoryMode::kTrams) {
       status = absl::FailedPreconditionError(absl::StrCat(
-          "session '", session.id, "' uses mode '", std::string(MemoryModeName(session.stream->settings().mode)),
+          "session '", session.id, "' uses mode '", std::string(engine::MemoryModeName(session.stream->settings().mode)),
           "', which attends the newest tokens and selects nothing; ExplainSelection needs mode trams"));
     } else if (rec.segment_start < 0) {
       status = absl::FailedPreconditionError(
@@ -281,4 +281,4 @@ grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContex
   return reactor;
 }
 
-}  // namespace trams
+}  // namespace trams::server

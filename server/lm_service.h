@@ -16,13 +16,13 @@
 #include "server/session_manager.h"
 #include "trams/v1/trams.grpc.pb.h"
 
-namespace trams {
+namespace trams::server {
 
 class Metrics;
 
 class LmService final : public v1::TramsService::CallbackService {
  public:
-  LmService(Engine* model, absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer, SessionManager* sessions,
+  LmService(engine::Engine* model, absl::StatusOr<std::unique_ptr<engine::Tokenizer>> tokenizer, SessionManager* sessions,
             Scheduler* scheduler, Metrics* metrics, const ServerOptions& options);
 
   // New calls get UNAVAILABLE from now on; running calls continue.
@@ -47,8 +47,8 @@ class LmService final : public v1::TramsService::CallbackService {
                                              v1::ExplainSelectionResponse* resp) override;
 
   // Shared by the call reactors (lm_calls.cc).
-  Engine* model() const { return model_; }
-  const Tokenizer* tokenizer() const { return tokenizer_.ok() ? tokenizer_->get() : nullptr; }
+  engine::Engine* model() const { return model_; }
+  const engine::Tokenizer* tokenizer() const { return tokenizer_.ok() ? tokenizer_->get() : nullptr; }
   const absl::Status& tokenizer_status() const { return tokenizer_status_; }
   SessionManager* sessions() const { return sessions_; }
   Scheduler* scheduler() const { return scheduler_; }
@@ -65,13 +65,13 @@ class LmService final : public v1::TramsService::CallbackService {
   absl::Status CheckIds(absl::Span<const int32_t> ids) const;
   // Whether this segment samples the TRAMS memory-share statistic (every N-th segment server-wide).
   bool SampleMemoryShare();
-  void RecordMemoryShare(const SegmentOutput& out) const;
+  void RecordMemoryShare(const engine::SegmentOutput& out) const;
   // Applies a committed call's bookkeeping to its session (counters, recent ids, explanation).
   void RecordConsumed(Session* session, absl::Span<const int32_t> ids) const;
 
  private:
-  Engine* model_;
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer_;
+  engine::Engine* model_;
+  absl::StatusOr<std::unique_ptr<engine::Tokenizer>> tokenizer_;
   absl::Status tokenizer_status_;
   SessionManager* sessions_;
   Scheduler* scheduler_;
@@ -84,6 +84,6 @@ class LmService final : public v1::TramsService::CallbackService {
 
 // Fills a proto Session from a snapshot.
 void ToProto(const SessionSnapshot& s, v1::Session* out);
-void ToProto(const TramsSettings& s, v1::MemorySettings* out);
+void ToProto(const engine::TramsSettings& s, v1::MemorySettings* out);
 
-}  // namespace trams
+}  // namespace trams::server

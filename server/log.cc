@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_format.h"
 
-namespace trams {
+namespace trams::server {
 namespace {
 
 std::string Escape(const std::string& s) {
@@ -44,4 +44,4 @@ void Log(const char* level, const std::string& msg, const LogFields& fields) {
 void LogInfo(const std::string& msg, const LogFields& fields) { Log("info", msg, fields); }
 void LogError(const std::string& msg, const LogFields& fields) { Log("error", msg, fields); }
 
-}  // namespace trams
+}  // namespace trams::server

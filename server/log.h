@@ -5,11 +5,11 @@
 #include <utility>
 #include <vector>
 
-namespace trams {
+namespace trams::server {
 
 using LogFields = std::vector<std::pair<std::string, std::string>>;
 
 void LogInfo(const std::string& msg, const LogFields& fields = {});
 void LogError(const std::string& msg, const LogFields& fields = {});
 
-}  // namespace trams
+}  // namespace trams::server

@@ -58,10 +58,10 @@ ABSL_FLAG(int, max_queue, 1024, "most queued segments before new work is refused
 ABSL_FLAG(int, memory_share_every, 50, "sample the TRAMS attention-share metric every N segments (0: off)");
 ABSL_FLAG(int, batch_wait_us, 300, "how long a forward waits for more busy sessions to join its batch");
 
-namespace trams {
+namespace trams::server {
 namespace {
 
-absl::StatusOr<ServerOptions> OptionsFromFlags(const ModelConfig& config) {
+absl::StatusOr<ServerOptions> OptionsFromFlags(const engine::ModelConfig& config) {
   ServerOptions o;
   o.model_dir = absl::GetFlag(FLAGS_model);
   o.listen = absl::GetFlag(FLAGS_listen);
@@ -73,7 +73,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags(const ModelConfig& config) {
   o.device.gpu_memory_fraction = absl::GetFlag(FLAGS_gpu_memory_fraction);
   o.device.weight_dtype = absl::GetFlag(FLAGS_weight_dtype);
   o.device.pool_dtype = absl::GetFlag(FLAGS_pool_dtype);
-  if (absl::Status st = ParsePoolDType(o.device.pool_dtype).status(); !st.ok()) {
+  if (absl::Status st = engine::ParsePoolDType(o.device.pool_dtype).status(); !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--", st.message()));
   }
   o.device.allow_tf32 = absl::GetFlag(FLAGS_allow_tf32);
@@ -104,7 +104,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags(const ModelConfig& config) {
   };
   for (const Range& r : {Range{"max_sessions", o.limits.max_sessions, 1, 1 << 20},
                          Range{"idle_ttl_seconds", o.limits.idle_ttl_seconds, 0, int64_t{1} << 30},
-                         Range{"max_mem_len", o.limits.max_mem_len, 1, kMaxMemLen},
+                         Range{"max_mem_len", o.limits.max_mem_len, 1, engine::kMaxMemLen},
                          Range{"max_segment_len", o.limits.max_segment_len, 1, 1 << 16},
                          Range{"threads", o.device.threads, 0, 1024},
                          Range{"drain_seconds", o.drain_seconds, 0, 24 * 3600},
@@ -121,8 +121,8 @@ absl::StatusOr<ServerOptions> OptionsFromFlags(const ModelConfig& config) {
     if (!absl::SimpleAtoi(part, &layer)) return absl::InvalidArgumentError(absl::StrCat("--layers: bad '", part, "'"));
     layers.push_back(layer);
   }
-  absl::StatusOr<TramsSettings> memory =
-      MakeTramsSettings(absl::GetFlag(FLAGS_mode), absl::GetFlag(FLAGS_mem_len), -1, absl::GetFlag(FLAGS_topk),
+  absl::StatusOr<engine::TramsSettings> memory =
+      engine::MakeTramsSettings(absl::GetFlag(FLAGS_mode), absl::GetFlag(FLAGS_mem_len), -1, absl::GetFlag(FLAGS_topk),
                         absl::GetFlag(FLAGS_remain), layers, absl::GetFlag(FLAGS_metric), config);
   if (!memory.ok()) return memory.status();
   o.defaults.memory = *memory;
@@ -167,7 +167,7 @@ int Run() {
     LogError("--model is required (a model directory with config.json and model.safetensors); see --help");
     return 1;
   }
-  auto config = LoadModelConfig(model_dir + "/config.json");
+  auto config = engine::LoadModelConfig(model_dir + "/config.json");
   if (!config.ok()) {
     LogError("cannot load the model", {{"model", model_dir}, {"error", std::string(config.status().message())}});
     return 1;
@@ -195,7 +195,7 @@ int Run() {
                       {"device", (*app)->engine().device()},
                       {"grpc_port", std::to_string(grpc_port)},
                       {"metrics_port", std::to_string(metrics_port)},
-                      {"default_mode", std::string(MemoryModeName(options->defaults.memory.mode))}});
+                      {"default_mode", std::string(engine::MemoryModeName(options->defaults.memory.mode))}});
 
 
   int sig = 0;
@@ -216,13 +216,13 @@ int Run() {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::server
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "trams-server --model DIR [--listen ADDR] [--metrics_listen ADDR] ...\n"
       "Serves a Transformer-XL model with per-session TRAMS memory over gRPC (trams.v1.TramsService).");
-  trams::SetFlagsUsageForMainFile(__FILE__);
+  trams::engine::SetFlagsUsageForMainFile(__FILE__);
   absl::ParseCommandLine(argc, argv);
-  return trams::Run();
+  return trams::server::Run();
 }

@@ -9,7 +9,7 @@
 
 #include "engine/engine.h"
 
-namespace trams {
+namespace trams::server {
 namespace {
 
 prometheus::Histogram::BucketBoundaries LatencyBuckets() {
@@ -182,7 +182,7 @@ void Metrics::SetPoolBytes(const std::string& device, int64_t bytes) {
 void Metrics::SetSessionsResident(const std::string& device, int64_t count) {
   sessions_resident_->Add({{"device", device}}).Set(static_cast<double>(count));
 }
-void Metrics::SetEngineMemory(const EngineMemory& m) {
+void Metrics::SetEngineMemory(const engine::EngineMemory& m) {
   // Family::Add returns the existing child for known labels, so this only adds series the first time.
   const prometheus::Labels device{{"device", m.device}};
   auto set = [&](prometheus::Family<prometheus::Gauge>* family, int64_t bytes) {
@@ -204,4 +204,4 @@ void Metrics::SelectionShare(double selected_share, double recent_share) {
   recent_share_->Observe(recent_share);
 }
 
-}  // namespace trams
+}  // namespace trams::server

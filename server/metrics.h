@@ -18,9 +18,11 @@ template <typename T>
 class Family;
 }  // namespace prometheus
 
-namespace trams {
-
+namespace trams::engine {
 struct EngineMemory;
+}
+
+namespace trams::server {
 
 class Metrics {
  public:
@@ -50,7 +52,7 @@ class Metrics {
   // Where the pools live and how full it is, labelled device=m.device: trams_gpu_memory_{used,total}_bytes
   // only when m.has_device_memory, trams_pool_arena_{used,capacity,largest_free}_bytes only when m.has_arena
   // (on the host backend those series never appear: absent, not zero); trams_model_weights_bytes always.
-  void SetEngineMemory(const EngineMemory& m);
+  void SetEngineMemory(const engine::EngineMemory& m);
   // The exposition text /metrics would serve (for tests and diagnostics).
   std::string Text() const;
   // Sampled TRAMS statistics: attention probability on the attended memory tokens, and the share
@@ -89,4 +91,4 @@ class Metrics {
   std::map<std::pair<std::string, std::string>, prometheus::Histogram*> request_children_;
 };
 
-}  // namespace trams
+}  // namespace trams::server

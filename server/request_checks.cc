@@ -2,29 +2,29 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace trams {
+namespace trams::server {
 
 namespace {
 constexpr size_t kMaxStopBytes = 1024;  // a stop string is compared after every token
 }  // namespace
 
-absl::StatusOr<TramsSettings> MemorySettingsFrom(const v1::MemorySettings& m, const TramsSettings& defaults,
-                                                 const ModelConfig& config) {
+absl::StatusOr<engine::TramsSettings> MemorySettingsFrom(const v1::MemorySettings& m, const engine::TramsSettings& defaults,
+                                                 const engine::ModelConfig& config) {
   std::string mode;
   switch (m.mode()) {
-    case v1::MEMORY_MODE_UNSPECIFIED: mode = std::string(MemoryModeName(defaults.mode)); break;
+    case v1::MEMORY_MODE_UNSPECIFIED: mode = std::string(engine::MemoryModeName(defaults.mode)); break;
     case v1::MEMORY_MODE_TRAMS: mode = "trams"; break;
     case v1::MEMORY_MODE_XL: mode = "xl"; break;
     case v1::MEMORY_MODE_NONE: mode = "none"; break;
     default: return absl::InvalidArgumentError(absl::StrCat("unknown memory mode ", m.mode()));
   }
-  const bool same_mode = mode == MemoryModeName(defaults.mode);
+  const bool same_mode = mode == engine::MemoryModeName(defaults.mode);
   int mem_len = m.has_mem_len() ? m.mem_len() : defaults.mem_len;
   if (!m.has_mem_len() && mode == "none") mem_len = 0;
   if (!m.has_mem_len() && mode == "xl" && !same_mode) mem_len = defaults.attend_len() > 0 ? defaults.attend_len() : 200;
   const int topk = m.has_topk() ? m.topk() : (mode == "trams" && same_mode ? defaults.topk : 0);
   const int remain = m.has_remain() ? m.remain() : (mode == "trams" && same_mode ? defaults.remain : 0);
-  std::string metric = std::string(SelectionMetricName(defaults.metric));
+  std::string metric = std::string(engine::SelectionMetricName(defaults.metric));
   if (m.metric() == v1::SELECTION_METRIC_CODE) metric = "code";
   if (m.metric() == v1::SELECTION_METRIC_PAPER) metric = "paper";
   if (m.metric() != v1::SELECTION_METRIC_UNSPECIFIED && m.metric() != v1::SELECTION_METRIC_CODE &&
@@ -37,13 +37,13 @@ absl::StatusOr<TramsSettings> MemorySettingsFrom(const v1::MemorySettings& m, co
   }
   std::vector<int> layers(m.layers().begin(), m.layers().end());
   if (layers.empty() && mode == "trams" && same_mode) layers = defaults.layers;
-  return MakeTramsSettings(mode, mem_len, -1, topk, remain, std::move(layers), metric, config);
+  return engine::MakeTramsSettings(mode, mem_len, -1, topk, remain, std::move(layers), metric, config);
 }
 
 absl::StatusOr<SessionSpec> SessionSpecFrom(const v1::CreateSessionRequest& req, const ServerOptions& options,
-                                            const ModelConfig& config) {
+                                            const engine::ModelConfig& config) {
   SessionSpec spec;
-  absl::StatusOr<TramsSettings> memory = MemorySettingsFrom(req.memory(), options.defaults.memory, config);
+  absl::StatusOr<engine::TramsSettings> memory = MemorySettingsFrom(req.memory(), options.defaults.memory, config);
   if (!memory.ok()) return memory.status();
   spec.memory = *memory;
   if (spec.memory.mem_len > options.limits.max_mem_len) {
@@ -84,4 +84,4 @@ absl::StatusOr<GenerateSpec> GenerateSpecFrom(const v1::GenerateRequest& req, co
   return spec;
 }
 
-}  // namespace trams
+}  // namespace trams::server

@@ -6,30 +6,30 @@
 #include "absl/status/statusor.h"
 #include "engine/model_config.h"
 #include "engine/sampler.h"
-#include "engine/trams_selector.h"
+#include "engine/trams_settings.h"
 #include "server/server_options.h"
 #include "trams/v1/trams.pb.h"
 
-namespace trams {
+namespace trams::server {
 
 // A session's memory settings; unset fields take `defaults` (where the mode matches theirs).
-absl::StatusOr<TramsSettings> MemorySettingsFrom(const v1::MemorySettings& m, const TramsSettings& defaults,
-                                                 const ModelConfig& config);
+absl::StatusOr<engine::TramsSettings> MemorySettingsFrom(const v1::MemorySettings& m, const engine::TramsSettings& defaults,
+                                                 const engine::ModelConfig& config);
 
 // What CreateSession asks for, checked against the server's limits.
 struct SessionSpec {
-  TramsSettings memory;
+  engine::TramsSettings memory;
   int segment_len = 0;
 };
 absl::StatusOr<SessionSpec> SessionSpecFrom(const v1::CreateSessionRequest& req, const ServerOptions& options,
-                                            const ModelConfig& config);
+                                            const engine::ModelConfig& config);
 
 // A Generate call's length and sampling (the seed: the request's, else `fallback_seed`).
 struct GenerateSpec {
   int max_tokens = 64;
-  SamplingParams sampling;
+  engine::SamplingParams sampling;
 };
 absl::StatusOr<GenerateSpec> GenerateSpecFrom(const v1::GenerateRequest& req, const RequestLimits& limits,
                                               uint64_t fallback_seed);
 
-}  // namespace trams
+}  // namespace trams::server

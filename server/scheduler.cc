@@ -3,7 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/metrics.h"
 
-namespace trams {
+namespace trams::server {
 namespace {
 
 // Errors an engine returns before anything ran (its checks, a workspace it could not get): the streams are
@@ -17,7 +17,7 @@ bool ChangedNothing(const absl::Status& s) {
 
 using Clock = std::chrono::steady_clock;
 
-Scheduler::Scheduler(Engine* model, const SchedulerOptions& options, Metrics* metrics)
+Scheduler::Scheduler(engine::Engine* model, const SchedulerOptions& options, Metrics* metrics)
     : model_(model), options_(options), metrics_(metrics), worker_([this] { Run(); }) {}
 
 Scheduler::~Scheduler() { Stop(); }
@@ -88,7 +88,7 @@ void Scheduler::Run() {
 
 void Scheduler::RunBatch(std::vector<SegmentJob>& batch) {
   const auto start = Clock::now();
-  std::vector<SegmentInput> inputs;
+  std::vector<engine::SegmentInput> inputs;
   std::vector<size_t> forward_jobs;
   for (size_t i = 0; i < batch.size(); ++i) {
     if (metrics_) metrics_->QueueWait(std::chrono::duration<double>(start - batch[i].enqueued).count());
@@ -96,9 +96,9 @@ void Scheduler::RunBatch(std::vector<SegmentJob>& batch) {
     inputs.push_back({batch[i].stream, batch[i].tokens, batch[i].options, batch[i].commit});
     forward_jobs.push_back(i);
   }
-  std::vector<absl::StatusOr<SegmentOutput>> results(batch.size(), absl::UnknownError("not run"));
+  std::vector<absl::StatusOr<engine::SegmentOutput>> results(batch.size(), absl::UnknownError("not run"));
   if (!inputs.empty()) {
-    std::vector<SegmentOutput> outputs;
+    std::vector<engine::SegmentOutput> outputs;
     absl::Status s = model_->Forward(inputs, &outputs);
     if (s.ok()) {
       for (size_t k = 0; k < forward_jobs.size(); ++k) results[forward_jobs[k]] = std::move(outputs[k]);
@@ -110,10 +110,10 @@ void Scheduler::RunBatch(std::vector<SegmentJob>& batch) {
       // The batch is checked as a whole: run each job alone so one bad segment fails only itself (and a
       // workspace too large for the whole batch may fit one segment).
       for (size_t k = 0; k < forward_jobs.size(); ++k) {
-        std::vector<SegmentOutput> one;
+        std::vector<engine::SegmentOutput> one;
         absl::Status single = model_->Forward({&inputs[k], 1}, &one);
-        results[forward_jobs[k]] = single.ok() ? absl::StatusOr<SegmentOutput>(std::move(one[0]))
-                                               : absl::StatusOr<SegmentOutput>(single);
+        results[forward_jobs[k]] = single.ok() ? absl::StatusOr<engine::SegmentOutput>(std::move(one[0]))
+                                               : absl::StatusOr<engine::SegmentOutput>(single);
       }
     }
     if (metrics_) {
@@ -123,11 +123,11 @@ void Scheduler::RunBatch(std::vector<SegmentJob>& batch) {
   }
   for (size_t i = 0; i < batch.size(); ++i) {
     if (!batch[i].tokens.empty()) continue;
-    SegmentOutput out;
+    engine::SegmentOutput out;
     absl::Status s = model_->NextTokenLogProbs(*batch[i].stream, &out.next_logprobs);
-    results[i] = s.ok() ? absl::StatusOr<SegmentOutput>(std::move(out)) : absl::StatusOr<SegmentOutput>(s);
+    results[i] = s.ok() ? absl::StatusOr<engine::SegmentOutput>(std::move(out)) : absl::StatusOr<engine::SegmentOutput>(s);
   }
   for (size_t i = 0; i < batch.size(); ++i) batch[i].done(std::move(results[i]));
 }
 
-}  // namespace trams
+}  // namespace trams::server

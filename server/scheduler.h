@@ -18,22 +18,22 @@
 #include "engine/engine.h"
 #include "server/server_options.h"
 
-namespace trams {
+namespace trams::server {
 
 class Metrics;
 
 struct SegmentJob {
-  EngineStream* stream = nullptr;
+  engine::EngineStream* stream = nullptr;
   std::vector<int32_t> tokens;  // empty: only the next-token distribution (options.next_distribution)
-  OutputOptions options;
+  engine::OutputOptions options;
   bool commit = true;  // false: provisional (see SegmentInput::commit)
-  std::function<void(absl::StatusOr<SegmentOutput>)> done;
+  std::function<void(absl::StatusOr<engine::SegmentOutput>)> done;
   std::chrono::steady_clock::time_point enqueued;
 };
 
 class Scheduler {
  public:
-  Scheduler(Engine* model, const SchedulerOptions& options, Metrics* metrics);
+  Scheduler(engine::Engine* model, const SchedulerOptions& options, Metrics* metrics);
   ~Scheduler();  // stops after the queued jobs ran
 
   // RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE once stopping.
@@ -48,7 +48,7 @@ class Scheduler {
   void Run();
   void RunBatch(std::vector<SegmentJob>& batch);
 
-  Engine* model_;
+  engine::Engine* model_;
   SchedulerOptions options_;
   Metrics* metrics_;
   std::mutex mu_;
@@ -59,4 +59,4 @@ class Scheduler {
   std::thread worker_;
 };
 
-}  // namespace trams
+}  // namespace trams::server

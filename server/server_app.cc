@@ -10,10 +10,10 @@
 #include "server/listen_address.h"
 #include "server/log.h"
 
-namespace trams {
+namespace trams::server {
 
 absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions& options,
-                                                            std::unique_ptr<Engine> model) {
+                                                            std::unique_ptr<engine::Engine> model) {
   std::unique_ptr<ServerApp> app(new ServerApp());
   absl::Status address = CheckListenAddress("listen", options.listen);
   if (address.ok() && !options.metrics_listen.empty()) {
@@ -24,15 +24,15 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
     app->engine_.engine = std::move(model);
     app->engine_.reason = "given by the caller";
   } else {
-    absl::StatusOr<OpenedEngine> opened = OpenEngine(options.model_dir, options.device);
+    absl::StatusOr<engine::OpenedEngine> opened = engine::OpenEngine(options.model_dir, options.device);
     if (!opened.ok()) return opened.status();
     app->engine_ = std::move(*opened);
   }
-  Engine* const engine = app->engine_.engine.get();
+  engine::Engine* const engine = app->engine_.engine.get();
   LogInfo("engine ready", {{"device", engine->device()}, {"reason", app->engine_.reason}});
   SessionLimits limits = options.limits;
   // Where the pools live: caps the budget, and says whether the figures change (a device, an arena).
-  const absl::StatusOr<EngineMemory> memory = engine->Memory();
+  const absl::StatusOr<engine::EngineMemory> memory = engine->Memory();
   const bool memory_changes = memory.ok() && (memory->has_device_memory || memory->has_arena);
   if (memory.ok() && memory->has_arena && memory->arena_capacity_bytes < limits.memory_budget_bytes) {
     // The pools live in the arena: the budget can promise no more than the arena holds.
@@ -41,7 +41,7 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
              {"arena_bytes", std::to_string(memory->arena_capacity_bytes)}});
     limits.memory_budget_bytes = memory->arena_capacity_bytes;
   }
-  auto tokenizer = Tokenizer::Load(options.model_dir, engine->config().vocab_size);
+  auto tokenizer = engine::Tokenizer::Load(options.model_dir, engine->config().vocab_size);
   if (!tokenizer.ok()) {
     LogInfo("the model has no usable tokenizer: clients must send token ids",
             {{"reason", std::string(tokenizer.status().message())}});
@@ -97,7 +97,7 @@ int ServerApp::ExpireIdle() {
 
 void ServerApp::RefreshEngineMemory() {
   if (metrics_ == nullptr || engine_.engine == nullptr) return;
-  absl::StatusOr<EngineMemory> memory = engine_.engine->Memory();
+  absl::StatusOr<engine::EngineMemory> memory = engine_.engine->Memory();
   if (memory.ok()) {
     metrics_->SetEngineMemory(*memory);
   } else if (!memory_error_logged_.exchange(true)) {  // once: the refresher asks every second
@@ -145,4 +145,4 @@ void ServerApp::Shutdown(std::chrono::milliseconds drain, std::chrono::milliseco
 
 ServerApp::~ServerApp() { Shutdown(std::chrono::milliseconds(0), std::chrono::milliseconds(0)); }
 
-}  // namespace trams
+}  // namespace trams::server

@@ -18,13 +18,13 @@
 #include "server/server_options.h"
 #include "server/session_manager.h"
 
-namespace trams {
+namespace trams::server {
 
 class ServerApp {
  public:
   // Opens options.model_dir on options.device unless `model` is given, then starts serving.
   static absl::StatusOr<std::unique_ptr<ServerApp>> Start(const ServerOptions& options,
-                                                          std::unique_ptr<Engine> model = nullptr);
+                                                          std::unique_ptr<engine::Engine> model = nullptr);
   ~ServerApp();
 
   int grpc_port() const { return grpc_port_; }
@@ -32,7 +32,7 @@ class ServerApp {
   LmService& service() { return *service_; }
   SessionManager& sessions() { return *sessions_; }
   Metrics& metrics() { return *metrics_; }
-  Engine& engine() { return *engine_.engine; }
+  engine::Engine& engine() { return *engine_.engine; }
 
   // Drains: health turns NOT_SERVING at once and new streaming calls and sessions get UNAVAILABLE;
   // health checks are still answered for `grace`; running calls may finish until max(grace, drain)
@@ -51,7 +51,7 @@ class ServerApp {
   ServerApp() = default;
   void StopHousekeeping();
 
-  OpenedEngine engine_;  // first: destroyed after everything that uses it
+  engine::OpenedEngine engine_;  // first: destroyed after everything that uses it
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<SessionManager> sessions_;
   std::unique_ptr<Scheduler> scheduler_;
@@ -70,4 +70,4 @@ class ServerApp {
   static constexpr std::chrono::milliseconds kCloseLinger{200};
 };
 
-}  // namespace trams
+}  // namespace trams::server

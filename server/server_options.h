@@ -5,9 +5,9 @@
 #include <string>
 
 #include "engine/open_engine.h"
-#include "engine/trams_selector.h"
+#include "engine/trams_settings.h"
 
-namespace trams {
+namespace trams::server {
 
 enum class EvictionPolicy {
   kLeastRecentlyUsed,  // make room by evicting idle sessions, oldest use first (the next caller is told)
@@ -24,7 +24,7 @@ struct SessionLimits {
 };
 
 struct SessionDefaults {
-  TramsSettings memory = TramsSettings::Trams(400, 50, 150);
+  engine::TramsSettings memory = engine::TramsSettings::Trams(400, 50, 150);
   int segment_len = 64;
 };
 
@@ -50,7 +50,7 @@ struct ServerOptions {
   std::string listen = "0.0.0.0:50051";
   std::string metrics_listen = "0.0.0.0:9464";  // empty: no metrics endpoint
   std::string port_file;                          // written after start: "<grpc port> <metrics port>"
-  DeviceChoice device;                            // where the pools live and the math runs; threads
+  engine::DeviceChoice device;                            // where the pools live and the math runs; threads
   int drain_seconds = 10;                         // graceful shutdown deadline
   int memory_share_every = 50;                    // sample the TRAMS attention statistic every N segments (0: off)
   SessionLimits limits;
@@ -59,4 +59,4 @@ struct ServerOptions {
   RequestLimits requests;
 };
 
-}  // namespace trams
+}  // namespace trams::server

@@ -18,7 +18,7 @@
 #include "server/scheduler.h"
 #include "server/status_convert.h"
 
-namespace trams {
+namespace trams::server {
 
 template <class Response>
 struct CallActions {
@@ -43,7 +43,7 @@ class SessionCall : public Reactor {
 
   // Hooks for the concrete call (mutex held).
   virtual void OnSessionTaken(Actions& a) = 0;        // the session is ours and the transaction open
-  virtual void OnJobDone(SegmentOutput out, Actions& a) = 0;
+  virtual void OnJobDone(engine::SegmentOutput out, Actions& a) = 0;
   virtual void OnCommit(Session& session) = 0;         // apply call totals to the session
 
   // Ends the call with `status` once nothing is in flight. First decision wins.
@@ -69,13 +69,13 @@ class SessionCall : public Reactor {
     }
   }
 
-  void Submit(std::vector<int32_t> tokens, const OutputOptions& options, Actions& a, bool commit = true) {
+  void Submit(std::vector<int32_t> tokens, const engine::OutputOptions& options, Actions& a, bool commit = true) {
     SegmentJob job;
     job.stream = session_->stream.get();
     job.tokens = std::move(tokens);
     job.options = options;
     job.commit = commit;
-    job.done = [this](absl::StatusOr<SegmentOutput> r) { JobDone(std::move(r)); };
+    job.done = [this](absl::StatusOr<engine::SegmentOutput> r) { JobDone(std::move(r)); };
     job_in_flight_ = true;
     a.submit = std::move(job);
   }
@@ -228,7 +228,7 @@ class SessionCall : public Reactor {
     Perform(a);
   }
 
-  void JobDone(absl::StatusOr<SegmentOutput> r) {
+  void JobDone(absl::StatusOr<engine::SegmentOutput> r) {
     Actions a;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -259,4 +259,4 @@ class SessionCall : public Reactor {
   bool write_in_flight_ = false;
 };
 
-}  // namespace trams
+}  // namespace trams::server

@@ -8,7 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "server/metrics.h"
 
-namespace trams {
+namespace trams::server {
 namespace {
 
 constexpr size_t kMaxTombstones = 10000;
@@ -24,7 +24,7 @@ bool IsValidSessionId(const std::string& id) {
 }
 
 absl::Status InvalidSessionId(const std::string& id) {
-  return absl::InvalidArgumentError(absl::StrCat("session id '", EchoForError(id), "' is not valid: use 1-128 ",
+  return absl::InvalidArgumentError(absl::StrCat("session id '", engine::EchoForError(id), "' is not valid: use 1-128 ",
                                                  "characters from [A-Za-z0-9._:-]"));
 }
 
@@ -33,7 +33,7 @@ int64_t NowMs() {
       .count();
 }
 
-SessionManager::SessionManager(Engine* model, const SessionLimits& limits, int64_t input_buffer_budget_bytes,
+SessionManager::SessionManager(engine::Engine* model, const SessionLimits& limits, int64_t input_buffer_budget_bytes,
                                Metrics* metrics)
     : model_(model), device_(model->device()), limits_(limits), metrics_(metrics),
       buffer_budget_(input_buffer_budget_bytes) {
@@ -117,7 +117,7 @@ absl::Status SessionManager::MakeRoom(int64_t bytes, bool new_session) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const TramsSettings& memory, int segment_len) {
+absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const engine::TramsSettings& memory, int segment_len) {
   // The request was checked (request_checks.h); these guard the manager's own contract.
   if (memory.mem_len > limits_.max_mem_len || segment_len <= 0 || segment_len > limits_.max_segment_len) {
     return absl::InvalidArgumentError(absl::StrCat("mem_len ", memory.mem_len, " or segment_len ", segment_len,
@@ -139,7 +139,7 @@ absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const Tra
   }
   absl::Status room = MakeRoom(bytes, /*new_session=*/true);
   if (!room.ok()) return room;
-  absl::StatusOr<std::unique_ptr<EngineStream>> stream = model_->NewStream(memory);  // only after the check
+  absl::StatusOr<std::unique_ptr<engine::EngineStream>> stream = model_->NewStream(memory);  // only after the check
   if (!stream.ok()) return stream.status();
   auto s = std::make_shared<Session>();
   s->id = id;
@@ -335,4 +335,4 @@ void SessionManager::PublishGauges() {
   }
 }
 
-}  // namespace trams
+}  // namespace trams::server

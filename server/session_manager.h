@@ -23,7 +23,7 @@
 #include "engine/engine.h"
 #include "server/server_options.h"
 
-namespace trams {
+namespace trams::server {
 
 class Metrics;
 
@@ -39,7 +39,7 @@ struct SelectionRecord {
 
 struct Session {
   std::string id;
-  std::unique_ptr<EngineStream> stream;
+  std::unique_ptr<engine::EngineStream> stream;
   // Tokens past the pool's last segment boundary (an incomplete segment): consumed by the session but
   // run only provisionally; the next call runs them again, with its own tokens, as a whole segment.
   std::vector<int32_t> tail;
@@ -76,7 +76,7 @@ struct Session {
 
 struct SessionSnapshot {  // a consistent copy for Get/List
   std::string id;
-  TramsSettings memory;
+  engine::TramsSettings memory;
   int segment_len = 0;
   int64_t position = 0;
   int pool_tokens = 0;
@@ -91,10 +91,10 @@ struct SessionSnapshot {  // a consistent copy for Get/List
 class SessionManager {
  public:
   // `model` holds the pools; on a backend with an arena the budget is also capped at the arena.
-  SessionManager(Engine* model, const SessionLimits& limits, int64_t input_buffer_budget_bytes,
+  SessionManager(engine::Engine* model, const SessionLimits& limits, int64_t input_buffer_budget_bytes,
                  Metrics* metrics);
 
-  absl::StatusOr<SessionSnapshot> Create(std::string id, const TramsSettings& memory, int segment_len);
+  absl::StatusOr<SessionSnapshot> Create(std::string id, const engine::TramsSettings& memory, int segment_len);
   absl::StatusOr<SessionSnapshot> Get(const std::string& id);
   std::vector<SessionSnapshot> List();
   // One DeleteSession call: answered exactly once, by whichever comes first (the deletion, or the
@@ -139,7 +139,7 @@ class SessionManager {
   absl::StatusOr<std::shared_ptr<Session>> Take(const std::shared_ptr<Session>& s, bool reserve_undo);  // mu_ held
   void PublishGauges();                                          // mu_ held
 
-  Engine* model_;
+  engine::Engine* model_;
   const std::string device_;  // the pools' place, the metrics' label
   SessionLimits limits_;
   Metrics* metrics_;
@@ -160,4 +160,4 @@ int64_t NowMs();
 bool IsValidSessionId(const std::string& id);
 absl::Status InvalidSessionId(const std::string& id);
 
-}  // namespace trams
+}  // namespace trams::server

@@ -5,8 +5,8 @@
 
 #include "absl/status/status.h"
 
-namespace trams {
+namespace trams::server {
 
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
-}  // namespace trams
+}  // namespace trams::server

@@ -8,7 +8,7 @@
 
 #include "engine/transformer_xl.h"
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 // The bundled model: its widths (d_model 256) are where the host BLAS picks different kernels for
@@ -88,4 +88,4 @@ TEST(DeterminismTest, AProvisionalSegmentLeavesTheStreamAsItWas) {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::engine

@@ -11,7 +11,7 @@
 #include "engine/safetensors.h"
 #include "engine/transformer_xl.h"
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 namespace fs = std::filesystem;
@@ -245,9 +245,9 @@ TEST(EvaluatorTest, BadProtocolArgumentsAreRejected) {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::engine
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 // A rolled-back transaction leaves the pool bit-for-bit as it was, whatever was appended meanwhile
@@ -314,9 +314,9 @@ TEST(TransactionTest, CommitKeepsTheAppendedTokens) {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::engine
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 TEST(MemoryShareTest, MeasuredOnlyWhereTramsSelects) {
@@ -350,9 +350,9 @@ TEST(MemoryShareTest, MeasuredOnlyWhereTramsSelects) {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::engine
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 TEST(SelectTopKTest, HighestScoresInPoolOrderWithNearTiesGoingToTheOlder) {
@@ -378,4 +378,4 @@ TEST(SelectTopKTest, HighestScoresInPoolOrderWithNearTiesGoingToTheOlder) {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::engine

@@ -12,7 +12,7 @@
 #include "engine/transformer_xl.h"
 #include "tests/golden_cases.h"
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 using golden::GoldenDir;
@@ -86,4 +86,4 @@ INSTANTIATE_TEST_SUITE_P(Cases, ReferenceCompatLossTest,
                          ::testing::Values("plain_postln_xl_compat", "plain_postln_trams_compat"));
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::engine

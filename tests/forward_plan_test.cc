@@ -9,7 +9,7 @@
 #include "engine/settings_rules.h"
 #include "engine/undo_plan.h"
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 PlanStream Stream(int start, int size, int capacity, int64_t position, int attend_len, int topk, int remain, int n,
@@ -184,4 +184,4 @@ TEST(SettingsRulesTest, OneSetOfMessages) {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::engine

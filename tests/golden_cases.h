@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/trams_selector.h"
+#include "engine/trams_settings.h"
 
 namespace trams::golden {
 
@@ -33,19 +33,19 @@ inline nlohmann::json ReadJson(const std::string& path) {
   return nlohmann::json::parse(in);
 }
 
-inline TramsSettings SettingsOf(const nlohmann::json& c) {
+inline engine::TramsSettings SettingsOf(const nlohmann::json& c) {
   const std::string mode = c["mode"];
-  TramsSettings s;
+  engine::TramsSettings s;
   if (mode == "xl") {
-    s = TramsSettings::Xl(c["mem_len"]);
+    s = engine::TramsSettings::Xl(c["mem_len"]);
   } else if (mode == "none") {
-    s = TramsSettings::NoMemory();
+    s = engine::TramsSettings::NoMemory();
   } else {
-    s = TramsSettings::Trams(c["mem_len"], c["topk"], c["remain"]);
+    s = engine::TramsSettings::Trams(c["mem_len"], c["topk"], c["remain"]);
     if (c.contains("trams_layers") && !c["trams_layers"].is_null()) {
       s.layers = c["trams_layers"].get<std::vector<int>>();
     }
-    if (c.value("metric", "code") == "paper") s.metric = SelectionMetric::kPaper;
+    if (c.value("metric", "code") == "paper") s.metric = engine::SelectionMetric::kPaper;
   }
   return s;
 }

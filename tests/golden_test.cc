@@ -12,7 +12,7 @@
 #include "engine/transformer_xl.h"
 #include "tests/golden_cases.h"
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 namespace fs = std::filesystem;
@@ -141,4 +141,4 @@ TEST(GoldenFiles, Present) {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::engine

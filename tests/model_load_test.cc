@@ -16,7 +16,7 @@
 #include "engine/model_weights.h"
 #include "engine/safetensors.h"
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 namespace fs = std::filesystem;
@@ -240,4 +240,4 @@ TEST(EchoForErrorTest, CapsTheOutputAndSaysHowLongTheInputWas) {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::engine

@@ -18,7 +18,7 @@
 #include "engine/open_engine.h"
 #include "engine/transformer_xl.h"
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 const std::string kModels = std::string(TRAMS_TEST_DATA_DIR) + "/golden/models/";
@@ -216,4 +216,4 @@ TEST(PoolDTypeTest, BpcStaysCloseToTheF32Pool) {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::engine

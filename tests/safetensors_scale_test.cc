@@ -12,7 +12,7 @@
 #include "engine/safetensors.h"
 #include "gtest/gtest.h"
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 std::string TempPath(const std::string& name) { return absl::StrCat(::testing::TempDir(), "/st_scale_", name); }
@@ -83,4 +83,4 @@ TEST(SafetensorsScaleTest, MetadataKeysCountAsEntries) {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::engine

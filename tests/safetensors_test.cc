@@ -15,7 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 // gtest only (the tests link gtest_main, not gmock).
@@ -583,4 +583,4 @@ TEST(WriteSafetensorsTest, UnwritableDirectory) {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::engine

@@ -20,7 +20,7 @@
 #include "engine/cuda/host_emulation.h"
 #include "server_test_util.h"
 
-namespace trams::test {
+namespace trams::server::test {
 namespace {
 
 constexpr int kM = 24, kTopk = 4, kRemain = 8, kN = 8;
@@ -648,4 +648,4 @@ TEST(HardeningTest, IdleSessionsExpireInAnInProcessServer) {
 }
 
 }  // namespace
-}  // namespace trams::test
+}  // namespace trams::server::test

@@ -12,7 +12,7 @@
 #include "server/server_app.h"
 #include "server_test_util.h"
 
-namespace trams::test {
+namespace trams::server::test {
 namespace {
 
 constexpr char kModel[] = "adaptive_samelen";
@@ -153,4 +153,4 @@ TEST(ServerMetrics, HostHasNoDeviceOrArenaSeries) {
 }
 
 }  // namespace
-}  // namespace trams::test
+}  // namespace trams::server::test

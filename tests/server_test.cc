@@ -19,7 +19,7 @@
 #include "engine/transformer_xl.h"
 #include "server_test_util.h"
 
-namespace trams::test {
+namespace trams::server::test {
 namespace {
 
 constexpr int kM = 24, kTopk = 4, kRemain = 8, kN = 8;
@@ -89,22 +89,22 @@ TEST_F(ServerTest, ScoreOverGrpcMatchesInProcessEngine) {
   ASSERT_TRUE(r.status.ok()) << Describe(r.status);
 
   // The reference: the engine on the same ids, in segments of n.
-  EngineOptions engine_options;
+  engine::EngineOptions engine_options;
   engine_options.threads = 1;
-  auto model = TransformerXL::Load(ModelDir(kModel), engine_options);
+  auto model = engine::TransformerXL::Load(ModelDir(kModel), engine_options);
   ASSERT_TRUE(model.ok()) << model.status();
-  auto tokenizer = Tokenizer::Load(ModelDir(kModel), (*model)->config().vocab_size);
+  auto tokenizer = engine::Tokenizer::Load(ModelDir(kModel), (*model)->config().vocab_size);
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
   auto ids = (*tokenizer)->Encode(text);
   ASSERT_TRUE(ids.ok()) << ids.status();
   ASSERT_EQ(*ids, Bytes(text));
-  auto stream = (*model)->NewStream(TramsSettings::Trams(kM, kTopk, kRemain));
+  auto stream = (*model)->NewStream(engine::TramsSettings::Trams(kM, kTopk, kRemain));
   ASSERT_TRUE(stream.ok()) << stream.status();
   std::vector<float> expected;
   for (size_t at = 0; at < ids->size(); at += n) {
     const size_t len = std::min<size_t>(n, ids->size() - at);
-    std::vector<SegmentOutput> out;
-    SegmentInput in{stream->get(), absl::MakeConstSpan(*ids).subspan(at, len), {}};
+    std::vector<engine::SegmentOutput> out;
+    engine::SegmentInput in{stream->get(), absl::MakeConstSpan(*ids).subspan(at, len), {}};
     ASSERT_TRUE((*model)->Forward({in}, &out).ok());
     expected.insert(expected.end(), out[0].logprob.begin(), out[0].logprob.end());
   }
@@ -247,7 +247,7 @@ TEST_F(ServerTest, GenerateIsReproducibleAndContinuesAcrossCalls) {
   // A stop string: the first three generated tokens' text; generation stops where it first appears.
   std::vector<std::string> texts;
   {
-    auto tokenizer = Tokenizer::Load(ModelDir(kModel), 260);
+    auto tokenizer = engine::Tokenizer::Load(ModelDir(kModel), 260);
     ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
     for (int32_t id : g12) texts.push_back((*tokenizer)->TokenText(id));
   }
@@ -711,13 +711,13 @@ TEST(ServerLimitsTest, MemoryBudgetIsByteExact) {
   const int64_t pool = ReportedPoolBytes(TestOptions(kModel), Trams(kM, kTopk, kRemain), kN);
   {
     // What the engine of the device under test allocates (the arena block, on a CUDA backend).
-    auto opened = OpenEngine(ModelDir(kModel), TestOptions(kModel).device);
+    auto opened = engine::OpenEngine(ModelDir(kModel), TestOptions(kModel).device);
     ASSERT_TRUE(opened.ok()) << opened.status();
-    auto bytes = opened->engine->StreamBytes(TramsSettings::Trams(kM, kTopk, kRemain));
+    auto bytes = opened->engine->StreamBytes(engine::TramsSettings::Trams(kM, kTopk, kRemain));
     ASSERT_TRUE(bytes.ok()) << bytes.status();
     EXPECT_EQ(pool, *bytes);
     if (opened->engine->device() == "cpu") {
-      EXPECT_EQ(pool, StreamState::BytesFor(opened->engine->config(), TramsSettings::Trams(kM, kTopk, kRemain)));
+      EXPECT_EQ(pool, engine::StreamState::BytesFor(opened->engine->config(), engine::TramsSettings::Trams(kM, kTopk, kRemain)));
     }
   }
   ASSERT_GT(pool, 0);
@@ -954,4 +954,4 @@ TEST_F(ServerTest, ScoreWithoutAnyMessageEndsAtOnce) {
 }
 
 }  // namespace
-}  // namespace trams::test
+}  // namespace trams::server::test

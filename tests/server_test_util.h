@@ -20,7 +20,7 @@
 #include "server/server_app.h"
 #include "trams/v1/trams.grpc.pb.h"
 
-namespace trams::test {
+namespace trams::server::test {
 
 namespace v1 = ::trams::v1;
 
@@ -371,4 +371,4 @@ inline v1::GenerateRequest MakeGenerate(const std::string& session, int max_toke
   return req;
 }
 
-}  // namespace trams::test
+}  // namespace trams::server::test

@@ -13,7 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 // gtest only (the tests link gtest_main, not gmock).
@@ -567,4 +567,4 @@ TEST(EchoTest, MessagesQuoteFileContentSafely) {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::engine

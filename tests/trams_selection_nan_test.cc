@@ -17,7 +17,7 @@
 #include "engine/cuda/trams.cuh"
 #include "engine/trams_selector.h"
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
@@ -246,4 +246,4 @@ TEST(TramsSelectionNaN, DeviceOrderIsTotalWithNaN) {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::engine

@@ -104,7 +104,7 @@ double Stats::MedianSeconds(Method m, double fallback) const {
   std::lock_guard<std::mutex> lock(mu_);
   const PerMethod& pm = methods_[static_cast<int>(m)];
   if (pm.last_window_median > 0) return pm.last_window_median;
-  if (pm.all_ok.size() >= 8) return Percentile(pm.all_ok, 0.5);  // before the first report
+  if (pm.all_ok.size() >= 8) return bench::Percentile(pm.all_ok, 0.5);  // before the first report
   return fallback;
 }
 
@@ -134,7 +134,7 @@ std::string Stats::ReportLine(double elapsed_s, const std::optional<ProcStatus>&
   for (Method m : {Method::kScore, Method::kGenerate, Method::kGetSession, Method::kListSessions}) {
     PerMethod& pm = methods_[static_cast<int>(m)];
     if (pm.window_ok.empty()) continue;
-    const double p50 = Percentile(pm.window_ok, 0.5), p99 = Percentile(pm.window_ok, 0.99);
+    const double p50 = bench::Percentile(pm.window_ok, 0.5), p99 = bench::Percentile(pm.window_ok, 0.99);
     absl::StrAppend(&line, absl::StrFormat(" %s %.1f/%.1f ms", MethodName(m), p50 * 1e3, p99 * 1e3));
     pm.last_window_median = p50;
     pm.window_ok.clear();
@@ -160,8 +160,8 @@ nlohmann::json Stats::Summary() const {
     for (const auto& [code, n] : pm.codes) m["codes"][CodeName(static_cast<grpc::StatusCode>(code))] = n;
     m["unexpected"] = pm.unexpected;
     if (!pm.all_ok.empty()) {
-      m["ok_p50_ms"] = Percentile(pm.all_ok, 0.5) * 1e3;
-      m["ok_p99_ms"] = Percentile(pm.all_ok, 0.99) * 1e3;
+      m["ok_p50_ms"] = bench::Percentile(pm.all_ok, 0.5) * 1e3;
+      m["ok_p99_ms"] = bench::Percentile(pm.all_ok, 0.99) * 1e3;
       m["ok_max_ms"] = *std::max_element(pm.all_ok.begin(), pm.all_ok.end()) * 1e3;
     }
     j["methods"][MethodName(static_cast<Method>(i))] = m;

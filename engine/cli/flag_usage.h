@@ -9,7 +9,7 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/string_view.h"
 
-namespace trams {
+namespace trams::engine {
 
 // Call before absl::ParseCommandLine with the program's main file: __FILE__ or its basename
 // ("trams_eval.cc"). Files are compared by basename, whatever path the build recorded.
@@ -28,4 +28,4 @@ inline void SetFlagsUsageForMainFile(std::string_view main_file) {
   absl::SetFlagsUsageConfig(config);
 }
 
-}  // namespace trams
+}  // namespace trams::engine

@@ -41,7 +41,7 @@ ABSL_FLAG(std::string, pool_dtype, "f32",
           "how the pools store keys and values: f32 | f16 | bf16 (rounded to nearest even, read back as f32; "
           "f16/bf16 halve the pools' key/value bytes)");
 
-namespace trams {
+namespace trams::engine {
 namespace {
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
@@ -148,15 +148,15 @@ absl::Status Run() {
 }
 
 }  // namespace
-}  // namespace trams
+}  // namespace trams::engine
 
 int main(int argc, char** argv) {
-  trams::SetFlagsUsageForMainFile(__FILE__);
+  trams::engine::SetFlagsUsageForMainFile(__FILE__);
   absl::SetProgramUsageMessage(
       "Scores a text with Transformer-XL + TRAMS (see README.md).\n"
       "  trams-eval --model DIR --input FILE [--mode xl|trams|none] [--mem_len M] [--topk K --remain R]");
   absl::ParseCommandLine(argc, argv);
-  absl::Status s = trams::Run();
+  absl::Status s = trams::engine::Run();
   if (!s.ok()) {
     std::fprintf(stderr, "trams-eval: %s\n", std::string(s.message()).c_str());
     return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;

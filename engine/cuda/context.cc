@@ -38,10 +38,10 @@ int64_t AlignUp(int64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 
 }  // namespace
 
-int StreamSettings::attend_len() const { return AttendLen(static_cast<MemoryMode>(mode), mem_len, topk, remain); }
+int StreamSettings::attend_len() const { return engine::AttendLen(static_cast<engine::MemoryMode>(mode), mem_len, topk, remain); }
 
 void Stream::CommitAppend(int n) {
-  AdvanceRing(settings_.mem_len, n, &start_, &size_);
+  engine::AdvanceRing(settings_.mem_len, n, &start_, &size_);
   position_ += n;
   if (in_transaction_) appended_ += n;
 }
@@ -137,7 +137,7 @@ Status Context::UploadF32(const trams_cuda_matrix& m, const float** out) {
 Status Context::ComputeGram(const trams_cuda_matrix& qkv, Layer* layer) {
   const int h_count = c_.n_head, dh = c_.d_head, d = c_.d_model;
   std::vector<float> gram(static_cast<size_t>(h_count) * dh * dh), row_sum(static_cast<size_t>(h_count) * dh);
-  TramsGram(qkv.data, h_count, dh, d, gram.data(), row_sum.data());
+  engine::TramsGram(qkv.data, h_count, dh, d, gram.data(), row_sum.data());
   void* g = nullptr;
   void* u = nullptr;
   TRAMS_CUDA_RETURN_IF_ERROR(AllocWeights(gram.size() * sizeof(float), &g));
@@ -313,7 +313,7 @@ Status Context::EnsureRelTable(int rows) {
   rows = std::max(rows, rel_rows_ * 2);
   const int d = c_.d_model, w = c_.width();
   std::vector<float> pos(static_cast<size_t>(rows) * d, 0.0f);
-  RelPositionSinusoids(0, rows, d, c_.clamp_len, pos.data());
+  engine::RelPositionSinusoids(0, rows, d, c_.clamp_len, pos.data());
   const int64_t table_bytes = static_cast<int64_t>(c_.n_layer) * rows * w * static_cast<int64_t>(sizeof(float));
   void* table = nullptr;
   void* pos_dev = nullptr;
@@ -404,9 +404,9 @@ Status Context::Linear(const float* x, int m, int k, const DeviceMatrix& w, bool
 // The C struct's own validity (enums, pointers), then the rules and messages every backend shares
 // (engine/settings_rules.h, as TramsSettings::Validate).
 Status Context::ParseSettings(const trams_cuda_stream_settings& in, StreamSettings* out) const {
-  static_assert(static_cast<int>(MemoryMode::kNone) == TRAMS_CUDA_MODE_NONE &&
-                    static_cast<int>(MemoryMode::kXl) == TRAMS_CUDA_MODE_XL &&
-                    static_cast<int>(MemoryMode::kTrams) == TRAMS_CUDA_MODE_TRAMS,
+  static_assert(static_cast<int>(engine::MemoryMode::kNone) == TRAMS_CUDA_MODE_NONE &&
+                    static_cast<int>(engine::MemoryMode::kXl) == TRAMS_CUDA_MODE_XL &&
+                    static_cast<int>(engine::MemoryMode::kTrams) == TRAMS_CUDA_MODE_TRAMS,
                 "MemoryMode numbers the C ABI's modes");
   if (in.n_select_layers < 0 || (in.n_select_layers > 0 && in.select_layers == nullptr)) {
     return InvalidArgument("select_layers is missing");
@@ -414,14 +414,14 @@ Status Context::ParseSettings(const trams_cuda_stream_settings& in, StreamSettin
   if (in.metric != TRAMS_CUDA_METRIC_CODE && in.metric != TRAMS_CUDA_METRIC_PAPER) {
     return InvalidArgument("unknown selection metric " + std::to_string(in.metric));
   }
-  SettingsView view;
-  view.mode = static_cast<MemoryMode>(in.mode);
+  engine::SettingsView view;
+  view.mode = static_cast<engine::MemoryMode>(in.mode);
   view.mem_len = in.mem_len;
   view.topk = in.topk;
   view.remain = in.remain;
   view.layers = in.select_layers;
   view.n_layers = in.n_select_layers;
-  const std::string error = SettingsError(view, c_.n_layer);
+  const std::string error = engine::SettingsError(view, c_.n_layer);
   if (!error.empty()) return InvalidArgument(error);
   StreamSettings s;
   s.mode = in.mode;
@@ -435,7 +435,7 @@ Status Context::ParseSettings(const trams_cuda_stream_settings& in, StreamSettin
     s.remain = in.mem_len;
   }
   s.selects_on_layer.assign(c_.n_layer, false);
-  for (int l = 0; l < c_.n_layer; ++l) s.selects_on_layer[l] = SelectsOnLayer(view, l);
+  for (int l = 0; l < c_.n_layer; ++l) s.selects_on_layer[l] = engine::SelectsOnLayer(view, l);
   *out = std::move(s);
   return Status::Ok();
 }

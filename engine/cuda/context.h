@@ -1,7 +1,7 @@
 // The CUDA backend's engine: weights on the device, the session arena, streams (pools on the device) and
 // the forward, written against DeviceOps so the same code runs on CUDA and in the host emulation.
 // Semantics are those of TransformerXL (engine/transformer_xl.cc) and StreamState
-// (engine/memory_pool.cc); DESIGN.md is the contract. Behind the C ABI (api_table.cc).
+// (engine/stream_state.cc); DESIGN.md is the contract. Behind the C ABI (api_table.cc).
 // Thread safety: every public method takes the context's mutex.
 #pragma once
 

@@ -125,7 +125,7 @@ typedef enum trams_cuda_memory_mode {
 
 typedef enum trams_cuda_metric { TRAMS_CUDA_METRIC_CODE = 0, TRAMS_CUDA_METRIC_PAPER = 1 } trams_cuda_metric;
 
-/* engine/trams_selector.h TramsSettings (validated the same way). */
+/* engine/trams_settings.h TramsSettings (validated the same way). */
 typedef struct trams_cuda_stream_settings {
   int32_t mode;   /* trams_cuda_memory_mode */
   int32_t mem_len; /* M */

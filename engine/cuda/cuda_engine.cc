@@ -13,7 +13,7 @@ namespace {
 
 constexpr int64_t kMaxGridY = 65535;  // CUDA's limit on gridDim.y (and z)
 
-trams_cuda_matrix View(const Matrix& m) {
+trams_cuda_matrix View(const engine::Matrix& m) {
   trams_cuda_matrix v;
   v.data = m.data;
   v.rows = m.rows;
@@ -23,8 +23,8 @@ trams_cuda_matrix View(const Matrix& m) {
 
 }  // namespace
 
-ModelView::ModelView(const ModelWeights& w) {
-  const ModelConfig& c = w.config;
+ModelView::ModelView(const engine::ModelWeights& w) {
+  const engine::ModelConfig& c = w.config;
   cutoffs_ = c.cutoffs;
   trams_cuda_model_config& mc = model_.config;
   mc.n_layer = c.n_layer;
@@ -41,8 +41,8 @@ ModelView::ModelView(const ModelWeights& w) {
   mc.same_length = c.same_length ? 1 : 0;
   mc.clamp_len = c.clamp_len;
   mc.layer_norm_epsilon = c.layer_norm_epsilon;
-  for (const EmbeddingCluster& e : w.embedding) embedding_.push_back({View(e.table), View(e.proj)});
-  for (const LayerWeights& l : w.layers) {
+  for (const engine::EmbeddingCluster& e : w.embedding) embedding_.push_back({View(e.table), View(e.proj)});
+  for (const engine::LayerWeights& l : w.layers) {
     trams_cuda_layer_weights v;
     v.qkv = View(l.qkv);
     v.r_net = View(l.r_net);
@@ -59,7 +59,7 @@ ModelView::ModelView(const ModelWeights& w) {
     v.r_r_bias = View(l.r_r_bias);
     layers_.push_back(v);
   }
-  for (const OutputCluster& o : w.output) output_.push_back({View(o.weight), View(o.bias), View(o.proj)});
+  for (const engine::OutputCluster& o : w.output) output_.push_back({View(o.weight), View(o.bias), View(o.proj)});
   model_.n_embedding = static_cast<int32_t>(embedding_.size());
   model_.embedding = embedding_.data();
   model_.layers = layers_.data();
@@ -69,17 +69,17 @@ ModelView::ModelView(const ModelWeights& w) {
   model_.cluster_bias = View(w.cluster_bias);
 }
 
-trams_cuda_stream_settings ToCudaSettings(const TramsSettings& s) {
+trams_cuda_stream_settings ToCudaSettings(const engine::TramsSettings& s) {
   trams_cuda_stream_settings c{};
-  c.mode = s.mode == MemoryMode::kNone ? TRAMS_CUDA_MODE_NONE
-           : s.mode == MemoryMode::kXl ? TRAMS_CUDA_MODE_XL
+  c.mode = s.mode == engine::MemoryMode::kNone ? TRAMS_CUDA_MODE_NONE
+           : s.mode == engine::MemoryMode::kXl ? TRAMS_CUDA_MODE_XL
                                        : TRAMS_CUDA_MODE_TRAMS;
   c.mem_len = s.mem_len;
   c.topk = s.topk;
   c.remain = s.remain;
   c.n_select_layers = static_cast<int32_t>(s.layers.size());
   c.select_layers = s.layers.data();
-  c.metric = s.metric == SelectionMetric::kPaper ? TRAMS_CUDA_METRIC_PAPER : TRAMS_CUDA_METRIC_CODE;
+  c.metric = s.metric == engine::SelectionMetric::kPaper ? TRAMS_CUDA_METRIC_PAPER : TRAMS_CUDA_METRIC_CODE;
   return c;
 }
 
@@ -126,7 +126,7 @@ absl::Status CudaStream::Rollback() {
   return st;
 }
 
-absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const trams_cuda_api* api, const ModelWeights& weights,
+absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const trams_cuda_api* api, const engine::ModelWeights& weights,
                                                                const CudaEngineOptions& options) {
   if (api == nullptr) return absl::InvalidArgumentError("no CUDA backend API");
   const ModelView view(weights);
@@ -157,12 +157,12 @@ std::string CudaEngine::device() const { return absl::StrCat(api_->backend, ":",
 
 absl::Status CudaEngine::Check(trams_cuda_code code) const { return FromCudaCode(code, api_->last_error()); }
 
-CudaStream* CudaEngine::Own(const EngineStream* stream) const {
-  auto* s = dynamic_cast<CudaStream*>(const_cast<EngineStream*>(stream));
+CudaStream* CudaEngine::Own(const engine::EngineStream* stream) const {
+  auto* s = dynamic_cast<CudaStream*>(const_cast<engine::EngineStream*>(stream));
   return s != nullptr && s->ctx_ == ctx_ ? s : nullptr;
 }
 
-absl::StatusOr<std::unique_ptr<EngineStream>> CudaEngine::NewStream(const TramsSettings& settings) {
+absl::StatusOr<std::unique_ptr<engine::EngineStream>> CudaEngine::NewStream(const engine::TramsSettings& settings) {
   RETURN_IF_ERROR(settings.Validate(config_));  // the host's checks and messages, before the module's own
   const trams_cuda_stream_settings s = ToCudaSettings(settings);
   std::unique_ptr<CudaStream> stream(new CudaStream());
@@ -172,10 +172,10 @@ absl::StatusOr<std::unique_ptr<EngineStream>> CudaEngine::NewStream(const TramsS
   RETURN_IF_ERROR(Check(api_->stream_create(ctx_, &s, &stream->stream_)));
   ASSIGN_OR_RETURN(const trams_cuda_stream_info info, stream->Info());
   stream->bytes_ = info.bytes;
-  return std::unique_ptr<EngineStream>(std::move(stream));
+  return std::unique_ptr<engine::EngineStream>(std::move(stream));
 }
 
-absl::StatusOr<int64_t> CudaEngine::StreamBytes(const TramsSettings& settings) {
+absl::StatusOr<int64_t> CudaEngine::StreamBytes(const engine::TramsSettings& settings) {
   RETURN_IF_ERROR(settings.Validate(config_));
   const trams_cuda_stream_settings s = ToCudaSettings(settings);
   int64_t bytes = 0;
@@ -183,7 +183,7 @@ absl::StatusOr<int64_t> CudaEngine::StreamBytes(const TramsSettings& settings) {
   return bytes;
 }
 
-absl::Status CudaEngine::FillPoolWithZeroStates(EngineStream* engine_stream) {
+absl::Status CudaEngine::FillPoolWithZeroStates(engine::EngineStream* engine_stream) {
   CudaStream* stream = Own(engine_stream);
   if (stream == nullptr) return absl::InvalidArgumentError("the stream belongs to another engine");
   RETURN_IF_ERROR(Check(api_->stream_fill_zero(ctx_, stream->stream_)));
@@ -191,9 +191,9 @@ absl::Status CudaEngine::FillPoolWithZeroStates(EngineStream* engine_stream) {
   return absl::OkStatus();
 }
 
-absl::Status CudaEngine::Forward(absl::Span<const SegmentInput> batch, std::vector<SegmentOutput>* outputs) {
-  RETURN_IF_ERROR(CheckBatch(config_, batch));
-  const ModelConfig& c = config_;
+absl::Status CudaEngine::Forward(absl::Span<const engine::SegmentInput> batch, std::vector<engine::SegmentOutput>* outputs) {
+  RETURN_IF_ERROR(engine::CheckBatch(config_, batch));
+  const engine::ModelConfig& c = config_;
   const int64_t vocab = c.vocab_size;
   const size_t n = batch.size();
   // The attention kernels launch one block row per (head, segment): CUDA's grid y limit bounds the batch.
@@ -208,14 +208,14 @@ absl::Status CudaEngine::Forward(absl::Span<const SegmentInput> batch, std::vect
     streams[b] = Own(batch[b].stream);
     if (streams[b] == nullptr) return absl::InvalidArgumentError(absl::StrCat("batch entry ", b, " belongs to another model"));
   }
-  outputs->assign(n, SegmentOutput{});
+  outputs->assign(n, engine::SegmentOutput{});
   std::vector<trams_cuda_segment> segs(n);
   std::vector<std::vector<float>> full(n);
   std::vector<std::vector<int32_t>> sel(n), sel_counts(n);
   std::vector<std::vector<float>> sel_scores(n);
   for (size_t b = 0; b < n; ++b) {
-    const SegmentInput& in = batch[b];
-    SegmentOutput& out = (*outputs)[b];
+    const engine::SegmentInput& in = batch[b];
+    engine::SegmentOutput& out = (*outputs)[b];
     const size_t len = in.tokens.size();
     trams_cuda_segment& s = segs[b];
     s.stream = streams[b]->stream_;
@@ -249,9 +249,9 @@ absl::Status CudaEngine::Forward(absl::Span<const SegmentInput> batch, std::vect
   }
   std::vector<int32_t> order;
   for (size_t b = 0; b < n; ++b) {
-    const SegmentInput& in = batch[b];
+    const engine::SegmentInput& in = batch[b];
     CudaStream& stream = *streams[b];
-    SegmentOutput& out = (*outputs)[b];
+    engine::SegmentOutput& out = (*outputs)[b];
     const int64_t len = static_cast<int64_t>(in.tokens.size());
     const bool first = stream.position_ == 0;
     out.tokens_scored = len - (first ? 1 : 0);
@@ -296,16 +296,16 @@ absl::Status CudaEngine::Forward(absl::Span<const SegmentInput> batch, std::vect
   return absl::OkStatus();
 }
 
-absl::Status CudaEngine::NextTokenLogProbs(const EngineStream& engine_stream, std::vector<float>* out) {
+absl::Status CudaEngine::NextTokenLogProbs(const engine::EngineStream& engine_stream, std::vector<float>* out) {
   const CudaStream* stream = Own(&engine_stream);
   if (stream == nullptr) return absl::InvalidArgumentError("the stream belongs to another engine");
   out->resize(static_cast<size_t>(config_.vocab_size));
   return Check(api_->next_logprobs(ctx_, stream->stream_, out->data()));
 }
 
-absl::StatusOr<EngineMemory> CudaEngine::Memory() {
+absl::StatusOr<engine::EngineMemory> CudaEngine::Memory() {
   ASSIGN_OR_RETURN(const trams_cuda_device_info info, DeviceInfo());
-  EngineMemory m;
+  engine::EngineMemory m;
   m.device = device();
   m.has_device_memory = info.memory_total > 0;
   m.device_total_bytes = info.memory_total;

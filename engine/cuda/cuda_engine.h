@@ -31,7 +31,7 @@ struct CudaEngineOptions {
 // `weights` as the C ABI's structs: pointers into `weights`, which must outlive the view.
 class ModelView {
  public:
-  explicit ModelView(const ModelWeights& weights);
+  explicit ModelView(const engine::ModelWeights& weights);
   const trams_cuda_model& get() const { return model_; }
 
  private:
@@ -43,15 +43,15 @@ class ModelView {
 };
 
 // TramsSettings as the C ABI's struct (`layers` must outlive the result).
-trams_cuda_stream_settings ToCudaSettings(const TramsSettings& settings);
+trams_cuda_stream_settings ToCudaSettings(const engine::TramsSettings& settings);
 
-class CudaStream final : public EngineStream {
+class CudaStream final : public engine::EngineStream {
  public:
   ~CudaStream() override;
   CudaStream(const CudaStream&) = delete;
   CudaStream& operator=(const CudaStream&) = delete;
 
-  const TramsSettings& settings() const override { return settings_; }
+  const engine::TramsSettings& settings() const override { return settings_; }
   int size() const override { return size_; }
   int64_t position() const override { return position_; }
   int64_t bytes() const override { return bytes_; }
@@ -71,7 +71,7 @@ class CudaStream final : public EngineStream {
   const trams_cuda_api* api_ = nullptr;
   trams_cuda_context* ctx_ = nullptr;
   trams_cuda_stream* stream_ = nullptr;
-  TramsSettings settings_;
+  engine::TramsSettings settings_;
   // The cursor as the module keeps it, mirrored so that reading it never waits for a running forward.
   int size_ = 0;
   int64_t position_ = 0;
@@ -82,36 +82,36 @@ class CudaStream final : public EngineStream {
 };
 
 // The Engine on a CUDA backend: a real device ("cuda:N") or its host emulation ("emulated:N").
-class CudaEngine final : public Engine {
+class CudaEngine final : public engine::Engine {
  public:
   // `api`: CudaModule::api() or EmulatedApi(). The weights are copied to the device.
-  static absl::StatusOr<std::unique_ptr<CudaEngine>> Create(const trams_cuda_api* api, const ModelWeights& weights,
+  static absl::StatusOr<std::unique_ptr<CudaEngine>> Create(const trams_cuda_api* api, const engine::ModelWeights& weights,
                                                             const CudaEngineOptions& options = {});
   ~CudaEngine() override;
   CudaEngine(const CudaEngine&) = delete;
   CudaEngine& operator=(const CudaEngine&) = delete;
 
-  const ModelConfig& config() const override { return config_; }
+  const engine::ModelConfig& config() const override { return config_; }
   std::string device() const override;
   const char* backend() const { return api_->backend; }
 
-  absl::StatusOr<int64_t> StreamBytes(const TramsSettings& settings) override;
-  absl::StatusOr<std::unique_ptr<EngineStream>> NewStream(const TramsSettings& settings) override;
-  absl::Status FillPoolWithZeroStates(EngineStream* stream) override;
+  absl::StatusOr<int64_t> StreamBytes(const engine::TramsSettings& settings) override;
+  absl::StatusOr<std::unique_ptr<engine::EngineStream>> NewStream(const engine::TramsSettings& settings) override;
+  absl::Status FillPoolWithZeroStates(engine::EngineStream* stream) override;
   // Entropy and alternatives are computed on the host from full distributions the device returns.
-  absl::Status Forward(absl::Span<const SegmentInput> batch, std::vector<SegmentOutput>* outputs) override;
-  absl::Status NextTokenLogProbs(const EngineStream& stream, std::vector<float>* out) override;
-  absl::StatusOr<EngineMemory> Memory() override;
+  absl::Status Forward(absl::Span<const engine::SegmentInput> batch, std::vector<engine::SegmentOutput>* outputs) override;
+  absl::Status NextTokenLogProbs(const engine::EngineStream& stream, std::vector<float>* out) override;
+  absl::StatusOr<engine::EngineMemory> Memory() override;
   absl::StatusOr<trams_cuda_device_info> DeviceInfo();
 
  private:
   CudaEngine() = default;
   absl::Status Check(trams_cuda_code code) const;
-  CudaStream* Own(const EngineStream* stream) const;  // null if not one of this engine's streams
+  CudaStream* Own(const engine::EngineStream* stream) const;  // null if not one of this engine's streams
 
   const trams_cuda_api* api_ = nullptr;
   trams_cuda_context* ctx_ = nullptr;
-  ModelConfig config_;
+  engine::ModelConfig config_;
   int device_ = 0;
 };
 

@@ -81,30 +81,30 @@ Status Context::PrepareWorkspace(const Plan& p, Workspace* ws) {
 Status Context::Forward(const trams_cuda_segment* segs, int n_segments) {
   std::lock_guard<std::mutex> lock(mu_);
   TRAMS_CUDA_RETURN_IF_ERROR(ops_->Activate());
-  if (segs == nullptr || n_segments <= 0) return InvalidArgument(kEmptyBatchMessage);
+  if (segs == nullptr || n_segments <= 0) return InvalidArgument(engine::kEmptyBatchMessage);
 
   // 1. Check everything before anything changes: CheckBatch's rules and messages (engine/settings_rules.h),
   // plus the ABI's own (the stream is this context's).
   std::unordered_set<const Stream*> seen;
   for (int b = 0; b < n_segments; ++b) {
     const trams_cuda_segment& in = segs[b];
-    std::string error = EntryStreamError(b, in.stream != nullptr, false);
+    std::string error = engine::EntryStreamError(b, in.stream != nullptr, false);
     if (!error.empty()) return InvalidArgument(error);
     const Stream* s = reinterpret_cast<const Stream*>(in.stream);
     if (s->owner_ != this) return InvalidArgument("batch entry " + std::to_string(b) + " belongs to another context");
-    error = EntryStreamError(b, true, !seen.insert(s).second);
-    if (error.empty()) error = EntryTokensError(b, in.tokens, in.n_tokens, c_.vocab);
+    error = engine::EntryStreamError(b, true, !seen.insert(s).second);
+    if (error.empty()) error = engine::EntryTokensError(b, in.tokens, in.n_tokens, c_.vocab);
     if (!error.empty()) return InvalidArgument(error);
   }
 
   // 2. Plan on the host: rows, attended memory, selecting layers, pool appends, scored tokens
   // (engine/forward_plan.h, as TransformerXL::Forward), then what only the device needs.
   const int d = c_.d_model, H = c_.n_head, L = c_.n_layer;
-  std::vector<PlanStream> plan_in(n_segments);
+  std::vector<engine::PlanStream> plan_in(n_segments);
   for (int b = 0; b < n_segments; ++b) {
     const Stream& s = *reinterpret_cast<const Stream*>(segs[b].stream);
     const StreamSettings& st = s.settings();
-    PlanStream& ps = plan_in[b];
+    engine::PlanStream& ps = plan_in[b];
     ps.start = s.start_;
     ps.size = s.size_;
     ps.capacity = st.mem_len;
@@ -116,7 +116,7 @@ Status Context::Forward(const trams_cuda_segment* segs, int n_segments) {
     ps.n = segs[b].n_tokens;
     ps.commit = segs[b].provisional == 0;
   }
-  const ForwardPlan fp = PlanForward(plan_in, L);
+  const engine::ForwardPlan fp = engine::PlanForward(plan_in, L);
   if (fp.rows > INT32_MAX / 4) return InvalidArgument("batch too large");
   Plan p;
   p.batch = n_segments;
@@ -155,7 +155,7 @@ Status Context::Forward(const trams_cuda_segment* segs, int n_segments) {
       m.pool_dtype = pool_dtype_;
     }
   }
-  for (const PlanAppend& a : fp.append) {
+  for (const engine::PlanAppend& a : fp.append) {
     AppendItem it;
     it.stream = a.stream;
     it.src_row = static_cast<int32_t>(a.src_row);
@@ -178,7 +178,7 @@ Status Context::Forward(const trams_cuda_segment* segs, int n_segments) {
     if (!emb_proj_[t].empty()) p.max_emb_dim = std::max(p.max_emb_dim, static_cast<int>(emb_table_[t].cols));
   }
   // Scoring rows (every token but a stream's first, from the plan).
-  for (const PlanScore& sc : fp.scored) {
+  for (const engine::PlanScore& sc : fp.scored) {
     p.targets.push_back(segs[sc.stream].tokens[sc.token]);
     p.where.emplace_back(sc.stream, sc.token);
     p.pred_stream.push_back(sc.pred_row < 0 ? sc.stream : -1);

@@ -1,5 +1,5 @@
 // Stream state on the device beyond the forward: the reference code's zero-filled pool
-// (TransformerXL::FillPoolWithZeroStates) and transactions, StreamState's undo log (engine/memory_pool.cc)
+// (TransformerXL::FillPoolWithZeroStates) and transactions, StreamState's undo log (engine/stream_state.cc)
 // with the saved rows in host memory, copied in at most two contiguous ring runs per layer and array (which
 // rows, in what order: engine/undo_plan.h, shared with the host).
 #include <algorithm>
@@ -42,11 +42,11 @@ Status Context::BeginTransaction(Stream* stream) {
 Status Context::SaveRowsBeforeAppend(Stream& s, int n) {
   const int m = s.capacity();
   if (!s.in_transaction_ || m == 0) return Status::Ok();
-  std::vector<UndoRun> runs;
-  const int saved_rows = UndoRowsToSave(m, s.saved_start_, s.saved_size_, s.appended_, s.saved_rows_, n, &runs);
+  std::vector<engine::UndoRun> runs;
+  const int saved_rows = engine::UndoRowsToSave(m, s.saved_start_, s.saved_size_, s.appended_, s.saved_rows_, n, &runs);
   if (!runs.empty()) {
     int total = 0;
-    for (const UndoRun& run : runs) total += run.count;
+    for (const engine::UndoRun& run : runs) total += run.count;
     const int h = c_.n_head;
     const size_t row_bytes = static_cast<size_t>(c_.width()) * DTypeBytes(pool_dtype_);  // stored bytes
     const int log0 = runs.front().log_row;  // rows already in the log
@@ -62,7 +62,7 @@ Status Context::SaveRowsBeforeAppend(Stream& s, int n) {
       uk.resize(old_k[l] + static_cast<size_t>(total) * row_bytes);
       uv.resize(old_v[l] + static_cast<size_t>(total) * row_bytes);
       if (s.scores_[l] != nullptr) us.resize(old_s[l] + static_cast<size_t>(total) * h);
-      for (const UndoRun& run : runs) {
+      for (const engine::UndoRun& run : runs) {
         const size_t j = static_cast<size_t>(run.log_row - log0);
         const size_t bytes = static_cast<size_t>(run.count) * row_bytes;
         const size_t at = static_cast<size_t>(run.ring_row) * row_bytes;
@@ -100,13 +100,13 @@ Status Context::RollbackTransaction(Stream* stream) {
   if (!s.in_transaction_) return Status::Ok();
   const int m = s.capacity();
   if (m > 0) {
-    std::vector<UndoRun> runs;
-    UndoRowsToRestore(m, s.saved_start_, s.saved_size_, s.saved_rows_, &runs);
+    std::vector<engine::UndoRun> runs;
+    engine::UndoRowsToRestore(m, s.saved_start_, s.saved_size_, s.saved_rows_, &runs);
     const int h = c_.n_head;
     const size_t row_bytes = static_cast<size_t>(c_.width()) * DTypeBytes(pool_dtype_);  // stored bytes
     for (int l = 0; l < c_.n_layer; ++l) {
       Status st;
-      for (const UndoRun& run : runs) {
+      for (const engine::UndoRun& run : runs) {
         const size_t j = static_cast<size_t>(run.log_row);
         const size_t bytes = static_cast<size_t>(run.count) * row_bytes;
         const size_t at = static_cast<size_t>(run.ring_row) * row_bytes;

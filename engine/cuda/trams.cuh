@@ -1,6 +1,6 @@
 // Per-element math of TRAMS (trams.cu): the score of a token entering the pool and the top-k rule.
 // Host twin: TramsScorer and SelectTopK in engine/trams_selector.cc, the ring of StreamState in
-// engine/memory_pool.cc. The kernel finds the k-th best by counting, for each candidate, the better ones
+// engine/stream_state.cc. The kernel finds the k-th best by counting, for each candidate, the better ones
 // (O(C^2) per head, with C <= M a few hundred), then applies SelectTopK's near-tie band in pool order.
 // NaN scores rank as -inf and +inf highest, so exactly topk candidates are kept whatever the scores
 // (tests/trams_selection_nan_test.cc checks host and emulation agree).

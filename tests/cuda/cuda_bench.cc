@@ -50,7 +50,7 @@ struct Run {
 
 class Workload {
  public:
-  Workload(CudaEngine& engine, const TramsSettings& settings, int batch, int tgt_len, Zipf& zipf)
+  Workload(CudaEngine& engine, const engine::TramsSettings& settings, int batch, int tgt_len, Zipf& zipf)
       : engine_(engine), zipf_(zipf), ids_(batch, std::vector<int32_t>(tgt_len)) {
     for (int b = 0; b < batch; ++b) {
       auto s = engine.NewStream(settings);
@@ -63,7 +63,7 @@ class Workload {
   }
   int warmup() const { return (streams_[0]->settings().mem_len + 63) / 64 + 1; }
   void Step(std::mt19937& rng, bool timed) {
-    std::vector<SegmentInput> in;
+    std::vector<engine::SegmentInput> in;
     for (size_t b = 0; b < streams_.size(); ++b) {
       for (auto& t : ids_[b]) t = zipf_.Sample(rng);
       in.push_back({streams_[b].get(), ids_[b], {}});
@@ -86,9 +86,9 @@ class Workload {
  private:
   CudaEngine& engine_;
   Zipf& zipf_;
-  std::vector<std::unique_ptr<EngineStream>> streams_;
+  std::vector<std::unique_ptr<engine::EngineStream>> streams_;
   std::vector<std::vector<int32_t>> ids_;
-  std::vector<SegmentOutput> out_;
+  std::vector<engine::SegmentOutput> out_;
   Run run_;
 };
 
@@ -104,9 +104,9 @@ std::vector<int> ParseList(const std::string& list) {
   return out;
 }
 
-double DecodeMsPerStep(CudaEngine& engine, const TramsSettings& settings, int sessions, int steps, Zipf& zipf,
+double DecodeMsPerStep(CudaEngine& engine, const engine::TramsSettings& settings, int sessions, int steps, Zipf& zipf,
                        std::mt19937& rng, bool* fitted) {
-  std::vector<std::unique_ptr<EngineStream>> streams;
+  std::vector<std::unique_ptr<engine::EngineStream>> streams;
   for (int b = 0; b < sessions; ++b) {
     auto s = engine.NewStream(settings);
     if (!s.ok()) {
@@ -122,8 +122,8 @@ double DecodeMsPerStep(CudaEngine& engine, const TramsSettings& settings, int se
   for (auto& p : prompt) {
     for (auto& t : p) t = zipf.Sample(rng);
   }
-  std::vector<SegmentInput> in;
-  std::vector<SegmentOutput> out;
+  std::vector<engine::SegmentInput> in;
+  std::vector<engine::SegmentOutput> out;
   const int64_t len = static_cast<int64_t>(prompt[0].size());
   for (int g = 0; g < sessions; g += 16) {
     for (int64_t pos = 0; pos < len; pos += 64) {
@@ -135,7 +135,7 @@ double DecodeMsPerStep(CudaEngine& engine, const TramsSettings& settings, int se
     }
   }
   std::vector<int32_t> next(sessions);
-  OutputOptions o;
+  engine::OutputOptions o;
   o.next_distribution = true;
   double seconds = 0;
   for (int step = 0; step <= steps; ++step) {
@@ -193,11 +193,11 @@ int Main(int argc, char** argv) {
 
   struct Shape {
     const char* name;
-    ModelConfig config;
+    engine::ModelConfig config;
   };
   std::vector<Shape> shapes;
   if (emulated) {
-    ModelConfig tiny = Enwik8Config();
+    engine::ModelConfig tiny = engine::Enwik8Config();
     tiny.n_layer = 2;
     tiny.d_model = tiny.d_embed = 32;
     tiny.n_head = 2;
@@ -205,15 +205,15 @@ int Main(int argc, char** argv) {
     tiny.d_inner = 64;
     shapes.push_back({"tiny", tiny});
   } else {
-    if (!only_enwik8) shapes.push_back({"wikitext103", WikiText103Config()});
-    shapes.push_back({"enwik8", Enwik8Config()});
+    if (!only_enwik8) shapes.push_back({"wikitext103", engine::WikiText103Config()});
+    shapes.push_back({"enwik8", engine::Enwik8Config()});
   }
-  const TramsSettings xl = emulated ? TramsSettings::Xl(12) : TramsSettings::Xl(200);
-  const TramsSettings tr = emulated ? TramsSettings::Trams(24, 4, 8) : TramsSettings::Trams(400, 50, 150);
+  const engine::TramsSettings xl = emulated ? engine::TramsSettings::Xl(12) : engine::TramsSettings::Xl(200);
+  const engine::TramsSettings tr = emulated ? engine::TramsSettings::Trams(24, 4, 8) : engine::TramsSettings::Trams(400, 50, 150);
   const int tgt_len = 64, max_batch = *std::max_element(batches.begin(), batches.end());
   std::mt19937 rng(1234);
   for (const Shape& shape : shapes) {
-    const ModelWeights weights = RandomModelWeights(shape.config, 7);
+    const engine::ModelWeights weights = engine::RandomModelWeights(shape.config, 7);
     // Size the arena for the largest batch of both settings, from a probe context.
     int64_t xl_bytes = 0, tr_bytes = 0;
     {

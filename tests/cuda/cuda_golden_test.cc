@@ -24,7 +24,7 @@ namespace trams::cuda {
 namespace {
 
 // The module's own view of a stream's cursor (a CudaStream's).
-absl::StatusOr<trams_cuda_stream_info> StreamInfo(const EngineStream& stream) {
+absl::StatusOr<trams_cuda_stream_info> StreamInfo(const engine::EngineStream& stream) {
   return dynamic_cast<const CudaStream&>(stream).Info();
 }
 
@@ -40,7 +40,7 @@ using golden::ReadJson;
 using golden::SettingsOf;
 
 // The engine of `backend` on `weights`, or a skip reason.
-std::unique_ptr<CudaEngine> MakeEngine(const std::string& backend, const ModelWeights& weights, std::string* skip,
+std::unique_ptr<CudaEngine> MakeEngine(const std::string& backend, const engine::ModelWeights& weights, std::string* skip,
                                        CudaEngineOptions options = {}) {
   const trams_cuda_api* api = testing::ApiFor(backend, skip);
   if (api == nullptr) return nullptr;
@@ -55,20 +55,20 @@ class CudaGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, s
 TEST_P(CudaGoldenTest, MatchesReference) {
   const auto& [backend, name] = GetParam();
   const json c = ReadJson(GoldenDir() + "/cases/" + name + ".json");
-  auto weights = LoadModelDirectory(GoldenDir() + "/models/" + c["model"].get<std::string>());
+  auto weights = engine::LoadModelDirectory(GoldenDir() + "/models/" + c["model"].get<std::string>());
   ASSERT_TRUE(weights.ok()) << weights.status();
   std::string skip;
   auto engine = MakeEngine(backend, *weights, &skip);
   if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
   ASSERT_NE(engine, nullptr);
 
-  const TramsSettings settings = SettingsOf(c);
+  const engine::TramsSettings settings = SettingsOf(c);
   const bool compat = c.value("reference_compat", false);
   const auto inputs = c["inputs"].get<std::vector<std::vector<int32_t>>>();
   const int n = c["tgt_len"];
   const int streams = static_cast<int>(inputs.size());
   const int64_t length = static_cast<int64_t>(inputs[0].size());
-  std::vector<std::unique_ptr<EngineStream>> state;
+  std::vector<std::unique_ptr<engine::EngineStream>> state;
   for (int b = 0; b < streams; ++b) {
     auto s = engine->NewStream(settings);
     ASSERT_TRUE(s.ok()) << s.status();
@@ -77,7 +77,7 @@ TEST_P(CudaGoldenTest, MatchesReference) {
     }
     state.push_back(std::move(*s));
   }
-  OutputOptions options;
+  engine::OutputOptions options;
   options.alternatives = 5;
   options.entropy = true;
   options.selections = true;
@@ -86,11 +86,11 @@ TEST_P(CudaGoldenTest, MatchesReference) {
   int segment = 0;
   for (int64_t pos = 0; pos < length; pos += n, ++segment) {
     const int64_t len = std::min<int64_t>(n, length - pos);
-    std::vector<SegmentInput> batch;
+    std::vector<engine::SegmentInput> batch;
     for (int b = 0; b < streams; ++b) {
       batch.push_back({state[b].get(), absl::MakeConstSpan(inputs[b]).subspan(pos, len), options});
     }
-    std::vector<SegmentOutput> out;
+    std::vector<engine::SegmentOutput> out;
     const absl::Status st = engine->Forward(batch, &out);
     ASSERT_TRUE(st.ok()) << st;
     for (int b = 0; b < streams; ++b) {
@@ -143,9 +143,9 @@ class CudaVsHostTest : public ::testing::TestWithParam<std::string> {};
 
 // The golden model `model` and an engine for it on `backend`. `engine` stays null when the test is over:
 // skipped (the backend has no device) or failed; the caller returns then.
-void OpenGolden(const std::string& backend, const std::string& model, absl::StatusOr<ModelWeights>* weights,
+void OpenGolden(const std::string& backend, const std::string& model, absl::StatusOr<engine::ModelWeights>* weights,
                 std::unique_ptr<CudaEngine>* engine) {
-  *weights = LoadModelDirectory(GoldenDir() + "/models/" + model);
+  *weights = engine::LoadModelDirectory(GoldenDir() + "/models/" + model);
   ASSERT_TRUE(weights->ok()) << weights->status();
   std::string skip;
   *engine = MakeEngine(backend, **weights, &skip);
@@ -176,25 +176,25 @@ void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, 
 TEST_P(CudaVsHostTest, RaggedMixedBatchesMatchTheHostEngine) {
   for (const std::string model : {"plain_postln", "adaptive_preln", "adaptive_samelen"}) {
     SCOPED_TRACE(model);
-    auto weights = LoadModelDirectory(GoldenDir() + "/models/" + model);
+    auto weights = engine::LoadModelDirectory(GoldenDir() + "/models/" + model);
     ASSERT_TRUE(weights.ok()) << weights.status();
     std::string skip;
     auto engine = MakeEngine(GetParam(), *weights, &skip);
     if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
     ASSERT_NE(engine, nullptr);
-    auto host = TransformerXL::FromWeights(*weights, EngineOptions{1});
+    auto host = engine::TransformerXL::FromWeights(*weights, engine::EngineOptions{1});
     const int n_layer = weights->config.n_layer;
 
-    TramsSettings partial = TramsSettings::Trams(20, 4, 6);
+    engine::TramsSettings partial = engine::TramsSettings::Trams(20, 4, 6);
     partial.layers = {n_layer - 1};
-    TramsSettings paper = TramsSettings::Trams(16, 5, 3);
-    paper.metric = SelectionMetric::kPaper;
-    const std::vector<TramsSettings> settings = {TramsSettings::Trams(24, 4, 8), TramsSettings::Xl(12),
-                                                 TramsSettings::NoMemory(), partial, paper,
-                                                 TramsSettings::Trams(6, 2, 2)};
-    std::vector<std::unique_ptr<EngineStream>> dev;
-    std::vector<std::unique_ptr<EngineStream>> ref;
-    for (const TramsSettings& s : settings) {
+    engine::TramsSettings paper = engine::TramsSettings::Trams(16, 5, 3);
+    paper.metric = engine::SelectionMetric::kPaper;
+    const std::vector<engine::TramsSettings> settings = {engine::TramsSettings::Trams(24, 4, 8), engine::TramsSettings::Xl(12),
+                                                 engine::TramsSettings::NoMemory(), partial, paper,
+                                                 engine::TramsSettings::Trams(6, 2, 2)};
+    std::vector<std::unique_ptr<engine::EngineStream>> dev;
+    std::vector<std::unique_ptr<engine::EngineStream>> ref;
+    for (const engine::TramsSettings& s : settings) {
       auto d = engine->NewStream(s);
       ASSERT_TRUE(d.ok()) << d.status();
       dev.push_back(std::move(*d));
@@ -206,19 +206,19 @@ TEST_P(CudaVsHostTest, RaggedMixedBatchesMatchTheHostEngine) {
     for (size_t seg = 0; seg < lengths.size(); ++seg) {
       std::vector<std::vector<int32_t>> ids;
       for (size_t b = 0; b < settings.size(); ++b) ids.push_back(RandomTokens(rng, lengths[seg][b], weights->config.vocab_size));
-      OutputOptions o;
+      engine::OutputOptions o;
       o.selections = true;
       o.next_distribution = seg % 2 == 1;
       o.entropy = seg == 3;
-      std::vector<SegmentInput> dbatch;
-      std::vector<SegmentInput> hbatch;
+      std::vector<engine::SegmentInput> dbatch;
+      std::vector<engine::SegmentInput> hbatch;
       for (size_t b = 0; b < settings.size(); ++b) {
         // Skip a stream now and then: batches need not hold every stream.
         if ((seg + b) % 5 == 4) continue;
         dbatch.push_back({dev[b].get(), ids[b], o});
         hbatch.push_back({ref[b].get(), ids[b], o});
       }
-      std::vector<SegmentOutput> dout, hout;
+      std::vector<engine::SegmentOutput> dout, hout;
       ASSERT_TRUE(host->Forward(hbatch, &hout).ok());
       const absl::Status st = engine->Forward(dbatch, &dout);
       ASSERT_TRUE(st.ok()) << st;
@@ -251,12 +251,12 @@ TEST_P(CudaVsHostTest, RaggedMixedBatchesMatchTheHostEngine) {
 }
 
 TEST_P(CudaVsHostTest, ReferenceCompatZeroPoolMatchesTheHostEngine) {
-  absl::StatusOr<ModelWeights> weights;
+  absl::StatusOr<engine::ModelWeights> weights;
   std::unique_ptr<CudaEngine> engine;
   OpenGolden(GetParam(), "adaptive_preln", &weights, &engine);
   if (engine == nullptr) return;  // skipped (no GPU) or failed
-  auto host = TransformerXL::FromWeights(*weights, EngineOptions{1});
-  const TramsSettings s = TramsSettings::Trams(10, 3, 4);
+  auto host = engine::TransformerXL::FromWeights(*weights, engine::EngineOptions{1});
+  const engine::TramsSettings s = engine::TramsSettings::Trams(10, 3, 4);
   auto dev = *engine->NewStream(s);
   auto ref = *host->NewStream(s);
   ASSERT_TRUE(engine->FillPoolWithZeroStates(dev.get()).ok());
@@ -264,70 +264,70 @@ TEST_P(CudaVsHostTest, ReferenceCompatZeroPoolMatchesTheHostEngine) {
   std::mt19937 rng(3);
   for (int seg = 0; seg < 4; ++seg) {
     const auto ids = RandomTokens(rng, 5, weights->config.vocab_size);
-    OutputOptions o;
+    engine::OutputOptions o;
     o.selections = true;
-    std::vector<SegmentOutput> dout, hout;
-    ASSERT_TRUE(host->Forward({SegmentInput{ref.get(), ids, o}}, &hout).ok());
-    ASSERT_TRUE(engine->Forward({SegmentInput{dev.get(), ids, o}}, &dout).ok());
+    std::vector<engine::SegmentOutput> dout, hout;
+    ASSERT_TRUE(host->Forward({engine::SegmentInput{ref.get(), ids, o}}, &hout).ok());
+    ASSERT_TRUE(engine->Forward({engine::SegmentInput{dev.get(), ids, o}}, &dout).ok());
     ExpectClose(dout[0].logprob, hout[0].logprob, kLogProbTolerance, "logprob");
     EXPECT_EQ(dout[0].selections, hout[0].selections);
   }
 }
 
 TEST_P(CudaVsHostTest, BadInputChangesNothing) {
-  absl::StatusOr<ModelWeights> weights;
+  absl::StatusOr<engine::ModelWeights> weights;
   std::unique_ptr<CudaEngine> engine;
   OpenGolden(GetParam(), "plain_postln", &weights, &engine);
   if (engine == nullptr) return;  // skipped (no GPU) or failed
-  auto a = *engine->NewStream(TramsSettings::Trams(24, 4, 8));
-  auto b = *engine->NewStream(TramsSettings::Xl(8));
+  auto a = *engine->NewStream(engine::TramsSettings::Trams(24, 4, 8));
+  auto b = *engine->NewStream(engine::TramsSettings::Xl(8));
   const std::vector<int32_t> good = {1, 2, 3}, bad = {4, 97, 5}, empty;
-  std::vector<SegmentOutput> out;
-  absl::Status st = engine->Forward({SegmentInput{a.get(), good, {}}, SegmentInput{b.get(), bad, {}}}, &out);
+  std::vector<engine::SegmentOutput> out;
+  absl::Status st = engine->Forward({engine::SegmentInput{a.get(), good, {}}, engine::SegmentInput{b.get(), bad, {}}}, &out);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
   EXPECT_NE(std::string(st.message()).find("outside the vocabulary"), std::string::npos) << st;
-  st = engine->Forward({SegmentInput{a.get(), good, {}}, SegmentInput{a.get(), good, {}}}, &out);
+  st = engine->Forward({engine::SegmentInput{a.get(), good, {}}, engine::SegmentInput{a.get(), good, {}}}, &out);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
-  st = engine->Forward({SegmentInput{a.get(), empty, {}}}, &out);
+  st = engine->Forward({engine::SegmentInput{a.get(), empty, {}}}, &out);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
   EXPECT_EQ(StreamInfo(*a)->position, 0);
   EXPECT_EQ(StreamInfo(*b)->position, 0);
   std::vector<float> next;
   EXPECT_EQ(engine->NextTokenLogProbs(*a, &next).code(), absl::StatusCode::kFailedPrecondition);
-  auto bad_settings = engine->NewStream(TramsSettings::Trams(8, 6, 6));
+  auto bad_settings = engine->NewStream(engine::TramsSettings::Trams(8, 6, 6));
   EXPECT_EQ(bad_settings.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 // A provisional segment (SegmentInput::commit false) scores as the host's does and leaves the stream exactly
 // as it was: the next committed segment matches the host's, which never saw the provisional one.
 TEST_P(CudaVsHostTest, ProvisionalSegmentsLeaveTheStreamAsItWas) {
-  absl::StatusOr<ModelWeights> weights;
+  absl::StatusOr<engine::ModelWeights> weights;
   std::unique_ptr<CudaEngine> engine;
   OpenGolden(GetParam(), "plain_postln", &weights, &engine);
   if (engine == nullptr) return;  // skipped (no GPU) or failed
-  auto host = TransformerXL::FromWeights(*weights);
-  const TramsSettings s = TramsSettings::Trams(10, 2, 3);
+  auto host = engine::TransformerXL::FromWeights(*weights);
+  const engine::TramsSettings s = engine::TramsSettings::Trams(10, 2, 3);
   auto dev = std::move(*engine->NewStream(s));
   auto ref = std::move(*host->NewStream(s));
   std::mt19937 rng(5);
-  OutputOptions o;
+  engine::OutputOptions o;
   o.selections = true;
   o.next_distribution = true;
   for (int seg = 0; seg < 5; ++seg) {
     const auto ids = RandomTokens(rng, 4, weights->config.vocab_size);
     const auto tail = RandomTokens(rng, 3, weights->config.vocab_size);
-    std::vector<SegmentOutput> dout, hout;
+    std::vector<engine::SegmentOutput> dout, hout;
     // The provisional tail first, then the committed segment (the server's order across calls).
-    ASSERT_TRUE(host->Forward({SegmentInput{ref.get(), tail, o, false}}, &hout).ok());
-    ASSERT_TRUE(engine->Forward({SegmentInput{dev.get(), tail, o, false}}, &dout).ok());
+    ASSERT_TRUE(host->Forward({engine::SegmentInput{ref.get(), tail, o, false}}, &hout).ok());
+    ASSERT_TRUE(engine->Forward({engine::SegmentInput{dev.get(), tail, o, false}}, &dout).ok());
     ExpectClose(dout[0].logprob, hout[0].logprob, kLogProbTolerance, "provisional logprob");
     ExpectClose(dout[0].next_logprobs, hout[0].next_logprobs, kLogProbTolerance, "provisional next");
     EXPECT_EQ(dout[0].selections, hout[0].selections);
     EXPECT_EQ(dev->position(), ref->position());
     EXPECT_EQ(StreamInfo(*dev)->position, ref->position());
     EXPECT_EQ(StreamInfo(*dev)->size, ref->size());
-    ASSERT_TRUE(host->Forward({SegmentInput{ref.get(), ids, o}}, &hout).ok());
-    ASSERT_TRUE(engine->Forward({SegmentInput{dev.get(), ids, o}}, &dout).ok());
+    ASSERT_TRUE(host->Forward({engine::SegmentInput{ref.get(), ids, o}}, &hout).ok());
+    ASSERT_TRUE(engine->Forward({engine::SegmentInput{dev.get(), ids, o}}, &dout).ok());
     ExpectClose(dout[0].logprob, hout[0].logprob, kLogProbTolerance, "logprob");
     EXPECT_EQ(dout[0].selections, hout[0].selections);
     EXPECT_EQ(dev->size(), ref->size());
@@ -338,21 +338,21 @@ TEST_P(CudaVsHostTest, ProvisionalSegmentsLeaveTheStreamAsItWas) {
 // The attention kernels' grid has one row per (head, segment): a batch past CUDA's launch limit is refused
 // up front, before any stream changes.
 TEST_P(CudaVsHostTest, BatchesPastTheLaunchLimitAreRefusedUpFront) {
-  absl::StatusOr<ModelWeights> weights;
+  absl::StatusOr<engine::ModelWeights> weights;
   std::unique_ptr<CudaEngine> engine;
   OpenGolden(GetParam(), "plain_postln", &weights, &engine);
   if (engine == nullptr) return;  // skipped (no GPU) or failed
   const int n = 65535 / weights->config.n_head + 1;
-  std::vector<std::unique_ptr<EngineStream>> streams;
-  std::vector<SegmentInput> batch;
+  std::vector<std::unique_ptr<engine::EngineStream>> streams;
+  std::vector<engine::SegmentInput> batch;
   const std::vector<int32_t> ids = {1, 2};
   for (int i = 0; i < n; ++i) {
-    auto st = engine->NewStream(TramsSettings::NoMemory());
+    auto st = engine->NewStream(engine::TramsSettings::NoMemory());
     ASSERT_TRUE(st.ok()) << st.status();
     streams.push_back(std::move(*st));
     batch.push_back({streams.back().get(), ids, {}});
   }
-  std::vector<SegmentOutput> out;
+  std::vector<engine::SegmentOutput> out;
   const absl::Status st = engine->Forward(batch, &out);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
   EXPECT_NE(std::string(st.message()).find("launch limit"), std::string::npos) << st;
@@ -361,20 +361,20 @@ TEST_P(CudaVsHostTest, BatchesPastTheLaunchLimitAreRefusedUpFront) {
 }
 
 TEST_P(CudaVsHostTest, FullArenaIsResourceExhaustedNotACrash) {
-  absl::StatusOr<ModelWeights> weights;
+  absl::StatusOr<engine::ModelWeights> weights;
   std::unique_ptr<CudaEngine> probe;
   OpenGolden(GetParam(), "plain_postln", &weights, &probe);
   if (probe == nullptr) return;  // skipped (no GPU) or failed
-  const TramsSettings s = TramsSettings::Trams(400, 50, 150);
+  const engine::TramsSettings s = engine::TramsSettings::Trams(400, 50, 150);
   const int64_t bytes = *probe->StreamBytes(s);
-  EXPECT_GE(bytes, StreamState::BytesFor(weights->config, s));
+  EXPECT_GE(bytes, engine::StreamState::BytesFor(weights->config, s));
   probe.reset();
   CudaEngineOptions options;
   options.arena_bytes = 3 * bytes + bytes / 2;
   std::string skip;
   auto engine = MakeEngine(GetParam(), *weights, &skip, options);
   ASSERT_NE(engine, nullptr);
-  std::vector<std::unique_ptr<EngineStream>> streams;
+  std::vector<std::unique_ptr<engine::EngineStream>> streams;
   for (int i = 0; i < 3; ++i) {
     auto st = engine->NewStream(s);
     ASSERT_TRUE(st.ok()) << st.status();
@@ -392,9 +392,9 @@ TEST_P(CudaVsHostTest, FullArenaIsResourceExhaustedNotACrash) {
 }
 
 TEST_P(CudaVsHostTest, HalfPrecisionWeightsStayClose) {
-  auto weights = LoadModelDirectory(GoldenDir() + "/models/adaptive_samelen");
+  auto weights = engine::LoadModelDirectory(GoldenDir() + "/models/adaptive_samelen");
   ASSERT_TRUE(weights.ok());
-  auto host = TransformerXL::FromWeights(*weights, EngineOptions{1});
+  auto host = engine::TransformerXL::FromWeights(*weights, engine::EngineOptions{1});
   for (trams_cuda_dtype dtype : {TRAMS_CUDA_F16, TRAMS_CUDA_BF16}) {
     CudaEngineOptions options;
     options.weight_dtype = dtype;
@@ -402,16 +402,16 @@ TEST_P(CudaVsHostTest, HalfPrecisionWeightsStayClose) {
     auto engine = MakeEngine(GetParam(), *weights, &skip, options);
     if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
     ASSERT_NE(engine, nullptr);
-    const TramsSettings s = TramsSettings::Trams(12, 3, 5);
+    const engine::TramsSettings s = engine::TramsSettings::Trams(12, 3, 5);
     auto dev = *engine->NewStream(s);
     auto ref = *host->NewStream(s);
     std::mt19937 rng(5);
     double worst = 0;
     for (int seg = 0; seg < 3; ++seg) {
       const auto ids = RandomTokens(rng, 8, weights->config.vocab_size);
-      std::vector<SegmentOutput> dout, hout;
-      ASSERT_TRUE(host->Forward({SegmentInput{ref.get(), ids, {}}}, &hout).ok());
-      ASSERT_TRUE(engine->Forward({SegmentInput{dev.get(), ids, {}}}, &dout).ok());
+      std::vector<engine::SegmentOutput> dout, hout;
+      ASSERT_TRUE(host->Forward({engine::SegmentInput{ref.get(), ids, {}}}, &hout).ok());
+      ASSERT_TRUE(engine->Forward({engine::SegmentInput{dev.get(), ids, {}}}, &dout).ok());
       for (size_t i = 0; i < ids.size(); ++i) {
         if (std::isnan(hout[0].logprob[i])) continue;
         const double rel = std::fabs(dout[0].logprob[i] - hout[0].logprob[i]) / std::max(1.0f, std::fabs(hout[0].logprob[i]));
@@ -424,7 +424,7 @@ TEST_P(CudaVsHostTest, HalfPrecisionWeightsStayClose) {
 
 TEST_P(CudaVsHostTest, RandomWeightsWithLargerShapes) {
   // A wider model than the golden ones (d_head 64, cutoffs with projections, two selecting layers).
-  ModelConfig c;
+  engine::ModelConfig c;
   c.n_layer = 2;
   c.d_model = 64;
   c.d_embed = 64;
@@ -438,15 +438,15 @@ TEST_P(CudaVsHostTest, RandomWeightsWithLargerShapes) {
   c.same_length = true;
   c.clamp_len = 20;
   ASSERT_TRUE(c.Validate().ok());
-  const ModelWeights weights = RandomModelWeights(c, 11);
+  const engine::ModelWeights weights = engine::RandomModelWeights(c, 11);
   std::string skip;
   auto engine = MakeEngine(GetParam(), weights, &skip);
   if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
   ASSERT_NE(engine, nullptr);
-  auto host = TransformerXL::FromWeights(weights, EngineOptions{1});
-  const TramsSettings s = TramsSettings::Trams(40, 10, 12);
-  std::vector<std::unique_ptr<EngineStream>> dev;
-  std::vector<std::unique_ptr<EngineStream>> ref;
+  auto host = engine::TransformerXL::FromWeights(weights, engine::EngineOptions{1});
+  const engine::TramsSettings s = engine::TramsSettings::Trams(40, 10, 12);
+  std::vector<std::unique_ptr<engine::EngineStream>> dev;
+  std::vector<std::unique_ptr<engine::EngineStream>> ref;
   for (int b = 0; b < 3; ++b) {
     dev.push_back(*engine->NewStream(s));
     ref.push_back(*host->NewStream(s));
@@ -454,9 +454,9 @@ TEST_P(CudaVsHostTest, RandomWeightsWithLargerShapes) {
   std::mt19937 rng(23);
   for (int seg = 0; seg < 5; ++seg) {
     std::vector<std::vector<int32_t>> ids;
-    std::vector<SegmentInput> dbatch;
-    std::vector<SegmentInput> hbatch;
-    OutputOptions o;
+    std::vector<engine::SegmentInput> dbatch;
+    std::vector<engine::SegmentInput> hbatch;
+    engine::OutputOptions o;
     o.selections = true;
     o.alternatives = 3;
     for (int b = 0; b < 3; ++b) ids.push_back(RandomTokens(rng, 12 + 3 * b, c.vocab_size));
@@ -464,7 +464,7 @@ TEST_P(CudaVsHostTest, RandomWeightsWithLargerShapes) {
       dbatch.push_back({dev[b].get(), ids[b], o});
       hbatch.push_back({ref[b].get(), ids[b], o});
     }
-    std::vector<SegmentOutput> dout, hout;
+    std::vector<engine::SegmentOutput> dout, hout;
     ASSERT_TRUE(host->Forward(hbatch, &hout).ok());
     ASSERT_TRUE(engine->Forward(dbatch, &dout).ok());
     for (int b = 0; b < 3; ++b) {
@@ -484,22 +484,22 @@ TEST_P(CudaVsHostTest, RandomWeightsWithLargerShapes) {
 // A transaction over several segments rolls back to the exact state (pools, cursor, prediction state):
 // what follows matches the host engine that went through the same begin / forward / rollback.
 TEST_P(CudaVsHostTest, RollbackRestoresTheStreamExactly) {
-  absl::StatusOr<ModelWeights> weights;
+  absl::StatusOr<engine::ModelWeights> weights;
   std::unique_ptr<CudaEngine> engine;
   OpenGolden(GetParam(), "plain_postln", &weights, &engine);
   if (engine == nullptr) return;  // skipped (no GPU) or failed
-  auto host = TransformerXL::FromWeights(*weights, EngineOptions{1});
+  auto host = engine::TransformerXL::FromWeights(*weights, engine::EngineOptions{1});
   std::mt19937 rng(29);
-  for (const TramsSettings& s : {TramsSettings::Trams(10, 3, 4), TramsSettings::Xl(7), TramsSettings::NoMemory()}) {
+  for (const engine::TramsSettings& s : {engine::TramsSettings::Trams(10, 3, 4), engine::TramsSettings::Xl(7), engine::TramsSettings::NoMemory()}) {
     auto dev = *engine->NewStream(s);
     auto ref = *host->NewStream(s);
-    OutputOptions o;
+    engine::OutputOptions o;
     o.selections = true;
     auto run = [&](int n, bool compare) {
       const auto ids = RandomTokens(rng, n, weights->config.vocab_size);
-      std::vector<SegmentOutput> dout, hout;
-      ASSERT_TRUE(host->Forward({SegmentInput{ref.get(), ids, o}}, &hout).ok());
-      ASSERT_TRUE(engine->Forward({SegmentInput{dev.get(), ids, o}}, &dout).ok());
+      std::vector<engine::SegmentOutput> dout, hout;
+      ASSERT_TRUE(host->Forward({engine::SegmentInput{ref.get(), ids, o}}, &hout).ok());
+      ASSERT_TRUE(engine->Forward({engine::SegmentInput{dev.get(), ids, o}}, &dout).ok());
       if (!compare) return;
       ExpectClose(dout[0].logprob, hout[0].logprob, kLogProbTolerance, "logprob");
       EXPECT_EQ(dout[0].selections, hout[0].selections);
@@ -540,7 +540,7 @@ TEST_P(CudaVsHostTest, HalfPrecisionPoolsMatchTheHostEngine) {
   for (const trams_cuda_dtype dtype : {TRAMS_CUDA_F16, TRAMS_CUDA_BF16}) {
     for (const std::string model : {"plain_postln", "adaptive_samelen"}) {
       SCOPED_TRACE(std::string(model) + (dtype == TRAMS_CUDA_F16 ? " f16" : " bf16"));
-      auto weights = LoadModelDirectory(GoldenDir() + "/models/" + model);
+      auto weights = engine::LoadModelDirectory(GoldenDir() + "/models/" + model);
       ASSERT_TRUE(weights.ok()) << weights.status();
       std::string skip;
       CudaEngineOptions options;
@@ -550,19 +550,19 @@ TEST_P(CudaVsHostTest, HalfPrecisionPoolsMatchTheHostEngine) {
       ASSERT_NE(engine, nullptr);
       auto f32_engine = MakeEngine(GetParam(), *weights, &skip);
       ASSERT_NE(f32_engine, nullptr);
-      EngineOptions host_options{1};
-      host_options.pool_dtype = static_cast<PoolDType>(dtype);
-      auto host = TransformerXL::FromWeights(*weights, host_options);
-      const ModelConfig& c = weights->config;
-      TramsSettings partial = TramsSettings::Trams(20, 4, 6);
+      engine::EngineOptions host_options{1};
+      host_options.pool_dtype = static_cast<engine::PoolDType>(dtype);
+      auto host = engine::TransformerXL::FromWeights(*weights, host_options);
+      const engine::ModelConfig& c = weights->config;
+      engine::TramsSettings partial = engine::TramsSettings::Trams(20, 4, 6);
       partial.layers = {c.n_layer - 1};
-      const std::vector<TramsSettings> settings = {TramsSettings::Trams(24, 4, 8), TramsSettings::Xl(12), partial,
-                                                   TramsSettings::Trams(6, 2, 2), TramsSettings::Trams(10, 3, 4)};
-      std::vector<std::unique_ptr<EngineStream>> dev, ref, twin;
-      for (const TramsSettings& s : settings) {
+      const std::vector<engine::TramsSettings> settings = {engine::TramsSettings::Trams(24, 4, 8), engine::TramsSettings::Xl(12), partial,
+                                                   engine::TramsSettings::Trams(6, 2, 2), engine::TramsSettings::Trams(10, 3, 4)};
+      std::vector<std::unique_ptr<engine::EngineStream>> dev, ref, twin;
+      for (const engine::TramsSettings& s : settings) {
         // Device bytes: the f32 stream's minus half its key/value bytes (rounded up to the arena's alignment).
         const int64_t kv = int64_t{2} * c.n_layer * s.mem_len * c.attn_width() * 4;
-        EXPECT_EQ(*host->StreamBytes(s), StreamState::BytesFor(c, s) - kv / 2);
+        EXPECT_EQ(*host->StreamBytes(s), engine::StreamState::BytesFor(c, s) - kv / 2);
         EXPECT_GE(*engine->StreamBytes(s), *host->StreamBytes(s));
         EXPECT_LT(*engine->StreamBytes(s), *f32_engine->StreamBytes(s));
         dev.push_back(*engine->NewStream(s));
@@ -576,18 +576,18 @@ TEST_P(CudaVsHostTest, HalfPrecisionPoolsMatchTheHostEngine) {
       std::mt19937 rng(41);
       const std::vector<std::vector<int>> lengths = {{5, 9, 3, 7, 4}, {8, 1, 6, 2, 9}, {3, 12, 7, 5, 1},
                                                      {9, 4, 1, 8, 6}, {6, 6, 6, 6, 6}};
-      OutputOptions o;
+      engine::OutputOptions o;
       o.selections = true;
       auto step = [&](const std::vector<int>& lens, bool twins) {
         std::vector<std::vector<int32_t>> ids;
         for (int n : lens) ids.push_back(RandomTokens(rng, n, c.vocab_size));
-        std::vector<SegmentInput> dbatch, hbatch, tbatch;
+        std::vector<engine::SegmentInput> dbatch, hbatch, tbatch;
         for (size_t b = 0; b < settings.size(); ++b) {
           dbatch.push_back({dev[b].get(), ids[b], o});
           hbatch.push_back({ref[b].get(), ids[b], o});
           tbatch.push_back({twin[b].get(), ids[b], o});
         }
-        std::vector<SegmentOutput> dout, hout, tout;
+        std::vector<engine::SegmentOutput> dout, hout, tout;
         ASSERT_TRUE(host->Forward(hbatch, &hout).ok());
         ASSERT_TRUE(engine->Forward(dbatch, &dout).ok());
         if (twins) {

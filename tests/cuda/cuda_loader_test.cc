@@ -53,7 +53,7 @@ TEST(CudaLoader, BuiltModuleLoadsAndReportsDevices) {
   // No GPU here: cudaGetDeviceCount failed (no or old driver) or found none; both mean "host".
   EXPECT_EQ(probe.message.rfind("no CUDA device: running on the host (", 0), 0u) << probe.message;
   // Creating a context must fail with a code and a message, not crash.
-  auto weights = LoadModelDirectory(std::string(TRAMS_TEST_DATA_DIR) + "/golden/models/plain_postln");
+  auto weights = engine::LoadModelDirectory(std::string(TRAMS_TEST_DATA_DIR) + "/golden/models/plain_postln");
   ASSERT_TRUE(weights.ok());
   auto engine = CudaEngine::Create(&probe.module->api(), *weights);
   ASSERT_FALSE(engine.ok());
@@ -74,7 +74,7 @@ TEST(CudaLoader, EmulatedApiServesTheSameTable) {
 }
 
 TEST(CudaLoader, ShapeMismatchesAreNamed) {
-  auto weights = LoadModelDirectory(std::string(TRAMS_TEST_DATA_DIR) + "/golden/models/plain_postln");
+  auto weights = engine::LoadModelDirectory(std::string(TRAMS_TEST_DATA_DIR) + "/golden/models/plain_postln");
   ASSERT_TRUE(weights.ok());
   weights->layers[1].o_net.cols -= 1;
   auto engine = CudaEngine::Create(EmulatedApi(), *weights);

@@ -16,7 +16,7 @@
 #include "engine/cuda/rel_attention.cuh"
 #include "engine/cuda/trams.cuh"
 #include "engine/host_ops.h"
-#include "engine/memory_pool.h"
+#include "engine/stream_state.h"
 #include "engine/trams_selector.h"
 
 namespace trams::cuda {
@@ -107,7 +107,7 @@ TEST(ElementwiseMath, LayerNormMatchesHost) {
     for (bool with_res : {false, true}) {
       std::vector<float> sum(rows * d), want(rows * d);
       for (int i = 0; i < rows * d; ++i) sum[i] = with_res ? (x[i] + bias[i % d]) + res[i] : x[i];
-      LayerNormRows(sum.data(), want.data(), rows, d, g.data(), b.data(), 1e-5f);
+      engine::LayerNormRows(sum.data(), want.data(), rows, d, g.data(), b.data(), 1e-5f);
       LayerNormArgs a;
       a.x = x.data();
       a.residual = with_res ? res.data() : nullptr;
@@ -137,7 +137,7 @@ TEST(ElementwiseMath, BiasReluAndGatherMatchHost) {
   std::mt19937 rng(3);
   auto x = Random(rng, 4 * 9), bias = Random(rng, 9);
   std::vector<float> want = x;
-  AddBiasReluRows(want.data(), 4, 9, bias.data());
+  engine::AddBiasReluRows(want.data(), 4, 9, bias.data());
   for (int i = 0; i < 36; ++i) EXPECT_EQ(BiasRelu(x[i], bias[i % 9]), want[i]);
 
   // A gather from an f16 table with row indices, scaled: the embedding lookup.
@@ -164,7 +164,7 @@ TEST(LogSoftmaxMath, MatchesLogSoftmaxRow) {
     auto x = Random(rng, n, 3.0f), bias = Random(rng, n, 0.5f);
     std::vector<float> want(n);
     for (int c = 0; c < n; ++c) want[c] = x[c] + bias[c];
-    const double host_lse = LogSoftmaxRow(want.data(), n);
+    const double host_lse = engine::LogSoftmaxRow(want.data(), n);
     float mx = -std::numeric_limits<float>::infinity();
     for (int c = 0; c < n; ++c) mx = std::max(mx, LogitAt(x.data(), n, bias.data(), 0, c));
     double sum = 0;
@@ -198,7 +198,7 @@ TEST(TramsMath, ScoreMatchesTramsScorer) {
   for (int dh : {8, 41, 64}) {
     const int heads = 3, d = 2 * dh + 5, rows = 17;
     const auto q = Random(rng, static_cast<size_t>(heads) * dh * d, 0.1f);
-    const TramsScorer scorer(q.data(), heads, dh, d);
+    const engine::TramsScorer scorer(q.data(), heads, dh, d);
     std::vector<float> gram(static_cast<size_t>(heads) * dh * dh), u(static_cast<size_t>(heads) * dh);
     for (int h = 0; h < heads; ++h) {
       const float* w = q.data() + static_cast<size_t>(h) * dh * d;
@@ -215,13 +215,13 @@ TEST(TramsMath, ScoreMatchesTramsScorer) {
     }
     const int ld = heads * dh + 3;
     const auto k = Random(rng, static_cast<size_t>(rows) * ld);
-    for (SelectionMetric metric : {SelectionMetric::kCode, SelectionMetric::kPaper}) {
+    for (engine::SelectionMetric metric : {engine::SelectionMetric::kCode, engine::SelectionMetric::kPaper}) {
       std::vector<float> want(static_cast<size_t>(rows) * heads);
       scorer.Score(k.data(), ld, rows, metric, want.data());
       for (int r = 0; r < rows; ++r) {
         for (int h = 0; h < heads; ++h) {
           const float got = TramsScore(k.data() + r * ld + h * dh, gram.data() + static_cast<size_t>(h) * dh * dh,
-                                       u.data() + h * dh, dh, metric == SelectionMetric::kCode ? 0 : 1,
+                                       u.data() + h * dh, dh, metric == engine::SelectionMetric::kCode ? 0 : 1,
                                        1.0 / std::sqrt(static_cast<double>(d)));
           ASSERT_NEAR(got, want[r * heads + h], 1e-5 * (1 + std::fabs(want[r * heads + h])))
               << "d_head " << dh << " row " << r << " head " << h;
@@ -234,7 +234,7 @@ TEST(TramsMath, ScoreMatchesTramsScorer) {
 // The kernel's rule step by step (find the k-th best by counting better candidates, keep everything above
 // its near-tie band, fill the band oldest first) against SelectTopK, with exact and near ties.
 TEST(TramsMath, SelectionRuleMatchesSelectTopK) {
-  EXPECT_EQ(kTramsTieTolerance, kTieTolerance) << "the device mirrors the host's near-tie tolerance";
+  EXPECT_EQ(kTramsTieTolerance, engine::kTieTolerance) << "the device mirrors the host's near-tie tolerance";
   std::mt19937 rng(6);
   for (int trial = 0; trial < 600; ++trial) {
     const int candidates = 1 + static_cast<int>(rng() % 300);
@@ -245,7 +245,7 @@ TEST(TramsMath, SelectionRuleMatchesSelectTopK) {
       if (trial % 2 == 1) s *= 1.0f + static_cast<float>(rng() % 5) * 2e-6f;  // near ties inside the band
     }
     std::vector<int> want;
-    SelectTopK(scores.data(), 1, candidates, topk, &want);
+    engine::SelectTopK(scores.data(), 1, candidates, topk, &want);
     float kth = 0;
     for (int j = 0; j < candidates; ++j) {
       int rank = 0;
@@ -267,14 +267,14 @@ TEST(TramsMath, SelectionRuleMatchesSelectTopK) {
 }
 
 TEST(TramsMath, RingRowsFollowStreamState) {
-  ModelConfig c;
+  engine::ModelConfig c;
   c.n_layer = 1;
   c.d_model = 4;
   c.n_head = 1;
   c.d_head = 4;
   std::mt19937 rng(7);
   for (int m : {1, 5, 24}) {
-    StreamState state(c, TramsSettings::Trams(m, 0, m));
+    engine::StreamState state(c, engine::TramsSettings::Trams(m, 0, m));
     const std::vector<float> hidden(4, 0.0f);
     for (int step = 0; step < 40; ++step) {
       const int n = 1 + static_cast<int>(rng() % (2 * m + 2));

@@ -110,9 +110,9 @@ TEST_P(DeviceOpsTest, GemmF32MatchesHost) {
       const auto a = Random(rng, static_cast<size_t>(s.m) * s.k), b = Random(rng, static_cast<size_t>(s.n) * s.k);
       std::vector<float> want(static_cast<size_t>(s.m) * s.n);
       if (trans_b) {
-        MatMulNT(a.data(), s.k, b.data(), s.k, want.data(), s.n, s.m, s.n, s.k);
+        engine::MatMulNT(a.data(), s.k, b.data(), s.k, want.data(), s.n, s.m, s.n, s.k);
       } else {
-        MatMulNN(a.data(), s.k, b.data(), s.n, want.data(), s.n, s.m, s.n, s.k);
+        engine::MatMulNN(a.data(), s.k, b.data(), s.n, want.data(), s.n, s.m, s.n, s.k);
       }
       GemmArgs g;
       g.a = Put(a);
@@ -140,7 +140,7 @@ TEST_P(DeviceOpsTest, StridedBatchedGemmMatchesHost) {
   const auto a = Random(rng, batch * sa), b = Random(rng, static_cast<size_t>(n) * ldb);
   std::vector<float> want(batch * sc, 0.0f);
   for (int t = 0; t < batch; ++t) {
-    MatMulNT(a.data() + t * sa, lda, b.data() + t * sb, ldb, want.data() + t * sc, ldc, m, n, k);
+    engine::MatMulNT(a.data() + t * sa, lda, b.data() + t * sb, ldb, want.data() + t * sc, ldc, m, n, k);
   }
   GemmArgs g;
   g.a = Put(a);
@@ -165,7 +165,7 @@ TEST_P(DeviceOpsTest, HalfWeightGemmAndConvert) {
   const int m = 17, n = 300, k = 410;
   const auto a = Random(rng, static_cast<size_t>(m) * k), w = Random(rng, static_cast<size_t>(n) * k, 0.05f);
   std::vector<float> want(static_cast<size_t>(m) * n);
-  MatMulNT(a.data(), k, w.data(), k, want.data(), n, m, n, k);
+  engine::MatMulNT(a.data(), k, w.data(), k, want.data(), n, m, n, k);
   for (DType type : {DType::kF16, DType::kBF16}) {
     // The device rounds activations exactly as the host conversion does.
     ConvertArgs cv;
@@ -251,7 +251,7 @@ TEST_P(DeviceOpsTest, ResidualLayerNormMatchesHost) {
     const auto b = Random(rng, d, 0.1f);
     std::vector<float> sum(rows * d), want(rows * d);
     for (int i = 0; i < rows * d; ++i) sum[i] = (x[i] + bias[i % d]) + res[i];
-    LayerNormRows(sum.data(), want.data(), rows, d, g.data(), b.data(), 1e-5f);
+    engine::LayerNormRows(sum.data(), want.data(), rows, d, g.data(), b.data(), 1e-5f);
     LayerNormArgs a;
     a.x = Put(x);
     a.residual = Put(res);
@@ -275,7 +275,7 @@ TEST_P(DeviceOpsTest, BiasReluMatchesHost) {
   const int rows = 7, d = 2100;
   const auto x = Random(rng, rows * d), bias = Random(rng, d);
   std::vector<float> want = x;
-  AddBiasReluRows(want.data(), rows, d, bias.data());
+  engine::AddBiasReluRows(want.data(), rows, d, bias.data());
   BiasReluArgs a;
   a.x = Put(x);
   a.bias = Put(bias);
@@ -294,7 +294,7 @@ TEST_P(DeviceOpsTest, LogSoftmaxRowsMatchHost) {
     for (int r = 0; r < rows; ++r) {
       std::vector<float> row(n);
       for (int c = 0; c < n; ++c) row[c] = x[r * n + c] + bias[c];
-      LogSoftmaxRow(row.data(), n);
+      engine::LogSoftmaxRow(row.data(), n);
       for (int c = 0; c < n_out; ++c) want[r * out_ld + c] = row[c] + add[r * 2 + 1];
     }
     LogSoftmaxArgs a;
@@ -312,7 +312,7 @@ TEST_P(DeviceOpsTest, LogSoftmaxRowsMatchHost) {
     ExpectAllClose(Get(a.out, want.size()), want, kF32Tolerance, kF32Tolerance, "log-softmax n " + std::to_string(n));
     // In place, without bias: the head.
     std::vector<float> inplace(x.begin(), x.end()), want2 = x;
-    for (int r = 0; r < rows; ++r) LogSoftmaxRow(want2.data() + r * n, n);
+    for (int r = 0; r < rows; ++r) engine::LogSoftmaxRow(want2.data() + r * n, n);
     LogSoftmaxArgs b;
     b.x = Put(inplace);
     b.ld = n;
@@ -341,7 +341,7 @@ TEST_P(DeviceOpsTest, TargetsPickAndNormalize) {
     items.push_back(it);
     std::vector<float> row(n);
     for (int c = 0; c < n; ++c) row[c] = x[it.logit_row * n + c] + bias[c];
-    LogSoftmaxRow(row.data(), n);
+    engine::LogSoftmaxRow(row.data(), n);
     want[it.out] = head[it.add_row * 3 + 2] + row[it.col];
   }
   TargetArgs a;
@@ -370,7 +370,7 @@ TEST_P(DeviceOpsTest, PoolAppendScoresLikeTramsScorer) {
   for (int dh : {8, 41, 64}) {
     const int heads = 3, w = heads * dh, d = 96, m = 7, rows = 5;
     const auto q = Random(rng, static_cast<size_t>(w) * d, 0.1f);
-    const TramsScorer scorer(q.data(), heads, dh, d);
+    const engine::TramsScorer scorer(q.data(), heads, dh, d);
     std::vector<float> gram(static_cast<size_t>(heads) * dh * dh), u(static_cast<size_t>(heads) * dh);
     for (int h = 0; h < heads; ++h) {
       const float* wq = q.data() + static_cast<size_t>(h) * dh * d;
@@ -411,7 +411,7 @@ TEST_P(DeviceOpsTest, PoolAppendScoresLikeTramsScorer) {
       a.inv_sqrt_d_model = 1.0 / std::sqrt(static_cast<double>(d));
       Ok(ops_->PoolAppend(a));
       std::vector<float> scores(static_cast<size_t>(rows) * heads);
-      scorer.Score(qkv.data() + w, 3 * w, rows, metric == 0 ? SelectionMetric::kCode : SelectionMetric::kPaper,
+      scorer.Score(qkv.data() + w, 3 * w, rows, metric == 0 ? engine::SelectionMetric::kCode : engine::SelectionMetric::kPaper,
                    scores.data());
       std::vector<float> want_scores(static_cast<size_t>(m) * heads, 0.0f), want_keys(static_cast<size_t>(m) * w, 0.0f);
       std::vector<float> want_values = want_keys;
@@ -486,7 +486,7 @@ TEST_P(DeviceOpsTest, TramsSelectMatchesSelectTopK) {
         const int candidates = p.size - p.remain;
         std::vector<float> cand(candidates);
         for (int j = 0; j < candidates; ++j) cand[j] = host_scores[b][((p.start + j) % p.mem_len) * heads + h];
-        SelectTopK(cand.data(), 1, candidates, p.topk, &want_sel);
+        engine::SelectTopK(cand.data(), 1, candidates, p.topk, &want_sel);
         want_pool = want_sel;
         for (int j = candidates; j < p.size; ++j) want_pool.push_back(j);
       } else {
@@ -572,7 +572,7 @@ TEST_P(DeviceOpsTest, RelativeAttentionMatchesDirectLoops) {
               }
               logit[j] = static_cast<float>((content + position) * scale);
             }
-            SoftmaxPrefix(logit.data(), static_cast<int64_t>(logit.size()), static_cast<int64_t>(logit.size()));
+            engine::SoftmaxPrefix(logit.data(), static_cast<int64_t>(logit.size()), static_cast<int64_t>(logit.size()));
             for (int c = 0; c < dh; ++c) {
               double o = 0;
               for (int j = 0; j < s.a + s.n; ++j) o += logit[j] * key(j, true)[c];

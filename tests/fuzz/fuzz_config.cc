@@ -8,14 +8,14 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace trams;
-  auto config = ParseModelConfig(std::string_view(reinterpret_cast<const char*>(data), size));
+  auto config = engine::ParseModelConfig(std::string_view(reinterpret_cast<const char*>(data), size));
   if (!config.ok()) return 0;
-  const ModelConfig& c = *config;
+  const engine::ModelConfig& c = *config;
   FUZZ_CHECK(c.Validate().ok());
-  FUZZ_CHECK(c.n_layer >= 1 && c.n_layer <= kMaxLayers);
-  FUZZ_CHECK(c.attn_width() >= 1 && c.attn_width() <= kMaxModelDim);
-  FUZZ_CHECK(c.vocab_size >= 1 && c.vocab_size <= kMaxModelDim);
-  FUZZ_CHECK(c.ParameterCount() > 0 && c.ParameterCount() <= kMaxParameters);
+  FUZZ_CHECK(c.n_layer >= 1 && c.n_layer <= engine::kMaxLayers);
+  FUZZ_CHECK(c.attn_width() >= 1 && c.attn_width() <= engine::kMaxModelDim);
+  FUZZ_CHECK(c.vocab_size >= 1 && c.vocab_size <= engine::kMaxModelDim);
+  FUZZ_CHECK(c.ParameterCount() > 0 && c.ParameterCount() <= engine::kMaxParameters);
   const auto ends = c.cutoff_ends();
   FUZZ_CHECK(static_cast<int>(ends.size()) == c.n_clusters() + 2);
   for (size_t i = 1; i < ends.size(); ++i) FUZZ_CHECK(ends[i - 1] < ends[i]);

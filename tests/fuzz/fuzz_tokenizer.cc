@@ -31,15 +31,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view json = input.substr(0, nul);
   const std::string_view vocab = nul == std::string_view::npos ? std::string_view() : input.substr(nul + 1);
   auto read = [&](std::string_view name, size_t max_bytes, std::string_view) -> absl::StatusOr<std::string> {
-    auto resolved = ResolveModelFile(ModelDir(), name);
+    auto resolved = engine::ResolveModelFile(ModelDir(), name);
     if (!resolved.ok()) return resolved.status();
     const std::string_view content = name == "tokenizer.json" ? json : vocab;
     if (content.size() > max_bytes) return absl::InvalidArgumentError("too large");
     return std::string(content);
   };
-  auto tokenizer = Tokenizer::LoadWith(read, ModelDir(), int64_t{1} << 20);
+  auto tokenizer = engine::Tokenizer::LoadWith(read, ModelDir(), int64_t{1} << 20);
   if (!tokenizer.ok()) return 0;
-  const Tokenizer& tok = **tokenizer;
+  const engine::Tokenizer& tok = **tokenizer;
   FUZZ_CHECK(tok.vocab_size() >= 1);
   for (std::string_view text : {vocab, json}) {
     FUZZ_CHECK(tok.StableByteCount(text) <= text.size());

@@ -1,4 +1,4 @@
-#include "engine/memory_pool.h"
+#include "engine/stream_state.h"
 
 #include <algorithm>
 
@@ -6,7 +6,7 @@
 #include "engine/ring_cursor.h"
 #include "engine/undo_plan.h"
 
-namespace trams {
+namespace trams::engine {
 
 namespace {
 cuda::DType DeviceType(PoolDType t) { return static_cast<cuda::DType>(static_cast<int32_t>(t)); }
@@ -208,4 +208,4 @@ void StreamState::SetFilled(int n) {
   size_ = n;
 }
 
-}  // namespace trams
+}  // namespace trams::engine

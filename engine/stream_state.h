@@ -10,9 +10,9 @@
 
 #include "engine/engine.h"
 #include "engine/model_config.h"
-#include "engine/trams_selector.h"
+#include "engine/trams_settings.h"
 
-namespace trams {
+namespace trams::engine {
 
 // Keys and values live in `keys`/`values` (f32 pool) or, rounded, in `keys_half`/`values_half` (f16 or
 // bf16 bits); the other pair is empty. Read them with StreamState::LoadRow.
@@ -97,4 +97,4 @@ class StreamState final : public EngineStream {
   std::vector<LayerPool> undo_;  // saved rows, in overwrite order
 };
 
-}  // namespace trams
+}  // namespace trams::engine
