@@ -3,7 +3,7 @@
 # recorded, and the next step run whatever happened:
 #   a  nvidia-smi summary (skipped when nvidia-smi is absent)
 #   b  cuda_loader_test: the loader must report the device ("[ probe ] CUDA: N device(s) ...")
-#   c  ctest -L gpu (op parity, golden files, host engine) with TRAMS_REQUIRE_GPU=1
+#   c  ctest -L gpu (every test of tests/cuda: op parity, golden files, host engine) with TRAMS_REQUIRE_GPU=1
 #   d  compute-sanitizer memcheck and racecheck on cuda_ops_test's cuda cases (skipped without the tool)
 #   e  trams-eval --device cuda against --device cpu on the bundled model: bpc within 2e-3 relative
 #   f  the server tests on the device (TRAMS_TEST_DEVICE=cuda, TRAMS_REQUIRE_GPU=1)
@@ -59,7 +59,7 @@ EVAL=$B/engine/trams-eval
 LOADER_TEST=$B/tests/cuda/cuda_loader_test
 OPS_TEST=$B/tests/cuda/cuda_ops_test
 BENCH=$B/trams-cuda-bench
-TARGETS=(trams_cuda cuda_loader_test cuda_ops_test cuda_golden_test trams-eval trams-cuda-bench server_test
+TARGETS=(trams_cuda cuda_math_test cuda_loader_test cuda_ops_test cuda_golden_test trams-eval trams-cuda-bench server_test
          server_hardening_test)
 # cuda_ops_test names its cases Backends/DeviceOpsTest.<Op>/<backend>: the cuda ones end in /cuda.
 OPS_CUDA_FILTER='*/cuda'
@@ -113,7 +113,7 @@ step_build() {
     local missing=()
     local f
     for f in "$B/libtrams_cuda.so" "$LOADER_TEST" "$OPS_TEST" "$B/tests/cuda/cuda_golden_test" "$EVAL" "$BENCH" \
-             "$B/tests/server_test" "$B/tests/server_hardening_test"; do
+             "$B/tests/server/server_test" "$B/tests/server/server_hardening_test"; do
       [ -e "$f" ] || missing+=("${f#"$B"/}")
     done
     REASON="build failed${missing:+; missing: ${missing[*]}}"
@@ -225,8 +225,8 @@ step_eval() {
 
 step_server() {
   [ -f "$B/CTestTestfile.cmake" ] || { REASON="no build tree at $B"; echo "$REASON"; return 1; }
-  need "$B/tests/server_test" server_test || return 1
-  need "$B/tests/server_hardening_test" server_hardening_test || return 1
+  need "$B/tests/server/server_test" server_test || return 1
+  need "$B/tests/server/server_hardening_test" server_hardening_test || return 1
   local out=$WORK/ctest-server.out rc
   TRAMS_TEST_DEVICE=cuda TRAMS_REQUIRE_GPU=1 t ctest --test-dir "$B" -R "$SERVER_TESTS_REGEX" --output-on-failure \
     --no-tests=error -j "$JOBS" --timeout 120 >"$out" 2>&1

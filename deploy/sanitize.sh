@@ -43,7 +43,7 @@ status=0
 ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 \
   -E '^(reference_selfcheck|convert_tool|prometheus_scrape|readme_commands|SafetensorsScaleTest\..*)$' "$@" || status=$?
 if [[ $# -eq 0 ]]; then
-  timeout 600 build-asan/tests/safetensors_scale_test || status=$?
+  timeout 600 build-asan/tests/engine/safetensors_scale_test || status=$?
 fi
 echo "sanitize.sh: tests took $((SECONDS - start)) s"
 exit "$status"

@@ -17,7 +17,7 @@
 #include "engine/cuda/cuda_engine.h"
 #include "engine/random_weights.h"
 #include "engine/transformer_xl.h"
-#include "tests/golden_cases.h"
+#include "tests/testing/golden_cases.h"
 #include "tests/cuda/backends.h"
 
 namespace trams::cuda {

@@ -18,7 +18,7 @@ SKIP=77
 die() { echo "FAIL: $*" >&2; dump_logs; exit 1; }
 skip() { echo "SKIP: $*" >&2; exit "$SKIP"; }
 
-source_dir=${TRAMS_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+source_dir=${TRAMS_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)}
 server_bin=${TRAMS_SERVER:-}
 client_bin=${TRAMS_CLIENT:-}
 model_dir="$source_dir/tests/golden/models/adaptive_samelen"

@@ -10,7 +10,7 @@
 #include <thread>
 
 #include "server/server_app.h"
-#include "server_test_util.h"
+#include "tests/server/server_test_util.h"
 
 namespace trams::server::test {
 namespace {

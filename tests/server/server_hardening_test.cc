@@ -18,7 +18,7 @@
 #include <limits>
 
 #include "engine/cuda/host_emulation.h"
-#include "server_test_util.h"
+#include "tests/server/server_test_util.h"
 
 namespace trams::server::test {
 namespace {

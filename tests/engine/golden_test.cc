@@ -10,7 +10,7 @@
 
 #include "engine/evaluator.h"
 #include "engine/transformer_xl.h"
-#include "tests/golden_cases.h"
+#include "tests/testing/golden_cases.h"
 
 namespace trams::engine {
 namespace {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every trams-eval command of README.md as typed, from the repository root, with the binary under
 # test standing in for build/engine/trams-eval (a README flag that does not exist fails here).
-#   tests/readme_eval_test.sh <trams-eval binary> <repository root>
+#   tests/tools/readme/readme_eval_test.sh <trams-eval binary> <repository root>
 set -euo pipefail
 bin="$1"
 cd "$2"

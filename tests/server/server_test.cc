@@ -17,7 +17,7 @@
 
 #include "engine/tokenizer.h"
 #include "engine/transformer_xl.h"
-#include "server_test_util.h"
+#include "tests/server/server_test_util.h"
 
 namespace trams::server::test {
 namespace {

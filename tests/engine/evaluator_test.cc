@@ -10,7 +10,8 @@
 
 #include "engine/evaluator.h"
 #include "engine/transformer_xl.h"
-#include "tests/golden_cases.h"
+#include "tests/engine/plain_model.h"
+#include "tests/testing/golden_cases.h"
 
 namespace trams::engine {
 namespace {
@@ -18,6 +19,8 @@ namespace {
 using golden::GoldenDir;
 using golden::ReadJson;
 using golden::SettingsOf;
+using test::LoadModel;
+using test::Tokens;
 
 class ReferenceCompatLossTest : public ::testing::TestWithParam<std::string> {};
 
@@ -84,6 +87,26 @@ TEST_P(ReferenceCompatLossTest, EachSegmentMeanIsWeightedByTheSegmentLength) {
 
 INSTANTIATE_TEST_SUITE_P(Cases, ReferenceCompatLossTest,
                          ::testing::Values("plain_postln_xl_compat", "plain_postln_trams_compat"));
+
+TEST(EvaluatorTest, BadProtocolArgumentsAreRejected) {
+  auto model = LoadModel();
+  EvalOptions options;
+  options.settings = TramsSettings::Xl(12);
+  const auto ids = Tokens(50, 5);
+  options.tgt_len = 0;
+  EXPECT_NE(Evaluate(*model, ids, options).status().message().find("tgt_len"), absl::string_view::npos);
+  options.tgt_len = 8;
+  options.batch = 0;
+  EXPECT_NE(Evaluate(*model, ids, options).status().message().find("batch"), absl::string_view::npos);
+  options.batch = 30;
+  EXPECT_NE(Evaluate(*model, ids, options).status().message().find("too short"), absl::string_view::npos);
+  options.batch = 2;
+  EXPECT_NE(Evaluate(*model, {}, options).status().message().find("too short"), absl::string_view::npos);
+  auto r = Evaluate(*model, ids, options);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->tokens, 50);
+  EXPECT_EQ(r->scored, 48);  // the first token of each of the 2 streams has no context
+}
 
 }  // namespace
 }  // namespace trams::engine
