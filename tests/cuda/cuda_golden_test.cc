@@ -18,6 +18,7 @@
 #include "engine/random_weights.h"
 #include "engine/transformer_xl.h"
 #include "tests/testing/golden_cases.h"
+#include "tests/testing/golden_compare.h"
 #include "tests/cuda/backends.h"
 
 namespace trams::cuda {
@@ -32,10 +33,9 @@ absl::StatusOr<trams_cuda_stream_info> StreamInfo(const engine::EngineStream& st
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-constexpr double kLogProbTolerance = 1e-4;
-
 using golden::CaseNames;
 using golden::GoldenDir;
+using golden::kLogProbTolerance;
 using golden::ReadJson;
 using golden::SettingsOf;
 
@@ -62,72 +62,12 @@ TEST_P(CudaGoldenTest, MatchesReference) {
   if (engine == nullptr && !skip.empty()) TRAMS_SKIP_WITHOUT_GPU(skip);
   ASSERT_NE(engine, nullptr);
 
-  const engine::TramsSettings settings = SettingsOf(c);
-  const bool compat = c.value("reference_compat", false);
-  const auto inputs = c["inputs"].get<std::vector<std::vector<int32_t>>>();
-  const int n = c["tgt_len"];
-  const int streams = static_cast<int>(inputs.size());
-  const int64_t length = static_cast<int64_t>(inputs[0].size());
-  std::vector<std::unique_ptr<engine::EngineStream>> state;
-  for (int b = 0; b < streams; ++b) {
-    auto s = engine->NewStream(settings);
-    ASSERT_TRUE(s.ok()) << s.status();
-    if (compat) {
-      ASSERT_TRUE(engine->FillPoolWithZeroStates(s->get()).ok());
-    }
-    state.push_back(std::move(*s));
-  }
-  engine::OutputOptions options;
-  options.alternatives = 5;
-  options.entropy = true;
-  options.selections = true;
-  double max_lp_err = 0;
-  int64_t compared = 0, selections_compared = 0;
-  int segment = 0;
-  for (int64_t pos = 0; pos < length; pos += n, ++segment) {
-    const int64_t len = std::min<int64_t>(n, length - pos);
-    std::vector<engine::SegmentInput> batch;
-    for (int b = 0; b < streams; ++b) {
-      batch.push_back({state[b].get(), absl::MakeConstSpan(inputs[b]).subspan(pos, len), options});
-    }
-    std::vector<engine::SegmentOutput> out;
-    const absl::Status st = engine->Forward(batch, &out);
-    ASSERT_TRUE(st.ok()) << st;
-    for (int b = 0; b < streams; ++b) {
-      for (int64_t i = 0; i < len; ++i) {
-        const json& want = c["logprobs"][b][pos + i];
-        const float got = out[b].logprob[i];
-        if (want.is_null()) {
-          if (!compat) {
-            EXPECT_TRUE(std::isnan(got)) << "stream " << b << " token " << pos + i << " should be unscored";
-          }
-          continue;
-        }
-        ASSERT_FALSE(std::isnan(got)) << "stream " << b << " token " << pos + i;
-        max_lp_err = std::max(max_lp_err, std::fabs(got - want.get<double>()));
-        EXPECT_NEAR(got, want.get<double>(), kLogProbTolerance) << "logprob, stream " << b << " token " << pos + i;
-        EXPECT_NEAR(out[b].entropy[i], c["entropy"][b][pos + i].get<double>(), kLogProbTolerance)
-            << "entropy, stream " << b << " token " << pos + i;
-        std::vector<int32_t> got_top;
-        for (const auto& alt : out[b].alternatives[i]) got_top.push_back(alt.id);
-        EXPECT_EQ(got_top, c["top_ids"][b][pos + i].get<std::vector<int32_t>>())
-            << "top-5 ids, stream " << b << " token " << pos + i;
-        ++compared;
-      }
-      const json& want_sel = c["selections"][segment];
-      for (int l = 0; l < engine->config().n_layer; ++l) {
-        for (int h = 0; h < engine->config().n_head; ++h) {
-          const auto want = want_sel[l][b][h].get<std::vector<int>>();
-          EXPECT_EQ(out[b].selections[l][h], want)
-              << "selection, segment " << segment << " layer " << l << " stream " << b << " head " << h;
-          if (!want.empty()) ++selections_compared;
-        }
-      }
-    }
-  }
-  EXPECT_GT(compared, 0);
+  golden::Comparison compared;
+  ASSERT_NO_FATAL_FAILURE(golden::CompareWithGolden(*engine, c, &compared));
+  EXPECT_GT(compared.logprobs, 0);
   std::printf("[ %s ] %s: %lld log-probs, max |err| %.3g; %lld non-empty selections identical\n", backend.c_str(),
-              name.c_str(), static_cast<long long>(compared), max_lp_err, static_cast<long long>(selections_compared));
+              name.c_str(), static_cast<long long>(compared.logprobs), compared.max_logprob_error,
+              static_cast<long long>(compared.selections));
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, CudaGoldenTest,

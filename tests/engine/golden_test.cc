@@ -11,6 +11,7 @@
 #include "engine/evaluator.h"
 #include "engine/transformer_xl.h"
 #include "tests/testing/golden_cases.h"
+#include "tests/testing/golden_compare.h"
 
 namespace trams::engine {
 namespace {
@@ -18,10 +19,11 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-constexpr double kLogProbTolerance = 1e-4;
-
 using golden::CaseNames;
+using golden::CompareWithGolden;
+using golden::Comparison;
 using golden::GoldenDir;
+using golden::kLogProbTolerance;
 using golden::ReadJson;
 using golden::SettingsOf;
 
@@ -31,74 +33,15 @@ TEST_P(GoldenTest, MatchesReference) {
   const json c = ReadJson(GoldenDir() + "/cases/" + GetParam() + ".json");
   auto model = TransformerXL::Load(GoldenDir() + "/models/" + c["model"].get<std::string>());
   ASSERT_TRUE(model.ok()) << model.status();
-  const TramsSettings settings = SettingsOf(c);
-  const bool compat = c.value("reference_compat", false);
-  const auto inputs = c["inputs"].get<std::vector<std::vector<int32_t>>>();
-  const int n = c["tgt_len"];
-  const int streams = static_cast<int>(inputs.size());
-  const int64_t length = static_cast<int64_t>(inputs[0].size());
-
-  std::vector<std::unique_ptr<StreamState>> state;
-  for (int b = 0; b < streams; ++b) {
-    auto s = (*model)->NewHostStream(settings);
-    ASSERT_TRUE(s.ok()) << s.status();
-    if (compat) (*model)->FillPoolWithZeroStates(s->get());
-    state.push_back(std::move(*s));
-  }
-  OutputOptions options;
-  options.alternatives = 5;
-  options.entropy = true;
-  options.selections = true;
-  double max_lp_err = 0, max_ent_err = 0;
-  int64_t compared = 0, selections_compared = 0;
-  int segment = 0;
-  for (int64_t pos = 0; pos < length; pos += n, ++segment) {
-    const int64_t len = std::min<int64_t>(n, length - pos);
-    std::vector<SegmentInput> batch;
-    for (int b = 0; b < streams; ++b) {
-      batch.push_back({state[b].get(), absl::MakeConstSpan(inputs[b]).subspan(pos, len), options});
-    }
-    std::vector<SegmentOutput> out;
-    ASSERT_TRUE((*model)->Forward(batch, &out).ok());
-    for (int b = 0; b < streams; ++b) {
-      for (int64_t i = 0; i < len; ++i) {
-        const json& want = c["logprobs"][b][pos + i];
-        const float got = out[b].logprob[i];
-        if (want.is_null()) {
-          if (!compat) {
-            EXPECT_TRUE(std::isnan(got)) << "stream " << b << " token " << pos + i << " should be unscored";
-          }
-          continue;
-        }
-        ASSERT_FALSE(std::isnan(got)) << "stream " << b << " token " << pos + i;
-        max_lp_err = std::max(max_lp_err, std::fabs(got - want.get<double>()));
-        EXPECT_NEAR(got, want.get<double>(), kLogProbTolerance) << "logprob, stream " << b << " token " << pos + i;
-        const double want_ent = c["entropy"][b][pos + i];
-        max_ent_err = std::max(max_ent_err, std::fabs(out[b].entropy[i] - want_ent));
-        EXPECT_NEAR(out[b].entropy[i], want_ent, kLogProbTolerance) << "entropy, stream " << b << " token " << pos + i;
-        const auto want_top = c["top_ids"][b][pos + i].get<std::vector<int32_t>>();
-        std::vector<int32_t> got_top;
-        for (const auto& alt : out[b].alternatives[i]) got_top.push_back(alt.id);
-        EXPECT_EQ(got_top, want_top) << "top-5 ids, stream " << b << " token " << pos + i;
-        ++compared;
-      }
-      const json& want_sel = c["selections"][segment];
-      for (int l = 0; l < (*model)->config().n_layer; ++l) {
-        for (int h = 0; h < (*model)->config().n_head; ++h) {
-          const auto want = want_sel[l][b][h].get<std::vector<int>>();
-          EXPECT_EQ(out[b].selections[l][h], want)
-              << "selection, segment " << segment << " layer " << l << " stream " << b << " head " << h;
-          if (!want.empty()) ++selections_compared;
-        }
-      }
-    }
-  }
-  EXPECT_GT(compared, 0);
+  Comparison compared;
+  ASSERT_NO_FATAL_FAILURE(CompareWithGolden(**model, c, &compared));
+  EXPECT_GT(compared.logprobs, 0);
   std::printf("[ golden ] %s: %lld log-probs, max |err| %.3g (entropy %.3g); %lld non-empty selections identical\n",
-              GetParam().c_str(), static_cast<long long>(compared), max_lp_err, max_ent_err,
-              static_cast<long long>(selections_compared));
+              GetParam().c_str(), static_cast<long long>(compared.logprobs), compared.max_logprob_error,
+              compared.max_entropy_error, static_cast<long long>(compared.selections));
+  const TramsSettings settings = SettingsOf(c);
   if (settings.mode == MemoryMode::kTrams && settings.mem_len > settings.topk + settings.remain) {
-    EXPECT_GT(selections_compared, 0) << "the pool never filled past m: the case does not exercise selection";
+    EXPECT_GT(compared.selections, 0) << "the pool never filled past m: the case does not exercise selection";
   }
 }
 
