@@ -36,7 +36,7 @@ using nlohmann::json;
 using golden::CaseNames;
 using golden::GoldenDir;
 using golden::kLogProbTolerance;
-using golden::ReadJson;
+using golden::ReadCase;
 using golden::SettingsOf;
 
 // The engine of `backend` on `weights`, or a skip reason.
@@ -54,7 +54,9 @@ class CudaGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, s
 
 TEST_P(CudaGoldenTest, MatchesReference) {
   const auto& [backend, name] = GetParam();
-  const json c = ReadJson(GoldenDir() + "/cases/" + name + ".json");
+  const absl::StatusOr<json> read = ReadCase(name);
+  ASSERT_TRUE(read.ok()) << read.status();
+  const json& c = *read;
   auto weights = engine::LoadModelDirectory(GoldenDir() + "/models/" + c["model"].get<std::string>());
   ASSERT_TRUE(weights.ok()) << weights.status();
   std::string skip;

@@ -17,7 +17,7 @@ namespace trams::engine {
 namespace {
 
 using golden::GoldenDir;
-using golden::ReadJson;
+using golden::ReadCase;
 using golden::SettingsOf;
 using test::LoadModel;
 using test::Tokens;
@@ -25,7 +25,9 @@ using test::Tokens;
 class ReferenceCompatLossTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ReferenceCompatLossTest, EachSegmentMeanIsWeightedByTheSegmentLength) {
-  const nlohmann::json c = ReadJson(GoldenDir() + "/cases/" + GetParam() + ".json");
+  const absl::StatusOr<nlohmann::json> read = ReadCase(GetParam());
+  ASSERT_TRUE(read.ok()) << read.status();
+  const nlohmann::json& c = *read;
   ASSERT_TRUE(c["reference_compat"].get<bool>());
   auto model = TransformerXL::Load(GoldenDir() + "/models/" + c["model"].get<std::string>());
   ASSERT_TRUE(model.ok()) << model.status();

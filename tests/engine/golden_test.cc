@@ -6,7 +6,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <unistd.h>
 
 #include "engine/evaluator.h"
 #include "engine/transformer_xl.h"
@@ -24,13 +27,15 @@ using golden::CompareWithGolden;
 using golden::Comparison;
 using golden::GoldenDir;
 using golden::kLogProbTolerance;
-using golden::ReadJson;
+using golden::ReadCase;
 using golden::SettingsOf;
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GoldenTest, MatchesReference) {
-  const json c = ReadJson(GoldenDir() + "/cases/" + GetParam() + ".json");
+  const absl::StatusOr<json> read = ReadCase(GetParam());
+  ASSERT_TRUE(read.ok()) << read.status();
+  const json& c = *read;
   auto model = TransformerXL::Load(GoldenDir() + "/models/" + c["model"].get<std::string>());
   ASSERT_TRUE(model.ok()) << model.status();
   Comparison compared;
@@ -47,7 +52,9 @@ TEST_P(GoldenTest, MatchesReference) {
 
 // The evaluation protocol over the same streams gives the mean of the golden log-probs.
 TEST_P(GoldenTest, EvaluatorLossMatchesReference) {
-  const json c = ReadJson(GoldenDir() + "/cases/" + GetParam() + ".json");
+  const absl::StatusOr<json> read = ReadCase(GetParam());
+  ASSERT_TRUE(read.ok()) << read.status();
+  const json& c = *read;
   if (c.value("reference_compat", false)) GTEST_SKIP() << "the evaluator's compat mode also drops each stream's last token";
   auto model = TransformerXL::Load(GoldenDir() + "/models/" + c["model"].get<std::string>());
   ASSERT_TRUE(model.ok()) << model.status();
@@ -81,6 +88,43 @@ GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GoldenTest);
 TEST(GoldenFiles, Present) {
   EXPECT_GE(CaseNames().size(), 10u) << "tests/golden/cases is missing or incomplete: regenerate with "
                                         "/usr/bin/python3 tests/reference/make_goldens.py";
+}
+
+// A case in another format than this build reads is refused, not misread, and the refusal says how to
+// regenerate the files: with the case's own "regenerate" command, or the known one when it has none.
+TEST(GoldenFiles, AStaleFormatVersionIsRefusedWithTheRegenerateHint) {
+  const fs::path dir = fs::path(::testing::TempDir()) / ("golden_format_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::ifstream in(GoldenDir() + "/cases/plain_postln_xl.json");
+  const std::string current((std::istreambuf_iterator<char>(in)), {});
+  const std::string header = "{\n  \"format_version\": " + std::to_string(golden::kFormatVersion) +
+                             ",\n  \"regenerate\": \"" + golden::kRegenerateCommand + "\",\n";
+  ASSERT_EQ(current.rfind(header, 0), 0u) << "make_goldens.py writes these two keys first";
+  // The case with its first two keys replaced by `keys`, written to dir/name.
+  auto variant = [&](const std::string& name, const std::string& keys) {
+    const std::string path = (dir / name).string();
+    std::ofstream(path) << "{\n" << keys << current.substr(header.size());
+    return path;
+  };
+  const std::string old_version = std::to_string(golden::kFormatVersion - 1);
+
+  absl::StatusOr<json> read = golden::ReadCaseFile(
+      variant("stale.json", "  \"format_version\": " + old_version + ",\n  \"regenerate\": \"make goldens-v0\",\n"));
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kFailedPrecondition) << read.status();
+  EXPECT_NE(read.status().message().find("has format_version " + old_version), absl::string_view::npos)
+      << read.status();
+  EXPECT_NE(read.status().message().find("regenerate the golden files with make goldens-v0"),
+            absl::string_view::npos) << read.status();
+
+  read = golden::ReadCaseFile(variant("unversioned.json", ""));
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kFailedPrecondition) << read.status();
+  EXPECT_NE(read.status().message().find("has no format_version"), absl::string_view::npos) << read.status();
+  EXPECT_NE(read.status().message().find(std::string("regenerate the golden files with ") +
+                                         golden::kRegenerateCommand),
+            absl::string_view::npos) << read.status();
+
+  EXPECT_TRUE(golden::ReadCaseFile(variant("current.json", header.substr(2))).ok());
+  fs::remove_all(dir);
 }
 
 }  // namespace

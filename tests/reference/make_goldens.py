@@ -27,6 +27,10 @@ from safetensors_io import save_file, load_file  # noqa: E402
 from trxl_reference import TransfoXLReference  # noqa: E402
 
 GOLDEN = os.path.normpath(os.path.join(HERE, "..", "golden"))
+# Written into every case: the C++ loader (tests/testing/golden_cases.h, kFormatVersion) refuses another
+# version, quoting REGENERATE. Bump both when a key is added, removed or changes meaning.
+FORMAT_VERSION = 1
+REGENERATE = "/usr/bin/python3 tests/reference/make_goldens.py"
 SEL_GAP = 2e-4
 TOP_GAP = 1e-4
 
@@ -236,6 +240,7 @@ def main():
         else:
             raise SystemExit("no acceptable input seed for " + case)
         gold = {
+            "format_version": FORMAT_VERSION, "regenerate": REGENERATE,
             "model": mname, "mode": kw["mode"], "mem_len": kw["mem_len"], "topk": kw["topk"],
             "remain": kw["remain"], "tgt_len": TGT_LEN, "trams_layers": kw["trams_layers"],
             "metric": kw["metric"], "reference_compat": kw["reference_compat"],

@@ -1,5 +1,5 @@
 // Reading the golden cases of tests/golden (see engine/DESIGN.md, "Golden files"): shared by the host
-// and CUDA golden tests.
+// and CUDA golden tests. A case of another format version is refused with the command that regenerates it.
 #pragma once
 
 #include <algorithm>
@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "engine/trams_settings.h"
 
 namespace trams::golden {
@@ -28,9 +30,33 @@ inline std::vector<std::string> CaseNames() {
   return names;
 }
 
-inline nlohmann::json ReadJson(const std::string& path) {
+// The format this build reads: tests/reference/make_goldens.py writes it (FORMAT_VERSION) into every case
+// as "format_version", with the command that regenerates the files as "regenerate".
+inline constexpr int kFormatVersion = 1;
+inline constexpr char kRegenerateCommand[] = "/usr/bin/python3 tests/reference/make_goldens.py";
+
+// The golden case at `path`. FAILED_PRECONDITION when its format_version is missing or not kFormatVersion
+// (the message says how to regenerate the files); NOT_FOUND / INVALID_ARGUMENT when unreadable / not JSON.
+inline absl::StatusOr<nlohmann::json> ReadCaseFile(const std::string& path) {
   std::ifstream in(path);
-  return nlohmann::json::parse(in);
+  if (!in) return absl::NotFoundError("cannot read golden case " + path);
+  nlohmann::json c = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (c.is_discarded() || !c.is_object()) return absl::InvalidArgumentError(path + " is not a JSON object");
+  const auto version = c.find("format_version");
+  if (version == c.end() || !version->is_number_integer() || version->get<int>() != kFormatVersion) {
+    const auto hint = c.find("regenerate");
+    const std::string command = hint != c.end() && hint->is_string() ? hint->get<std::string>() : kRegenerateCommand;
+    const std::string found = version == c.end() ? "no format_version" : "format_version " + version->dump();
+    return absl::FailedPreconditionError(path + " has " + found + ", this build reads format_version " +
+                                         std::to_string(kFormatVersion) + ": regenerate the golden files with " +
+                                         command);
+  }
+  return c;
+}
+
+// The case named `name` (a file stem of CaseNames()).
+inline absl::StatusOr<nlohmann::json> ReadCase(const std::string& name) {
+  return ReadCaseFile(GoldenDir() + "/cases/" + name + ".json");
 }
 
 inline engine::TramsSettings SettingsOf(const nlohmann::json& c) {
