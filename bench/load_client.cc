@@ -54,6 +54,7 @@
 #include "engine/sampler.h"
 #include "engine/open_engine.h"
 #include "engine/transformer_xl.h"
+#include "server/proto_convert.h"
 #include "server/server_app.h"
 #include "trams/v1/trams.grpc.pb.h"
 

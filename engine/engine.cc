@@ -31,4 +31,9 @@ absl::Status CheckBatch(const ModelConfig& config, absl::Span<const SegmentInput
   return absl::OkStatus();
 }
 
+void DescribeSelectionWindow(const EngineStream& stream, SegmentOutput* out) {
+  out->selection_base = stream.position() - stream.size();
+  out->recent_from = stream.position() - RecentAttended(stream.settings().view(), stream.size());
+}
+
 }  // namespace trams::engine

@@ -82,6 +82,10 @@ struct SegmentOutput {
   // selections[layer][head] = selected pool indices (0 = oldest), empty where nothing was selected.
   std::vector<std::vector<std::vector<int>>> selections;
   std::vector<std::vector<std::vector<float>>> selection_scores;  // their TRAMS scores, same shape
+  // With selections, in stream positions: pool index i held position selection_base + i, and the memory
+  // attended whole (the newest `remain` where TRAMS selected, else all attended) starts at recent_from.
+  int64_t selection_base = 0;
+  int64_t recent_from = 0;
   std::vector<float> next_logprobs;  // vocab_size floats, when requested
   // Sums over selecting (layer, head) pairs of the mean memory share; divide by the sample count.
   double memory_share_selected = 0;
@@ -135,5 +139,8 @@ class Engine {
 // The batch checks every backend makes before anything runs, with one set of messages: a non-empty batch,
 // a stream per entry, no stream twice, tokens in every entry and in the vocabulary, sane options.
 absl::Status CheckBatch(const ModelConfig& config, absl::Span<const SegmentInput> batch);
+
+// Sets `out`'s selection_base and recent_from for the segment `stream` runs next (call before it runs).
+void DescribeSelectionWindow(const EngineStream& stream, SegmentOutput* out);
 
 }  // namespace trams::engine

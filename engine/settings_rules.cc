@@ -1,5 +1,7 @@
 #include "engine/settings_rules.h"
 
+#include <algorithm>
+
 namespace trams::engine {
 namespace {
 
@@ -85,6 +87,11 @@ std::string EntryTokensError(int64_t entry, const int32_t* tokens, int64_t n_tok
     }
   }
   return std::string();
+}
+
+int RecentAttended(const SettingsView& s, int pool_size) {
+  if (s.mode == MemoryMode::kTrams && pool_size > s.topk + s.remain) return s.remain;
+  return std::min(pool_size, AttendLen(s.mode, s.mem_len, s.topk, s.remain));
 }
 
 }  // namespace trams::engine

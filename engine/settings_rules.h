@@ -30,6 +30,9 @@ std::string SettingsError(const SettingsView& s, int model_layers);
 int AttendLen(MemoryMode mode, int mem_len, int topk, int remain);
 // Whether TRAMS selection is on at `layer` (TramsSettings::SelectsOnLayer).
 bool SelectsOnLayer(const SettingsView& s, int layer);
+// Newest memory tokens a segment attends without selection, from a pool of `pool_size` tokens: `remain`
+// where TRAMS selects (pool_size > topk + remain), else all it attends (min(pool_size, m)).
+int RecentAttended(const SettingsView& s, int pool_size);
 
 // The checks of batch entry `entry`, in this order: it has a stream, the stream is not repeated; then it has
 // tokens, not too many, `alternatives` is not negative, and every id is in [0, vocab).

@@ -60,9 +60,7 @@ absl::Status TramsSettings::Validate(const ModelConfig& config) const {
   return error.empty() ? absl::OkStatus() : absl::InvalidArgumentError(error);
 }
 
-absl::StatusOr<TramsSettings> MakeTramsSettings(absl::string_view mode, int mem_len, int attend, int topk, int remain,
-                                                std::vector<int> layers, absl::string_view metric,
-                                                const ModelConfig& config) {
+absl::Status CheckMemorySizes(int mem_len, int topk, int remain) {
   if (mem_len < 0 || topk < 0 || remain < 0) {
     return absl::InvalidArgumentError(absl::StrCat("memory sizes must not be negative (M ", mem_len, ", topk ", topk,
                                                    ", remain ", remain, ")"));
@@ -71,6 +69,12 @@ absl::StatusOr<TramsSettings> MakeTramsSettings(absl::string_view mode, int mem_
     return absl::InvalidArgumentError(absl::StrCat("memory sizes must be at most ", kMaxMemLen, " (M ", mem_len,
                                                    ", topk ", topk, ", remain ", remain, ")"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TramsSettings> ParseTramsSettings(absl::string_view mode, int mem_len, int attend, int topk, int remain,
+                                                 std::vector<int> layers, absl::string_view metric) {
+  if (absl::Status sizes = CheckMemorySizes(mem_len, topk, remain); !sizes.ok()) return sizes;
   TramsSettings s;
   if (mode == "xl") {
     s = TramsSettings::Xl(mem_len);
@@ -95,8 +99,15 @@ absl::StatusOr<TramsSettings> MakeTramsSettings(absl::string_view mode, int mem_
   } else if (metric != "code") {
     return absl::InvalidArgumentError(absl::StrCat("selection metric must be code or paper, got '", metric, "'"));
   }
-  absl::Status valid = s.Validate(config);
-  if (!valid.ok()) return valid;
+  return s;
+}
+
+absl::StatusOr<TramsSettings> MakeTramsSettings(absl::string_view mode, int mem_len, int attend, int topk, int remain,
+                                                std::vector<int> layers, absl::string_view metric,
+                                                const ModelConfig& config) {
+  absl::StatusOr<TramsSettings> s = ParseTramsSettings(mode, mem_len, attend, topk, remain, std::move(layers), metric);
+  if (!s.ok()) return s.status();
+  if (absl::Status valid = s->Validate(config); !valid.ok()) return valid;
   return s;
 }
 

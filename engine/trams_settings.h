@@ -49,5 +49,10 @@ struct TramsSettings {
 absl::StatusOr<TramsSettings> MakeTramsSettings(absl::string_view mode, int mem_len, int attend, int topk, int remain,
                                                 std::vector<int> layers, absl::string_view metric,
                                                 const ModelConfig& config);
+// The same without a model yet (flags parsed before the model loads): everything but Validate(config).
+absl::StatusOr<TramsSettings> ParseTramsSettings(absl::string_view mode, int mem_len, int attend, int topk, int remain,
+                                                 std::vector<int> layers, absl::string_view metric);
+// Sizes are in [0, kMaxMemLen], so that any arithmetic on them is safe (checked before anything else).
+absl::Status CheckMemorySizes(int mem_len, int topk, int remain);
 
 }  // namespace trams::engine

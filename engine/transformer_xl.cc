@@ -589,6 +589,7 @@ absl::Status TransformerXL::Forward(absl::Span<const SegmentInput> batch, std::v
     if (b.options[s].selections) {
       (*outputs)[s].selections.assign(c.n_layer, std::vector<std::vector<int>>(c.n_head));
       (*outputs)[s].selection_scores.assign(c.n_layer, std::vector<std::vector<float>>(c.n_head));
+      DescribeSelectionWindow(*b.streams[s], &(*outputs)[s]);
     }
   }
   for (size_t s = 0; s < b.streams.size(); ++s) {

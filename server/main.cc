@@ -1,11 +1,10 @@
-// trams-server: flags, start-up, graceful shutdown. Everything else lives in the other server/ files.
+// trams-server: flags and signals (SIGTERM/SIGINT drain the server). Everything else is ServerApp's.
 #include <signal.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
-#include <fstream>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -61,7 +60,7 @@ ABSL_FLAG(int, batch_wait_us, 300, "how long a forward waits for more busy sessi
 namespace trams::server {
 namespace {
 
-absl::StatusOr<ServerOptions> OptionsFromFlags(const engine::ModelConfig& config) {
+absl::StatusOr<ServerOptions> OptionsFromFlags() {
   ServerOptions o;
   o.model_dir = absl::GetFlag(FLAGS_model);
   o.listen = absl::GetFlag(FLAGS_listen);
@@ -121,9 +120,10 @@ absl::StatusOr<ServerOptions> OptionsFromFlags(const engine::ModelConfig& config
     if (!absl::SimpleAtoi(part, &layer)) return absl::InvalidArgumentError(absl::StrCat("--layers: bad '", part, "'"));
     layers.push_back(layer);
   }
+  // Checked against the model when the server starts (ServerApp::Start).
   absl::StatusOr<engine::TramsSettings> memory =
-      engine::MakeTramsSettings(absl::GetFlag(FLAGS_mode), absl::GetFlag(FLAGS_mem_len), -1, absl::GetFlag(FLAGS_topk),
-                        absl::GetFlag(FLAGS_remain), layers, absl::GetFlag(FLAGS_metric), config);
+      engine::ParseTramsSettings(absl::GetFlag(FLAGS_mode), absl::GetFlag(FLAGS_mem_len), -1, absl::GetFlag(FLAGS_topk),
+                                 absl::GetFlag(FLAGS_remain), layers, absl::GetFlag(FLAGS_metric));
   if (!memory.ok()) return memory.status();
   o.defaults.memory = *memory;
   o.defaults.segment_len = absl::GetFlag(FLAGS_segment_len);
@@ -167,12 +167,7 @@ int Run() {
     LogError("--model is required (a model directory with config.json and model.safetensors); see --help");
     return 1;
   }
-  auto config = engine::LoadModelConfig(model_dir + "/config.json");
-  if (!config.ok()) {
-    LogError("cannot load the model", {{"model", model_dir}, {"error", std::string(config.status().message())}});
-    return 1;
-  }
-  absl::StatusOr<ServerOptions> options = OptionsFromFlags(*config);
+  absl::StatusOr<ServerOptions> options = OptionsFromFlags();
   if (!options.ok()) {
     LogError("bad flags", {{"error", std::string(options.status().message())}});
     return 1;
@@ -183,10 +178,6 @@ int Run() {
     return 1;
   }
   const int grpc_port = (*app)->grpc_port(), metrics_port = (*app)->metrics_port();
-  if (!options->port_file.empty()) {
-    std::ofstream(options->port_file + ".tmp") << grpc_port << " " << metrics_port << "\n";
-    std::rename((options->port_file + ".tmp").c_str(), options->port_file.c_str());
-  }
   {
     std::lock_guard<std::mutex> lock(signal_mu);
     serving = true;

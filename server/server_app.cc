@@ -4,6 +4,8 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -30,6 +32,11 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
   }
   engine::Engine* const engine = app->engine_.engine.get();
   LogInfo("engine ready", {{"device", engine->device()}, {"reason", app->engine_.reason}});
+  if (absl::Status valid = options.defaults.memory.Validate(engine->config()); !valid.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the default memory settings (--mode, --mem_len, --topk, --remain, --layers) do not fit the "
+                     "model: ", valid.message()));
+  }
   SessionLimits limits = options.limits;
   // Where the pools live: caps the budget, and says whether the figures change (a device, an arena).
   const absl::StatusOr<engine::EngineMemory> memory = engine->Memory();
@@ -76,23 +83,26 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
   }
   app->server_->GetHealthCheckService()->SetServingStatus("trams.v1.TramsService", true);
   app->RefreshEngineMemory();
-  ServerApp* const self = app.get();
-  app->housekeeping_ = std::thread([self, memory_changes] {
-    std::unique_lock<std::mutex> lock(self->housekeeping_mu_);
-    while (!self->housekeeping_cv_.wait_for(lock, kHousekeeping, [self] { return self->housekeeping_stop_; })) {
-      lock.unlock();
-      self->ExpireIdle();
-      if (memory_changes) self->RefreshEngineMemory();
-      lock.lock();
+  if (memory_changes) {
+    ServerApp* const self = app.get();
+    app->housekeeping_ = std::thread([self] {
+      std::unique_lock<std::mutex> lock(self->housekeeping_mu_);
+      while (!self->housekeeping_cv_.wait_for(lock, kHousekeeping, [self] { return self->housekeeping_stop_; })) {
+        lock.unlock();
+        self->RefreshEngineMemory();
+        lock.lock();
+      }
+    });
+  }
+  if (!options.port_file.empty()) {
+    // Written whole or not at all (a reader polls for it).
+    const std::string tmp = options.port_file + ".tmp";
+    std::ofstream(tmp) << app->grpc_port_ << " " << app->metrics_port_ << "\n";
+    if (std::rename(tmp.c_str(), options.port_file.c_str()) != 0) {
+      return absl::UnavailableError(absl::StrCat("cannot write --port_file ", options.port_file));
     }
-  });
+  }
   return app;
-}
-
-int ServerApp::ExpireIdle() {
-  const int n = sessions_->ExpireIdle();
-  if (n > 0) LogInfo("expired idle sessions", {{"count", std::to_string(n)}});
-  return n;
 }
 
 void ServerApp::RefreshEngineMemory() {

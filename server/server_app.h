@@ -38,9 +38,6 @@ class ServerApp {
   // health checks are still answered for `grace`; running calls may finish until max(grace, drain)
   // has passed; the rest are cancelled (their sessions roll back); then the engine worker stops.
   void Shutdown(std::chrono::milliseconds drain, std::chrono::milliseconds grace = std::chrono::milliseconds(0));
-  // Removes sessions idle past the TTL; the housekeeping thread does it every kHousekeeping, in every
-  // server (trams-server, tests, the load tool). Returns how many.
-  int ExpireIdle();
   // Asks the engine where the pools live and how full it is and publishes it (Metrics::SetEngineMemory).
   // Done once at start and then by the housekeeping thread (on engines with device memory or an arena;
   // the host's figures do not change); tests call it to see a change at once.
@@ -60,8 +57,8 @@ class ServerApp {
   int grpc_port_ = 0;
   int metrics_port_ = 0;
   bool shut_down_ = false;
-  // Housekeeping (idle expiry, engine memory figures): never holds the session manager's mutex while it
-  // asks the engine (the CUDA backend takes its device context's lock).
+  // Housekeeping (the engine memory figures; idle expiry is the session manager's): never holds the session
+  // manager's mutex while it asks the engine (the CUDA backend takes its device context's lock).
   std::thread housekeeping_;
   std::mutex housekeeping_mu_;
   std::condition_variable housekeeping_cv_;

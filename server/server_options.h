@@ -26,6 +26,9 @@ struct SessionLimits {
 struct SessionDefaults {
   engine::TramsSettings memory = engine::TramsSettings::Trams(400, 50, 150);
   int segment_len = 64;
+  // M of a session that asks for XL without a size, when the default mode attends nothing (otherwise XL
+  // attends as many tokens as the default mode: its m).
+  int xl_mem_len = 200;
 };
 
 struct SchedulerOptions {
@@ -36,6 +39,7 @@ struct SchedulerOptions {
 
 struct RequestLimits {
   int max_alternatives = 20;
+  int default_generate_tokens = 64;  // a Generate call without max_tokens
   int max_generate_tokens = 4096;
   int64_t max_chunk_bytes = 4 << 20;
   int64_t max_pending_text_bytes = 1 << 20;  // text buffered while it ends inside a word

@@ -12,7 +12,10 @@
 #include <optional>
 #include <string>
 
-#include "server/lm_service.h"
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "server/call_env.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
@@ -35,11 +38,11 @@ class SessionCall : public Reactor {
  protected:
   using Actions = CallActions<Response>;
 
-  SessionCall(LmService* svc, grpc::CallbackServerContext* ctx, const char* method)
-      : svc_(svc), ctx_(ctx), method_(method), start_(Clock::now()) {
-    svc_->CallStarted();
+  SessionCall(const CallEnv* env, grpc::CallbackServerContext* ctx, const char* method)
+      : env_(env), ctx_(ctx), method_(method), start_(Clock::now()) {
+    env_->calls->Started();
   }
-  ~SessionCall() override { svc_->CallEnded(); }
+  ~SessionCall() override { env_->calls->Ended(); }
 
   // Hooks for the concrete call (mutex held).
   virtual void OnSessionTaken(Actions& a) = 0;        // the session is ours and the transaction open
@@ -108,8 +111,8 @@ class SessionCall : public Reactor {
       a.remove_active = true;
     }
     finish_status_ = ToGrpcStatus(*end_);
-    if (svc_->metrics()) {
-      svc_->metrics()->RequestDone(method_, absl::StatusCodeToString(end_->code()),
+    if (env_->metrics) {
+      env_->metrics->RequestDone(method_, absl::StatusCodeToString(end_->code()),
                                    std::chrono::duration<double>(Clock::now() - start_).count());
     }
   }
@@ -119,10 +122,10 @@ class SessionCall : public Reactor {
 
   void Perform(Actions& a) {
     if (a.acquire) {
-      svc_->sessions()->Acquire(*a.acquire, [this](absl::StatusOr<std::shared_ptr<Session>> r) { Taken(std::move(r)); });
+      env_->sessions->Acquire(*a.acquire, [this](absl::StatusOr<std::shared_ptr<Session>> r) { Taken(std::move(r)); });
     }
     if (a.submit) {
-      absl::Status s = svc_->scheduler()->Submit(std::move(*a.submit));
+      absl::Status s = env_->scheduler->Submit(std::move(*a.submit));
       if (!s.ok()) {
         Actions next;
         {
@@ -137,8 +140,8 @@ class SessionCall : public Reactor {
     }
     if (a.read) StartReadHook();
     if (a.write) this->StartWrite(a.write);
-    if (a.release) svc_->sessions()->Release(a.release);
-    if (a.remove_active) svc_->scheduler()->RemoveActiveCall();
+    if (a.release) env_->sessions->Release(a.release);
+    if (a.remove_active) env_->scheduler->RemoveActiveCall();
     std::optional<grpc::Status> finish;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -186,7 +189,7 @@ class SessionCall : public Reactor {
   // After any event: continue the work or finish (mutex held).
   virtual void AfterEvent(Actions& a) = 0;
 
-  LmService* svc_;
+  const CallEnv* env_;
   grpc::CallbackServerContext* ctx_;
   const char* method_;
   using Clock = std::chrono::steady_clock;
@@ -218,7 +221,7 @@ class SessionCall : public Reactor {
           a.release = session_;
           session_.reset();
         } else {
-          svc_->scheduler()->AddActiveCall();
+          env_->scheduler->AddActiveCall();
           OnSessionTaken(a);
         }
       }

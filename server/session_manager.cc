@@ -2,11 +2,11 @@
 
 #include <random>
 
-#include "engine/echo.h"
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/log.h"
 #include "server/metrics.h"
+#include "server/session_id.h"
 
 namespace trams::server {
 namespace {
@@ -14,19 +14,6 @@ namespace {
 constexpr size_t kMaxTombstones = 10000;
 
 }  // namespace
-
-bool IsValidSessionId(const std::string& id) {
-  if (id.empty() || id.size() > 128) return false;
-  for (char c : id) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == ':' || c == '-')) return false;
-  }
-  return true;
-}
-
-absl::Status InvalidSessionId(const std::string& id) {
-  return absl::InvalidArgumentError(absl::StrCat("session id '", engine::EchoForError(id), "' is not valid: use 1-128 ",
-                                                 "characters from [A-Za-z0-9._:-]"));
-}
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -40,6 +27,26 @@ SessionManager::SessionManager(engine::Engine* model, const SessionLimits& limit
   if (metrics_) metrics_->SetMemoryBudget(limits_.memory_budget_bytes);
   std::lock_guard<std::mutex> lock(mu_);
   PublishGauges();
+  if (limits_.idle_ttl_seconds > 0) reaper_ = std::thread([this] { Reap(); });
+}
+
+SessionManager::~SessionManager() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  reaper_cv_.notify_all();
+  if (reaper_.joinable()) reaper_.join();
+}
+
+void SessionManager::Reap() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!reaper_cv_.wait_for(lock, kReapEvery, [this] { return stopping_; })) {
+    lock.unlock();
+    const int n = ExpireIdle();
+    if (n > 0) LogInfo("expired idle sessions", {{"count", std::to_string(n)}});
+    lock.lock();
+  }
 }
 
 absl::Status SessionManager::NotFound(const std::string& id) const {
@@ -52,8 +59,8 @@ absl::Status SessionManager::NotFound(const std::string& id) const {
 
 void SessionManager::Remove(std::shared_ptr<Session> s, const std::string& reason) {
   // `s` is a copy: the caller's reference may be the map entry erased below.
-  s->removed = true;
-  if (!s->busy) idle_lru_.erase(s->lru);
+  if (s->state == SessionState::kIdle) idle_lru_.erase(s->lru);
+  s->state = SessionState::kRemoved;
   bytes_in_use_ -= s->pool_bytes;
   pool_bytes_ -= s->pool_bytes;
   sessions_.erase(s->id);
@@ -118,7 +125,7 @@ absl::Status SessionManager::MakeRoom(int64_t bytes, bool new_session) {
 }
 
 absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const engine::TramsSettings& memory, int segment_len) {
-  // The request was checked (request_checks.h); these guard the manager's own contract.
+  // The request was checked (proto_convert.h); these guard the manager's own contract.
   if (memory.mem_len > limits_.max_mem_len || segment_len <= 0 || segment_len > limits_.max_segment_len) {
     return absl::InvalidArgumentError(absl::StrCat("mem_len ", memory.mem_len, " or segment_len ", segment_len,
                                                    " is outside this server's limits"));
@@ -145,6 +152,7 @@ absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const eng
   s->id = id;
   s->stream = std::move(*stream);
   s->segment_len = segment_len;
+  s->recent_ids_kept = static_cast<size_t>(s->stream->capacity()) + static_cast<size_t>(limits_.max_segment_len);
   s->created_ms = s->last_used_ms = NowMs();
   s->pool_bytes = s->stream->bytes();
   bytes_in_use_ += s->pool_bytes;
@@ -173,7 +181,8 @@ SessionSnapshot Snapshot(const Session& s) {
   snap.pool_bytes = s.pool_bytes;
   snap.created_ms = s.created_ms;
   snap.last_used_ms = s.last_used_ms;
-  snap.busy = s.busy;
+  snap.state = s.state;
+  snap.busy = s.held();
   // A running call owns the stream and counters: report what the last call left.
   snap.position = s.committed.position;
   snap.pool_tokens = s.committed.pool_tokens;
@@ -207,7 +216,7 @@ void SessionManager::Delete(const std::string& id, std::shared_ptr<DeleteRequest
     return request->Answer(missing);
   }
   std::shared_ptr<Session> s = it->second;
-  if (!s->busy) {
+  if (!s->held()) {
     Remove(s, "");
     lock.unlock();
     return request->Answer(absl::OkStatus());
@@ -224,6 +233,7 @@ void SessionManager::Delete(const std::string& id, std::shared_ptr<DeleteRequest
     Release(*taken);
     request->done(absl::OkStatus());
   };
+  s->state = SessionState::kDraining;  // until the holder lets go (the request may give up meanwhile)
   s->waiters.push_front({std::move(ready), /*reserve_undo=*/false});
 }
 
@@ -233,14 +243,14 @@ absl::Status SessionManager::HeldError(const std::string& id) {
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Take(const std::shared_ptr<Session>& s, bool reserve_undo) {
-  if (s->removed) return NotFound(s->id);
+  if (s->state == SessionState::kRemoved) return NotFound(s->id);
   // A call may overwrite every live pool row: reserve room for its undo log first.
   const int64_t undo = reserve_undo ? s->pool_bytes : 0;
-  s->busy = true;  // off the eviction list while making room
-  idle_lru_.erase(s->lru);
+  idle_lru_.erase(s->lru);  // it is idle here (Acquire, or Release's hand-over)
+  s->state = SessionState::kRunning;  // off the eviction list while making room
   absl::Status room = MakeRoom(undo, /*new_session=*/false);
   if (!room.ok()) {
-    s->busy = false;
+    s->state = SessionState::kIdle;
     idle_lru_.push_back(s->id);
     s->lru = std::prev(idle_lru_.end());
     return room;
@@ -258,7 +268,7 @@ void SessionManager::Acquire(const std::string& id, ReadyFn ready, bool reserve_
   absl::StatusOr<std::shared_ptr<Session>> result = absl::UnknownError("");
   if (it == sessions_.end()) {
     result = NotFound(id);
-  } else if (it->second->busy) {
+  } else if (it->second->held()) {
     it->second->waiters.push_back({std::move(ready), reserve_undo});  // calls on one session run in order
     return;
   } else {
@@ -275,9 +285,9 @@ void SessionManager::Release(const std::shared_ptr<Session>& s) {
   s->committed = committed;
   bytes_in_use_ -= s->undo_reserved;
   s->undo_reserved = 0;
-  s->busy = false;
   s->last_used_ms = NowMs();
-  if (!s->removed) {
+  if (s->state != SessionState::kRemoved) {
+    s->state = SessionState::kIdle;
     idle_lru_.push_back(s->id);
     s->lru = std::prev(idle_lru_.end());
   }

@@ -1,6 +1,6 @@
-// Sessions: id -> memory pool and counters, with a byte-exact memory budget checked before anything
-// is allocated, LRU eviction or refusal, idle expiry, and one call at a time per session (later calls
-// wait their turn, in order). Thread-safe.
+// Sessions: id -> Session, with a byte-exact memory budget checked before anything is allocated, LRU
+// eviction or refusal, idle expiry (the manager's own reaper thread, in every server), and one call at a
+// time per session (later calls wait their turn, in order). Thread-safe.
 //
 // Ownership: a Session's `stream` and call state are touched only by the call that holds the session
 // (Acquire .. Release); everything else is guarded by the manager's mutex.
@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -16,83 +17,25 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/engine.h"
 #include "server/server_options.h"
+#include "server/session.h"
 
 namespace trams::server {
 
 class Metrics;
-
-// What the last segment attended (for ExplainSelection), in stream positions.
-struct SelectionRecord {
-  int64_t segment_start = -1;
-  int segment_len = 0;
-  int64_t recent_from = 0;
-  // [layer][head] -> stream positions of the selected tokens (empty: that layer did not select).
-  std::vector<std::vector<std::vector<int64_t>>> selected;
-  std::vector<std::vector<std::vector<float>>> scores;  // their TRAMS scores when selected
-};
-
-struct Session {
-  std::string id;
-  std::unique_ptr<engine::EngineStream> stream;
-  // Tokens past the pool's last segment boundary (an incomplete segment): consumed by the session but
-  // run only provisionally; the next call runs them again, with its own tokens, as a whole segment.
-  std::vector<int32_t> tail;
-  std::vector<float> tail_logprobs;  // what was reported for them (NaN: none)
-  int64_t position() const { return stream->position() + static_cast<int64_t>(tail.size()); }
-  int segment_len = 0;
-  int64_t created_ms = 0;
-  int64_t last_used_ms = 0;
-  int64_t tokens_scored = 0;
-  double nll_sum = 0;
-  // Ids of the newest tokens, for explanations: recent_ids[i] is at position recent_first + i.
-  std::deque<int32_t> recent_ids;
-  int64_t recent_first = 0;
-  SelectionRecord last_selection;
-
-  // Guarded by the manager.
-  struct Committed {  // the state as of the last call's end, for Get/List while a call runs
-    int64_t position = 0;
-    int pool_tokens = 0;
-    int64_t tokens_scored = 0;
-    double nll_sum = 0;
-  } committed;
-  bool busy = false;
-  bool removed = false;
-  int64_t pool_bytes = 0;
-  int64_t undo_reserved = 0;
-  struct Waiter {
-    std::function<void(absl::StatusOr<std::shared_ptr<Session>>)> ready;
-    bool reserve_undo;
-  };
-  std::deque<Waiter> waiters;  // calls queued behind the running one
-  std::list<std::string>::iterator lru;  // position in the idle list (valid when !busy)
-};
-
-struct SessionSnapshot {  // a consistent copy for Get/List
-  std::string id;
-  engine::TramsSettings memory;
-  int segment_len = 0;
-  int64_t position = 0;
-  int pool_tokens = 0;
-  int64_t pool_bytes = 0;
-  int64_t created_ms = 0;
-  int64_t last_used_ms = 0;
-  int64_t tokens_scored = 0;
-  double nll_sum = 0;
-  bool busy = false;
-};
 
 class SessionManager {
  public:
   // `model` holds the pools; on a backend with an arena the budget is also capped at the arena.
   SessionManager(engine::Engine* model, const SessionLimits& limits, int64_t input_buffer_budget_bytes,
                  Metrics* metrics);
+  ~SessionManager();  // stops the reaper
 
   absl::StatusOr<SessionSnapshot> Create(std::string id, const engine::TramsSettings& memory, int segment_len);
   absl::StatusOr<SessionSnapshot> Get(const std::string& id);
@@ -123,8 +66,9 @@ class SessionManager {
   // more (or fewer). RESOURCE_EXHAUSTED, and nothing counted, if they do not fit; never evicts for them.
   absl::Status ChargeBuffers(int64_t delta);
 
-  // Evicts sessions idle longer than the TTL; returns how many.
+  // Evicts sessions idle longer than the TTL; returns how many. The reaper does it every kReapEvery.
   int ExpireIdle();
+  static constexpr std::chrono::milliseconds kReapEvery{1000};
   int64_t bytes_in_use();
 
  private:
@@ -138,6 +82,7 @@ class SessionManager {
   void Remove(std::shared_ptr<Session> s, const std::string& reason);  // mu_ held
   absl::StatusOr<std::shared_ptr<Session>> Take(const std::shared_ptr<Session>& s, bool reserve_undo);  // mu_ held
   void PublishGauges();                                          // mu_ held
+  void Reap();                                                   // the reaper thread
 
   engine::Engine* model_;
   const std::string device_;  // the pools' place, the metrics' label
@@ -153,11 +98,11 @@ class SessionManager {
   const int64_t buffer_budget_;
   int64_t buffer_bytes_ = 0;   // calls' input buffers
   uint64_t next_id_ = 1;
+  std::thread reaper_;  // only with an idle TTL
+  std::condition_variable reaper_cv_;
+  bool stopping_ = false;  // mu_
 };
 
 int64_t NowMs();
-// Session ids are 1-128 characters from [A-Za-z0-9._:-]; the error quotes a bad one safely.
-bool IsValidSessionId(const std::string& id);
-absl::Status InvalidSessionId(const std::string& id);
 
 }  // namespace trams::server

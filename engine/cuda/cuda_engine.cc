@@ -240,6 +240,7 @@ absl::Status CudaEngine::Forward(absl::Span<const engine::SegmentInput> batch, s
       s.selections = sel[b].data();
       s.selection_scores = sel_scores[b].data();
       s.selection_counts = sel_counts[b].data();
+      engine::DescribeSelectionWindow(*streams[b], &out);
     }
   }
   const absl::Status st = Check(api_->forward(ctx_, segs.data(), static_cast<int32_t>(n)));

@@ -1,11 +1,11 @@
 // Request messages as a client could send them (any bytes parsed as CreateSessionRequest or
-// GenerateRequest): request_checks.h refuses them or returns settings that hold the promises the
+// GenerateRequest): proto_convert.h refuses them or returns settings that hold the promises the
 // server relies on (valid for the model, within the server's limits, pool bytes exact and bounded).
 #include <cstdint>
 #include <string>
 
 #include "engine/stream_state.h"
-#include "server/request_checks.h"
+#include "server/proto_convert.h"
 #include "tests/fuzz/fuzz_check.h"
 
 namespace {

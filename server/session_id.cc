@@ -1,0 +1,47 @@
+#include "server/session_id.h"
+
+#include <cctype>
+
+#include "absl/strings/str_cat.h"
+#include "engine/echo.h"
+
+namespace trams::server {
+namespace {
+constexpr char kSessionHeader[] = "x-session-id";
+}  // namespace
+
+bool IsValidSessionId(const std::string& id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == ':' || c == '-')) return false;
+  }
+  return true;
+}
+
+absl::Status InvalidSessionId(const std::string& id) {
+  return absl::InvalidArgumentError(absl::StrCat("session id '", engine::EchoForError(id), "' is not valid: use 1-128 ",
+                                                 "characters from [A-Za-z0-9._:-]"));
+}
+
+std::string SessionIdHeader(const grpc::CallbackServerContext* ctx) {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find(kSessionHeader);
+  return it == md.end() ? std::string() : std::string(it->second.data(), it->second.size());
+}
+
+absl::StatusOr<std::string> SessionIdOf(const grpc::CallbackServerContext* ctx, const std::string& field) {
+  const std::string header = SessionIdHeader(ctx);
+  if (!field.empty() && !header.empty() && field != header) {
+    return absl::InvalidArgumentError(absl::StrCat("session_id '", engine::EchoForError(field),
+                                                   "' and x-session-id metadata '", engine::EchoForError(header),
+                                                   "' disagree"));
+  }
+  if (field.empty() && header.empty()) {
+    return absl::InvalidArgumentError("no session: set session_id or the x-session-id metadata");
+  }
+  std::string id = field.empty() ? header : field;
+  if (!IsValidSessionId(id)) return InvalidSessionId(id);  // later messages may quote it whole
+  return id;
+}
+
+}  // namespace trams::server

@@ -1,0 +1,96 @@
+// SessionManager on its own (no gRPC): the session state through a call and a delete, and the idle
+// reaper that every manager runs, whoever built it.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <memory>
+#include <thread>
+
+#include "engine/open_engine.h"
+#include "server/session_manager.h"
+
+namespace trams::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+class SessionManagerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    engine::DeviceChoice choice;
+    choice.device = "cpu";
+    choice.threads = 1;
+    absl::StatusOr<engine::OpenedEngine> opened =
+        engine::OpenEngine(std::string(TRAMS_TEST_DATA_DIR) + "/golden/models/adaptive_samelen", choice);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    engine_ = std::move(*opened);
+  }
+  std::unique_ptr<SessionManager> Manager(int idle_ttl_seconds) {
+    SessionLimits limits;
+    limits.idle_ttl_seconds = idle_ttl_seconds;
+    return std::make_unique<SessionManager>(engine_.engine.get(), limits, int64_t{1} << 20, nullptr);
+  }
+  // Acquires `id` and returns the session (the callback runs at once for a free session).
+  static std::shared_ptr<Session> Take(SessionManager& m, const std::string& id) {
+    std::shared_ptr<Session> taken;
+    m.Acquire(id, [&](absl::StatusOr<std::shared_ptr<Session>> s) {
+      ASSERT_TRUE(s.ok()) << s.status();
+      taken = *s;
+    });
+    return taken;
+  }
+  engine::OpenedEngine engine_;
+};
+
+TEST_F(SessionManagerTest, StateFollowsCallsAndDeletes) {
+  auto m = Manager(0);
+  ASSERT_TRUE(m->Create("a", engine::TramsSettings::Trams(16, 4, 4), 8).ok());
+  EXPECT_EQ(m->Get("a")->state, SessionState::kIdle);
+  EXPECT_FALSE(m->Get("a")->busy);
+
+  std::shared_ptr<Session> held = Take(*m, "a");
+  ASSERT_NE(held, nullptr);
+  EXPECT_EQ(m->Get("a")->state, SessionState::kRunning);
+  EXPECT_TRUE(m->Get("a")->busy);
+
+  // A delete while a call holds the session waits for the call: the session drains.
+  auto del = std::make_shared<SessionManager::DeleteRequest>();
+  absl::Status deleted = absl::UnknownError("not answered");
+  del->done = [&](absl::Status s) { deleted = s; };
+  m->Delete("a", del);
+  EXPECT_EQ(m->Get("a")->state, SessionState::kDraining);
+  EXPECT_TRUE(m->Get("a")->busy);
+  EXPECT_EQ(deleted.code(), absl::StatusCode::kUnknown) << "answered before the call let go";
+
+  m->Release(held);
+  EXPECT_TRUE(deleted.ok()) << deleted;
+  EXPECT_EQ(held->state, SessionState::kRemoved);
+  EXPECT_EQ(m->Get("a").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(SessionManagerTest, EveryManagerReapsIdleSessions) {
+  auto m = Manager(1);
+  ASSERT_TRUE(m->Create("idle", engine::TramsSettings::Trams(16, 4, 4), 8).ok());
+  ASSERT_TRUE(m->Create("held", engine::TramsSettings::Trams(16, 4, 4), 8).ok());
+  std::shared_ptr<Session> held = Take(*m, "held");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (m->Get("idle").ok() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  absl::StatusOr<SessionSnapshot> gone = m->Get("idle");
+  ASSERT_EQ(gone.status().code(), absl::StatusCode::kNotFound) << "the reaper never ran";
+  EXPECT_THAT(std::string(gone.status().message()), HasSubstr("expired after 1 s idle"));
+  EXPECT_EQ(m->Get("held")->state, SessionState::kRunning) << "a session a call holds is never reaped";
+  m->Release(held);
+}
+
+TEST_F(SessionManagerTest, NoReaperWithoutATtl) {
+  auto m = Manager(0);
+  ASSERT_TRUE(m->Create("kept", engine::TramsSettings::Trams(16, 4, 4), 8).ok());
+  std::this_thread::sleep_for(SessionManager::kReapEvery + std::chrono::milliseconds(300));
+  EXPECT_TRUE(m->Get("kept").ok());
+}
+
+}  // namespace
+}  // namespace trams::server
