@@ -34,6 +34,7 @@ function(trams_add_gtest)
   endif()
   add_executable(${arg_TARGET} ${arg_SOURCES})
   target_link_libraries(${arg_TARGET} PRIVATE ${arg_LIBS} GTest::gmock GTest::gtest_main)
+  target_include_directories(${arg_TARGET} PRIVATE ${PROJECT_SOURCE_DIR})  # "tests/testing/..." includes
   target_compile_definitions(${arg_TARGET} PRIVATE TRAMS_TEST_DATA_DIR="${TRAMS_TESTS_DIR}")
   set(_properties)
   if(arg_TIMEOUT)

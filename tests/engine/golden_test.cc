@@ -15,9 +15,14 @@
 #include "engine/transformer_xl.h"
 #include "tests/testing/golden_cases.h"
 #include "tests/testing/golden_compare.h"
+#include "tests/testing/status_matchers.h"
 
 namespace trams::engine {
 namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::trams::status_matchers::StatusIs;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -110,18 +115,15 @@ TEST(GoldenFiles, AStaleFormatVersionIsRefusedWithTheRegenerateHint) {
 
   absl::StatusOr<json> read = golden::ReadCaseFile(
       variant("stale.json", "  \"format_version\": " + old_version + ",\n  \"regenerate\": \"make goldens-v0\",\n"));
-  EXPECT_EQ(read.status().code(), absl::StatusCode::kFailedPrecondition) << read.status();
-  EXPECT_NE(read.status().message().find("has format_version " + old_version), absl::string_view::npos)
-      << read.status();
-  EXPECT_NE(read.status().message().find("regenerate the golden files with make goldens-v0"),
-            absl::string_view::npos) << read.status();
+  EXPECT_THAT(read, StatusIs(absl::StatusCode::kFailedPrecondition,
+                             AllOf(HasSubstr("has format_version " + old_version),
+                                   HasSubstr("regenerate the golden files with make goldens-v0"))));
 
   read = golden::ReadCaseFile(variant("unversioned.json", ""));
-  EXPECT_EQ(read.status().code(), absl::StatusCode::kFailedPrecondition) << read.status();
-  EXPECT_NE(read.status().message().find("has no format_version"), absl::string_view::npos) << read.status();
-  EXPECT_NE(read.status().message().find(std::string("regenerate the golden files with ") +
-                                         golden::kRegenerateCommand),
-            absl::string_view::npos) << read.status();
+  EXPECT_THAT(read, StatusIs(absl::StatusCode::kFailedPrecondition,
+                             AllOf(HasSubstr("has no format_version"),
+                                   HasSubstr(std::string("regenerate the golden files with ") +
+                                             golden::kRegenerateCommand))));
 
   EXPECT_TRUE(golden::ReadCaseFile(variant("current.json", header.substr(2))).ok());
   fs::remove_all(dir);

@@ -15,9 +15,14 @@
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
 #include "engine/safetensors.h"
+#include "tests/testing/status_matchers.h"
 
 namespace trams::engine {
 namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::trams::status_matchers::StatusIs;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -54,9 +59,9 @@ TEST(ConfigBoundsTest, EachDimensionOverItsLimitIsNamed) {
     config[c.field] = c.value;
     auto parsed = ParseModelConfig(config.dump());
     ASSERT_FALSE(parsed.ok());
-    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_TRUE(HasSubstr(parsed.status().message(), absl::StrCat("'", c.field, "' is ", c.value.dump())));
-    EXPECT_TRUE(HasSubstr(parsed.status().message(), "above the limit"));
+    EXPECT_THAT(parsed.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                          AllOf(HasSubstr(absl::StrCat("'", c.field, "' is ", c.value.dump())),
+                                                HasSubstr("above the limit"))));
   }
 }
 
@@ -174,9 +179,9 @@ TEST(NonFiniteWeightsTest, F32NanAndInfAreRefusedWithTensorAndIndex) {
     model.SetElement(c.tensor, c.index, c.bits);
     auto weights = LoadModelDirectory(model.dir());
     ASSERT_FALSE(weights.ok());
-    EXPECT_EQ(weights.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_TRUE(HasSubstr(weights.status().message(), absl::StrCat("tensor '", c.tensor, "'")));
-    EXPECT_TRUE(HasSubstr(weights.status().message(), absl::StrCat(c.where, " is ", c.value)));
+    EXPECT_THAT(weights.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                           AllOf(HasSubstr(absl::StrCat("tensor '", c.tensor, "'")),
+                                                 HasSubstr(absl::StrCat(c.where, " is ", c.value)))));
   }
 }
 
@@ -209,9 +214,9 @@ TEST(ModelDirectoryTest, FilesSymlinkedOutsideAreRefused) {
     fs::create_symlink(outside, fs::path(model.dir()) / file);
     auto weights = LoadModelDirectory(model.dir());
     ASSERT_FALSE(weights.ok());
-    EXPECT_EQ(weights.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_TRUE(HasSubstr(weights.status().message(), "resolves outside the model directory"));
-    EXPECT_TRUE(HasSubstr(weights.status().message(), file));
+    EXPECT_THAT(weights.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                           AllOf(HasSubstr("resolves outside the model directory"),
+                                                 HasSubstr(file))));
   }
 }
 

@@ -17,9 +17,13 @@
 #include "engine/model_weights.h"
 #include "engine/open_engine.h"
 #include "engine/transformer_xl.h"
+#include "tests/testing/status_matchers.h"
 
 namespace trams::engine {
 namespace {
+
+using ::testing::HasSubstr;
+using ::trams::status_matchers::StatusIs;
 
 const std::string kModels = std::string(TRAMS_TEST_DATA_DIR) + "/golden/models/";
 
@@ -58,8 +62,8 @@ TEST(PoolDTypeTest, ParsesTheThreeNamesAndRejectsOthersClearly) {
   EXPECT_EQ(*ParsePoolDType("bf16"), PoolDType::kBF16);
   for (const char* bad : {"", "fp16", "F16", "int8", "f64"}) {
     const auto st = ParsePoolDType(bad).status();
-    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << bad;
-    EXPECT_NE(st.message().find("pool_dtype must be f32, f16 or bf16"), absl::string_view::npos) << st;
+    EXPECT_THAT(st, StatusIs(absl::StatusCode::kInvalidArgument,
+                             HasSubstr("pool_dtype must be f32, f16 or bf16"))) << bad;
   }
   for (const char* device : {"cpu", "emulated"}) {
     DeviceChoice choice;
@@ -67,10 +71,9 @@ TEST(PoolDTypeTest, ParsesTheThreeNamesAndRejectsOthersClearly) {
     choice.pool_dtype = "half";
     const auto opened = OpenEngine(kModels + "plain_postln", choice);
     ASSERT_FALSE(opened.ok());
-    EXPECT_EQ(opened.status().code(), absl::StatusCode::kInvalidArgument) << device;
-    EXPECT_NE(opened.status().message().find("pool_dtype must be f32, f16 or bf16, got \"half\""),
-              absl::string_view::npos)
-        << opened.status();
+    EXPECT_THAT(opened.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                          HasSubstr("pool_dtype must be f32, f16 or bf16, got \"half\"")))
+        << device;
   }
 }
 

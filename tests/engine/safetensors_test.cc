@@ -14,9 +14,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
 
 namespace trams::engine {
 namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::trams::status_matchers::StatusIs;
 
 // gtest only (the tests link gtest_main, not gmock).
 ::testing::AssertionResult HasSubstr(absl::string_view text, absl::string_view part) {
@@ -278,21 +283,18 @@ TEST(ConversionTest, CopyToF32FromFile) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ(Bits(out[i]), Bits(f32[i])) << i;
 
   absl::Status s = CopyToF32(*(*file)->Find("i32"), absl::MakeSpan(out));
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(HasSubstr(s.message(), "i32"));
-  EXPECT_TRUE(HasSubstr(s.message(), "not a float type"));
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument,
+                          AllOf(HasSubstr("i32"), HasSubstr("not a float type"))));
 
   std::vector<float> wrong(3);
   s = CopyToF32(*(*file)->Find("f16"), absl::MakeSpan(wrong));
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(HasSubstr(s.message(), "has 4 elements, output buffer has 3"));
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("has 4 elements, output buffer has 3")));
 }
 
 TEST(SafetensorsTest, MissingFileIsNotFound) {
   auto file = SafetensorsFile::Open(TempPath("does_not_exist.safetensors"));
   ASSERT_FALSE(file.ok());
-  EXPECT_EQ(file.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_TRUE(HasSubstr(file.status().message(), "does_not_exist.safetensors"));
+  EXPECT_THAT(file.status(), StatusIs(absl::StatusCode::kNotFound, HasSubstr("does_not_exist.safetensors")));
 }
 
 TEST(SafetensorsTest, DirectoryIsRejected) {
@@ -300,8 +302,7 @@ TEST(SafetensorsTest, DirectoryIsRejected) {
   ::mkdir(dir.c_str(), 0755);
   auto file = SafetensorsFile::Open(dir);
   ASSERT_FALSE(file.ok());
-  EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(HasSubstr(file.status().message(), "not a regular file"));
+  EXPECT_THAT(file.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not a regular file")));
 }
 
 struct CorruptCase {
@@ -571,8 +572,7 @@ TEST(WriteSafetensorsTest, RejectsBadInput) {
   for (const Case& c : cases) {
     SCOPED_TRACE(c.message);
     absl::Status s = WriteSafetensors(path, c.tensors, {});
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_TRUE(HasSubstr(s.message(), c.message));
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(c.message)));
   }
 }
 

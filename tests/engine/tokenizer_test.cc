@@ -12,9 +12,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
 
 namespace trams::engine {
 namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::trams::status_matchers::StatusIs;
 
 // gtest only (the tests link gtest_main, not gmock).
 ::testing::AssertionResult HasSubstr(absl::string_view text, absl::string_view part) {
@@ -144,8 +149,8 @@ TEST(ByteTokenizerTest, DecodeRejectsOutOfRangeIds) {
   for (int32_t bad : {256, -1, 100000}) {
     auto s = tok->Decode({65, bad});
     ASSERT_FALSE(s.ok()) << bad;
-    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_TRUE(HasSubstr(s.status().message(), absl::StrCat("id ", bad, " at position 1")));
+    EXPECT_THAT(s.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                     HasSubstr(absl::StrCat("id ", bad, " at position 1"))));
     EXPECT_EQ(tok->TokenText(bad), absl::StrCat("<id ", bad, ">"));
   }
 }
@@ -287,8 +292,8 @@ TEST(WordTokenizerTest, Decode) {
   for (int32_t bad : {5, -1}) {
     auto s = tok->Decode({2, bad});
     ASSERT_FALSE(s.ok());
-    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_TRUE(HasSubstr(s.status().message(), absl::StrCat("id ", bad, " at position 1")));
+    EXPECT_THAT(s.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                     HasSubstr(absl::StrCat("id ", bad, " at position 1"))));
   }
 }
 
@@ -308,9 +313,9 @@ TEST(WordTokenizerTest, UnknownWordWithoutUnkSymbolIsAnError) {
   EXPECT_EQ(*(*tok)->Encode("a a\n"), (std::vector<int32_t>{1, 1, 0}));  // unk not needed
   auto ids = (*tok)->Encode("a zebra\n");
   ASSERT_FALSE(ids.ok());
-  EXPECT_EQ(ids.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(HasSubstr(ids.status().message(), "'zebra' is not in the vocabulary"));
-  EXPECT_TRUE(HasSubstr(ids.status().message(), "no unk symbol '<unk>'"));
+  EXPECT_THAT(ids.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                     AllOf(HasSubstr("'zebra' is not in the vocabulary"),
+                                           HasSubstr("no unk symbol '<unk>'"))));
 }
 
 TEST(WordTokenizerTest, ConstructionErrors) {
@@ -331,8 +336,7 @@ TEST(WordTokenizerTest, ConstructionErrors) {
     SCOPED_TRACE(c.message);
     auto tok = MakeWordTokenizer(c.symbols, "<unk>", "<eos>", c.add_eos);
     ASSERT_FALSE(tok.ok());
-    EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_TRUE(HasSubstr(tok.status().message(), c.message));
+    EXPECT_THAT(tok.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(c.message)));
   }
   // Without add_eos the eos symbol is optional.
   EXPECT_TRUE(MakeWordTokenizer({"a", "b"}, "<unk>", "<eos>", false).ok());
@@ -355,8 +359,8 @@ TEST(LoadTest, Byte) {
   }
   auto small = Tokenizer::Load(dir, 255);
   ASSERT_FALSE(small.ok());
-  EXPECT_EQ(small.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(HasSubstr(small.status().message(), "needs vocab_size >= 256, the model has 255"));
+  EXPECT_THAT(small.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                       HasSubstr("needs vocab_size >= 256, the model has 255")));
 }
 
 TEST(LoadTest, WordFromWikiTextVocab) {
@@ -397,23 +401,20 @@ TEST(LoadTest, NoneTypeSaysIdsMustBeGiven) {
   const std::string dir = ModelDir({{"tokenizer.json", R"({"type": "none"})"}});
   auto tok = Tokenizer::Load(dir, 100);
   ASSERT_FALSE(tok.ok());
-  EXPECT_EQ(tok.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_TRUE(HasSubstr(tok.status().message(), "has no tokenizer"));
-  EXPECT_TRUE(HasSubstr(tok.status().message(), "token ids"));
+  EXPECT_THAT(tok.status(), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                     AllOf(HasSubstr("has no tokenizer"), HasSubstr("token ids"))));
 }
 
 TEST(LoadTest, MissingFilesAreNotFound) {
   const std::string empty_dir = ModelDir({});
   auto no_json = Tokenizer::Load(empty_dir, 300);
   ASSERT_FALSE(no_json.ok());
-  EXPECT_EQ(no_json.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_TRUE(HasSubstr(no_json.status().message(), empty_dir + "/tokenizer.json"));
+  EXPECT_THAT(no_json.status(), StatusIs(absl::StatusCode::kNotFound, HasSubstr(empty_dir + "/tokenizer.json")));
 
   const std::string dir = ModelDir({{"tokenizer.json", kWordJson}});
   auto no_vocab = Tokenizer::Load(dir, 300);
   ASSERT_FALSE(no_vocab.ok());
-  EXPECT_EQ(no_vocab.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_TRUE(HasSubstr(no_vocab.status().message(), dir + "/vocab.txt"));
+  EXPECT_THAT(no_vocab.status(), StatusIs(absl::StatusCode::kNotFound, HasSubstr(dir + "/vocab.txt")));
 }
 
 TEST(LoadTest, InvalidConfigsAndVocabs) {
@@ -451,8 +452,7 @@ TEST(LoadTest, InvalidConfigsAndVocabs) {
     }
     auto tok = Tokenizer::Load(ModelDir(files), c.vocab_size);
     ASSERT_FALSE(tok.ok());
-    EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument) << tok.status();
-    EXPECT_TRUE(HasSubstr(tok.status().message(), c.message));
+    EXPECT_THAT(tok.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(c.message)));
   }
 }
 
@@ -479,8 +479,8 @@ TEST(ConfinementTest, AbsoluteVocabFileIsRefused) {
         ModelDir({{"tokenizer.json", absl::StrCat(R"({"type": "word", "vocab_file": ")", target, "\"}")}});
     auto tok = Tokenizer::Load(dir, 1000000);
     ASSERT_FALSE(tok.ok());
-    EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument) << tok.status();
-    EXPECT_TRUE(HasSubstr(tok.status().message(), "absolute paths are not allowed"));
+    EXPECT_THAT(tok.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                       HasSubstr("absolute paths are not allowed")));
     EXPECT_FALSE(HasSubstr(tok.status().message(), "root:"));
     EXPECT_FALSE(HasSubstr(tok.status().message(), "private line"));
   }
@@ -495,8 +495,8 @@ TEST(ConfinementTest, DotDotComponentsAreRefused) {
                                       {"vocab.txt", "<unk>\n<eos>\n"}});
     auto tok = Tokenizer::Load(dir, 100);
     ASSERT_FALSE(tok.ok());
-    EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument) << tok.status();
-    EXPECT_TRUE(HasSubstr(tok.status().message(), "'..' components are not allowed"));
+    EXPECT_THAT(tok.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                       HasSubstr("'..' components are not allowed")));
   }
 }
 
@@ -506,8 +506,8 @@ TEST(ConfinementTest, SymlinksMayNotLeadOutside) {
   ASSERT_EQ(Symlink(outside, dir + "/vocab.txt"), 0);
   auto tok = Tokenizer::Load(dir, 100);
   ASSERT_FALSE(tok.ok());
-  EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument) << tok.status();
-  EXPECT_TRUE(HasSubstr(tok.status().message(), "resolves outside the model directory"));
+  EXPECT_THAT(tok.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                     HasSubstr("resolves outside the model directory")));
   EXPECT_FALSE(HasSubstr(tok.status().message(), "private line"));
 
   // tokenizer.json itself too.

@@ -4,9 +4,13 @@
 
 #include "engine/trams_settings.h"
 #include "tests/engine/plain_model.h"
+#include "tests/testing/status_matchers.h"
 
 namespace trams::engine {
 namespace {
+
+using ::testing::HasSubstr;
+using ::trams::status_matchers::StatusIs;
 
 using test::LoadModel;
 
@@ -34,8 +38,7 @@ TEST(SettingsTest, BadMemorySettingsAreRejectedWithAReason) {
   for (const Case& k : cases) {
     auto s = MakeTramsSettings(k.mode, k.mem_len, k.attend, k.topk, k.remain, k.layers, k.metric, c);
     ASSERT_FALSE(s.ok()) << k.expect;
-    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(s.status().message().find(k.expect), absl::string_view::npos) << s.status();
+    EXPECT_THAT(s.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(k.expect)));
   }
   auto good = MakeTramsSettings("trams", 400, 200, 50, 150, {1, 2}, "paper", c);
   ASSERT_TRUE(good.ok()) << good.status();

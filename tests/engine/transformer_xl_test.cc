@@ -7,9 +7,13 @@
 
 #include "engine/transformer_xl.h"
 #include "tests/engine/plain_model.h"
+#include "tests/testing/status_matchers.h"
 
 namespace trams::engine {
 namespace {
+
+using ::testing::HasSubstr;
+using ::trams::status_matchers::StatusIs;
 
 using test::LoadModel;
 using test::Score;
@@ -80,12 +84,10 @@ TEST(EngineTest, BadTokensAreRejectedAndLeaveTheStreamAsItWas) {
   std::vector<SegmentOutput> out;
   for (const std::vector<int32_t>& bad : {std::vector<int32_t>{1, 2, 97}, std::vector<int32_t>{-1}}) {
     absl::Status s = model->Forward({{stream.get(), bad, {}}}, &out);
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(s.message().find("outside the vocabulary"), absl::string_view::npos) << s;
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("outside the vocabulary")));
   }
   absl::Status empty = model->Forward({{stream.get(), {}, {}}}, &out);
-  EXPECT_EQ(empty.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(empty.message().find("no tokens"), absl::string_view::npos) << empty;
+  EXPECT_THAT(empty, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no tokens")));
   const std::vector<int32_t> ok = {1, 2};
   absl::Status twice = model->Forward({{stream.get(), ok, {}}, {stream.get(), ok, {}}}, &out);
   EXPECT_NE(twice.message().find("repeats a stream"), absl::string_view::npos) << twice;

@@ -19,9 +19,14 @@
 
 #include "engine/cuda/host_emulation.h"
 #include "tests/server/server_test_util.h"
+#include "tests/testing/status_matchers.h"
 
 namespace trams::server::test {
 namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::trams::status_matchers::StatusIs;
 
 constexpr int kM = 24, kTopk = 4, kRemain = 8, kN = 8;
 const char kModel[] = "adaptive_samelen";  // byte tokenizer, vocab 260, 3 layers, 3 heads
@@ -127,9 +132,9 @@ TEST(HardeningTest, EvictedSessionsWithLongIdsAreReportedEvicted) {
     if (!previous.empty()) {
       v1::Session s;
       const grpc::Status get = GetSession(stub, previous, &s);
-      EXPECT_EQ(get.error_code(), grpc::StatusCode::NOT_FOUND);
-      EXPECT_TRUE(Contains(get.error_message(), "evicted (least recently used)")) << Describe(get);
-      EXPECT_TRUE(Contains(get.error_message(), previous));
+      EXPECT_THAT(get, StatusIs(grpc::StatusCode::NOT_FOUND,
+                                AllOf(HasSubstr("evicted (least recently used)"),
+                                      HasSubstr(previous)))) << Describe(get);
     }
     previous = id;
   }
@@ -195,8 +200,8 @@ TEST(HardeningTest, ARequestThatCannotFitEvictsNobody) {
 
   // Over the whole budget: refused, nobody evicted.
   const grpc::Status huge = CreateSession(stub, "huge", Trams(4000, 10, 10), kN);
-  EXPECT_EQ(huge.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(huge);
-  EXPECT_TRUE(Contains(huge.error_message(), "more than the whole memory budget"));
+  EXPECT_THAT(huge, StatusIs(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                             HasSubstr("more than the whole memory budget"))) << Describe(huge);
   // Fits the budget but not beside a busy session: evicting the idle one alone would not do.
   ASSERT_TRUE(ScoreText(stub, "keep-a", Text(0, 20)).status.ok());
   RunningGenerate running(stub, "keep-a");  // holds keep-a: its pool + its undo reservation (2 pools)
@@ -278,8 +283,7 @@ TEST(HardeningTest, ExplainOnAnXlSessionSaysXlSelectsNothing) {
   ASSERT_TRUE(ScoreText(stub, "xl", Text(0, 60)).status.ok());
   v1::ExplainSelectionResponse resp;
   const grpc::Status s = Explain(stub, "xl", &resp);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_TRUE(Contains(s.error_message(), "mode 'xl'")) << Describe(s);
+  EXPECT_THAT(s, StatusIs(grpc::StatusCode::FAILED_PRECONDITION, HasSubstr("mode 'xl'"))) << Describe(s);
   EXPECT_EQ(s.error_message().find("has not run a segment"), std::string::npos) << Describe(s);
 }
 
@@ -505,8 +509,8 @@ TEST(HardeningTest, TextWithoutWordBoundariesIsRefusedNotBuffered) {
   ASSERT_TRUE(CreateSession(stub, "words", Trams(kM, kTopk, kRemain), kN).ok());
   const SessionState before = StateOf(stub, "words");
   const ScoreResult r = ScoreText(stub, "words", std::string(1 << 20, 'w'), 1 << 14);
-  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(r.status);
-  EXPECT_TRUE(Contains(r.status.error_message(), "without a word boundary"));
+  EXPECT_THAT(r.status, StatusIs(grpc::StatusCode::INVALID_ARGUMENT,
+                                 HasSubstr("without a word boundary"))) << Describe(r.status);
   EXPECT_EQ(StateOf(stub, "words"), before);
   const ScoreResult fine = ScoreText(stub, "words", "w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 ");
   EXPECT_TRUE(fine.status.ok()) << Describe(fine.status);
@@ -643,8 +647,7 @@ TEST(HardeningTest, IdleSessionsExpireInAnInProcessServer) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     got = GetSession(stub, "idle", &s);
   }
-  EXPECT_EQ(got.error_code(), grpc::StatusCode::NOT_FOUND) << Describe(got);
-  EXPECT_TRUE(Contains(got.error_message(), "expired after 1 s idle"));
+  EXPECT_THAT(got, StatusIs(grpc::StatusCode::NOT_FOUND, HasSubstr("expired after 1 s idle"))) << Describe(got);
 }
 
 }  // namespace

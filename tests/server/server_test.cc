@@ -18,9 +18,13 @@
 #include "engine/tokenizer.h"
 #include "engine/transformer_xl.h"
 #include "tests/server/server_test_util.h"
+#include "tests/testing/status_matchers.h"
 
 namespace trams::server::test {
 namespace {
+
+using ::testing::HasSubstr;
+using ::trams::status_matchers::StatusIs;
 
 constexpr int kM = 24, kTopk = 4, kRemain = 8, kN = 8;
 const char kModel[] = "adaptive_samelen";  // byte tokenizer, vocab 260, 3 layers, 3 heads
@@ -673,12 +677,11 @@ TEST(ServerLimitsTest, LruEvictsTheLeastRecentlyUsedSession) {
   EXPECT_EQ(ListCount(stub), 2);
 
   const ScoreResult on_evicted = ScoreText(stub, "lru-b", "hello");
-  EXPECT_EQ(on_evicted.status.error_code(), grpc::StatusCode::NOT_FOUND) << Describe(on_evicted.status);
-  EXPECT_TRUE(Contains(on_evicted.status.error_message(), "evicted"));
+  EXPECT_THAT(on_evicted.status, StatusIs(grpc::StatusCode::NOT_FOUND,
+                                          HasSubstr("evicted"))) << Describe(on_evicted.status);
   v1::Session s;
   const grpc::Status get = GetSession(stub, "lru-b", &s);
-  EXPECT_EQ(get.error_code(), grpc::StatusCode::NOT_FOUND);
-  EXPECT_TRUE(Contains(get.error_message(), "evicted"));
+  EXPECT_THAT(get, StatusIs(grpc::StatusCode::NOT_FOUND, HasSubstr("evicted")));
   s = WaitIdle(stub, "lru-a");
   EXPECT_EQ(s.position(), 9) << "the recently used session survived untouched";
   EXPECT_TRUE(GetSession(stub, "lru-c", &s).ok());
@@ -800,8 +803,7 @@ TEST(ServerLimitsTest, MemoryBudgetIsByteExact) {
     EXPECT_TRUE(r.status.ok()) << Describe(r.status);
     v1::Session s;
     const grpc::Status b = GetSession(stub, "b", &s);
-    EXPECT_EQ(b.error_code(), grpc::StatusCode::NOT_FOUND) << Describe(b);
-    EXPECT_TRUE(Contains(b.error_message(), "evicted"));
+    EXPECT_THAT(b, StatusIs(grpc::StatusCode::NOT_FOUND, HasSubstr("evicted"))) << Describe(b);
     EXPECT_TRUE(GetSession(stub, "c", &s).ok());
     EXPECT_EQ(WaitIdle(stub, "a").position(), 4);
   }
