@@ -2,7 +2,7 @@
 // backend (Context::Forward): where each stream's segment sits in the packed rows, how many memory tokens
 // each stream attends, which (layer, stream) pairs run TRAMS selection, which segment rows enter which ring
 // rows, which tokens are scored from which hidden state, and the cursors afterwards. No math, no absl:
-// compiled into trams_engine and trams_cuda_core, unit-tested on its own (tests/forward_plan_test.cc).
+// compiled into trams_engine and trams_cuda_core, unit-tested on its own (tests/engine/forward_plan_test.cc).
 // Semantics: engine/DESIGN.md (memory pool and TRAMS, scoring).
 #pragma once
 

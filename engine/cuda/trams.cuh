@@ -3,7 +3,7 @@
 // engine/stream_state.cc. The kernel finds the k-th best by counting, for each candidate, the better ones
 // (O(C^2) per head, with C <= M a few hundred), then applies SelectTopK's near-tie band in pool order.
 // NaN scores rank as -inf and +inf highest, so exactly topk candidates are kept whatever the scores
-// (tests/trams_selection_nan_test.cc checks host and emulation agree).
+// (tests/engine/trams_selection_nan_test.cc checks host and emulation agree).
 #pragma once
 
 #include "engine/cuda/hd_common.cuh"
