@@ -23,12 +23,6 @@ using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::trams::status_matchers::StatusIs;
 
-// gtest only (the tests link gtest_main, not gmock).
-::testing::AssertionResult HasSubstr(absl::string_view text, absl::string_view part) {
-  if (text.find(part) != absl::string_view::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << text << "\" does not contain \"" << part << "\"";
-}
-
 std::string TempPath(const std::string& name) {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   return absl::StrCat(::testing::TempDir(), "/st_", info->test_suite_name(), "_", info->name(), "_",
@@ -436,10 +430,10 @@ TEST(SafetensorsTest, CorruptFilesGiveUsefulErrors) {
     ASSERT_FALSE(file.ok());
     EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument) << file.status();
     const std::string message(file.status().message());
-    EXPECT_TRUE(HasSubstr(message, c.message));
-    EXPECT_TRUE(HasSubstr(message, path));
+    EXPECT_THAT(std::string(message), HasSubstr(c.message));
+    EXPECT_THAT(std::string(message), HasSubstr(path));
     if (!c.tensor.empty()) {
-      EXPECT_TRUE(HasSubstr(message, "'" + c.tensor + "'"));
+      EXPECT_THAT(std::string(message), HasSubstr("'" + c.tensor + "'"));
     }
   }
 }
@@ -476,8 +470,8 @@ TEST(SafetensorsTest, FromBytesMatchesOpen) {
   for (const CorruptCase& c : CorruptCases()) {
     auto file = SafetensorsFile::FromBytes(c.bytes, "in-memory");
     ASSERT_FALSE(file.ok()) << c.label;
-    EXPECT_TRUE(HasSubstr(file.status().message(), "in-memory: ")) << c.label;
-    EXPECT_TRUE(HasSubstr(file.status().message(), c.message)) << c.label;
+    EXPECT_THAT(std::string(file.status().message()), HasSubstr("in-memory: ")) << c.label;
+    EXPECT_THAT(std::string(file.status().message()), HasSubstr(c.message)) << c.label;
   }
 }
 
@@ -490,11 +484,11 @@ TEST(SafetensorsTest, MessagesEscapeAndCapFileContent) {
   auto file = SafetensorsFile::FromBytes(bytes, "f");
   ASSERT_FALSE(file.ok());
   const std::string message(file.status().message());
-  EXPECT_TRUE(HasSubstr(message, "unknown or unsupported dtype"));
-  EXPECT_TRUE(HasSubstr(message, "tensor '\\x1b[2Jnnn"));
-  EXPECT_TRUE(HasSubstr(message, "\\x07ddd"));
-  EXPECT_TRUE(HasSubstr(message, "(1004 bytes)"));
-  EXPECT_TRUE(HasSubstr(message, "(1001 bytes)"));
+  EXPECT_THAT(std::string(message), HasSubstr("unknown or unsupported dtype"));
+  EXPECT_THAT(std::string(message), HasSubstr("tensor '\\x1b[2Jnnn"));
+  EXPECT_THAT(std::string(message), HasSubstr("\\x07ddd"));
+  EXPECT_THAT(std::string(message), HasSubstr("(1004 bytes)"));
+  EXPECT_THAT(std::string(message), HasSubstr("(1001 bytes)"));
   EXPECT_EQ(message.find('\x1b'), std::string::npos) << "raw escape byte in the message";
   EXPECT_LT(message.size(), 400u);
 }
@@ -579,7 +573,7 @@ TEST(WriteSafetensorsTest, RejectsBadInput) {
 TEST(WriteSafetensorsTest, UnwritableDirectory) {
   absl::Status s = WriteSafetensors(TempPath("no_such_dir/x.safetensors"), {}, {});
   EXPECT_FALSE(s.ok());
-  EXPECT_TRUE(HasSubstr(s.message(), "no_such_dir"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("no_such_dir"));
 }
 
 }  // namespace
