@@ -59,11 +59,13 @@ EVAL=$B/engine/trams-eval
 LOADER_TEST=$B/tests/cuda/cuda_loader_test
 OPS_TEST=$B/tests/cuda/cuda_ops_test
 BENCH=$B/trams-cuda-bench
-TARGETS=(trams_cuda cuda_math_test cuda_loader_test cuda_ops_test cuda_golden_test trams-eval trams-cuda-bench server_test
-         server_hardening_test)
+SERVER_BINARIES=(score_call_test generate_call_test lm_service_test session_limits_test server_app_test
+                 server_hardening_test)
+TARGETS=(trams_cuda cuda_math_test cuda_loader_test cuda_ops_test cuda_golden_test trams-eval trams-cuda-bench
+         "${SERVER_BINARIES[@]}")
 # cuda_ops_test names its cases Backends/DeviceOpsTest.<Op>/<backend>: the cuda ones end in /cuda.
 OPS_CUDA_FILTER='*/cuda'
-# The server tests' names (gtest suites in server_test and server_hardening_test; ctest -R is case-sensitive).
+# The server tests' names (their gtest suites in tests/server; ctest -R is case-sensitive).
 SERVER_TESTS_REGEX='[Ss]erver|HardeningTest'
 
 # A step's verdict: its function returns 0 (PASS), 77 (SKIP) or anything else (FAIL); it may set REASON.
@@ -113,7 +115,7 @@ step_build() {
     local missing=()
     local f
     for f in "$B/libtrams_cuda.so" "$LOADER_TEST" "$OPS_TEST" "$B/tests/cuda/cuda_golden_test" "$EVAL" "$BENCH" \
-             "$B/tests/server/server_test" "$B/tests/server/server_hardening_test"; do
+             "${SERVER_BINARIES[@]/#/$B/tests/server/}"; do
       [ -e "$f" ] || missing+=("${f#"$B"/}")
     done
     REASON="build failed${missing:+; missing: ${missing[*]}}"
@@ -225,8 +227,10 @@ step_eval() {
 
 step_server() {
   [ -f "$B/CTestTestfile.cmake" ] || { REASON="no build tree at $B"; echo "$REASON"; return 1; }
-  need "$B/tests/server/server_test" server_test || return 1
-  need "$B/tests/server/server_hardening_test" server_hardening_test || return 1
+  local bin
+  for bin in "${SERVER_BINARIES[@]}"; do
+    need "$B/tests/server/$bin" "$bin" || return 1
+  done
   local out=$WORK/ctest-server.out rc
   TRAMS_TEST_DEVICE=cuda TRAMS_REQUIRE_GPU=1 t ctest --test-dir "$B" -R "$SERVER_TESTS_REGEX" --output-on-failure \
     --no-tests=error -j "$JOBS" --timeout 120 >"$out" 2>&1
