@@ -177,7 +177,8 @@ void PrintSummary(const nlohmann::json& stats) {
       calls += n.get<int64_t>();
       absl::StrAppend(&codes, codes.empty() ? "" : " ", code, "=", n.get<int64_t>());
     }
-    auto ms = [&](const char* key) { return m.contains(key) ? m[key].get<double>() : std::nan(""); };
+    const nlohmann::json& method = m;  // clang 14 cannot capture a structured binding
+    auto ms = [&method](const char* key) { return method.contains(key) ? method[key].get<double>() : std::nan(""); };
     std::printf("%-17s %8lld  %-60s %9.2f %9.2f %9.2f\n", name.c_str(), static_cast<long long>(calls), codes.c_str(),
                 ms("ok_p50_ms"), ms("ok_p99_ms"), ms("ok_max_ms"));
   }
