@@ -206,7 +206,7 @@ TEST_P(CudaVsHostTest, ReferenceCompatZeroPoolMatchesTheHostEngine) {
   auto dev = *engine->NewStream(s);
   auto ref = *host->NewStream(s);
   ASSERT_TRUE(engine->FillPoolWithZeroStates(dev.get()).ok());
-  host->FillPoolWithZeroStates(ref.get());
+  EXPECT_TRUE(host->FillPoolWithZeroStates(ref.get()).ok());
   std::mt19937 rng(3);
   for (int seg = 0; seg < 4; ++seg) {
     const auto ids = RandomTokens(rng, 5, weights->config.vocab_size);
@@ -452,7 +452,7 @@ TEST_P(CudaVsHostTest, RollbackRestoresTheStreamExactly) {
     run(6, true);
     for (int round = 0; round < 3; ++round) {
       ASSERT_TRUE(dev->BeginTransaction().ok());
-      ref->BeginTransaction();
+      EXPECT_TRUE(ref->BeginTransaction().ok());
       for (int seg = 0; seg < round + 1; ++seg) run(3 + 5 * seg, true);
       const auto info = StreamInfo(*dev);
       ASSERT_TRUE(info.ok());
@@ -460,10 +460,10 @@ TEST_P(CudaVsHostTest, RollbackRestoresTheStreamExactly) {
       EXPECT_EQ(info->undo_bytes > 0, ref->undo_bytes() > 0);
       if (round == 1) {
         ASSERT_TRUE(dev->Commit().ok());
-        ref->Commit();
+        EXPECT_TRUE(ref->Commit().ok());
       } else {
         ASSERT_TRUE(dev->Rollback().ok());
-        ref->Rollback();
+        EXPECT_TRUE(ref->Rollback().ok());
       }
       EXPECT_EQ(StreamInfo(*dev)->position, ref->position());
       EXPECT_EQ(dev->position(), ref->position());

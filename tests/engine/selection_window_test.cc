@@ -69,7 +69,7 @@ TEST_P(SelectionWindowTest, SelectionsComeWithTheirStreamPositions) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, SelectionWindowTest, ::testing::Values("cpu", "emulated"),
-                         [](const auto& info) { return info.param; });
+                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
 }  // namespace
 }  // namespace trams::engine

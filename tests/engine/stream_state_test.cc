@@ -34,10 +34,10 @@ TEST(TransactionTest, RollbackRestoresThePoolExactly) {
         keys.push_back(stream->layer(l).keys);
         scores.push_back(stream->layer(l).scores);
       }
-      stream->BeginTransaction();
+      EXPECT_TRUE(stream->BeginTransaction().ok());
       Score(*model, stream.get(), Tokens(during, 7), 5);
       EXPECT_EQ(stream->position(), before + during);
-      stream->Rollback();
+      EXPECT_TRUE(stream->Rollback().ok());
       EXPECT_EQ(stream->position(), before);
       EXPECT_EQ(stream->size(), std::min(before, 24));
       for (int l = 0; l < 3; ++l) {
@@ -65,15 +65,15 @@ TEST(TransactionTest, RollbackRestoresThePoolExactly) {
 TEST(TransactionTest, CommitKeepsTheAppendedTokens) {
   auto model = LoadModel();
   auto stream = *model->NewHostStream(TramsSettings::Xl(12));
-  stream->BeginTransaction();
+  EXPECT_TRUE(stream->BeginTransaction().ok());
   Score(*model, stream.get(), Tokens(5, 9), 8);
   EXPECT_EQ(stream->undo_bytes(), 0) << "an empty pool has nothing to save";
-  stream->Commit();
-  stream->BeginTransaction();
+  EXPECT_TRUE(stream->Commit().ok());
+  EXPECT_TRUE(stream->BeginTransaction().ok());
   Score(*model, stream.get(), Tokens(30, 9), 8);
   // 5 live tokens were overwritten in each of 3 layers: keys + values of 32 floats, plus the old prediction state.
   EXPECT_EQ(stream->undo_bytes(), (3 * 5 * 2 * 32 + 32) * 4);
-  stream->Commit();
+  EXPECT_TRUE(stream->Commit().ok());
   EXPECT_EQ(stream->position(), 35);
   EXPECT_EQ(stream->undo_bytes(), 0);
 }

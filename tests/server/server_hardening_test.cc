@@ -164,7 +164,7 @@ TEST(HardeningTest, FailedStartsAreErrorsNotCrashes) {
 // Item 12: bad addresses were accepted (":99999" served on a random port), and SO_REUSEPORT let a second
 // server share a port (one address, two session stores).
 TEST(HardeningTest, BadListenAddressesAreRefused) {
-  for (const std::string& bad : {":99999", "127.0.0.1:99999", "127.0.0.1:9999999", "127.0.0.1:", "127.0.0.1",
+  for (const char* bad : {":99999", "127.0.0.1:99999", "127.0.0.1:9999999", "127.0.0.1:", "127.0.0.1",
                                  ":50051", "localhost:12ab", "[::1:5000", "::1:5000"}) {
     ServerOptions listen = TestOptions(kModel);
     listen.listen = bad;
