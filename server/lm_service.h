@@ -58,7 +58,6 @@ class LmService final : public v1::TramsService::CallbackService {
   CallTracker calls_;
   MemoryShareSampler share_;
   CallEnv env_;  // what the streaming calls use of the above
-
 };
 
 }  // namespace trams::server

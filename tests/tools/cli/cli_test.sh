@@ -41,6 +41,8 @@ expect_start_fails "no host" "no host" --model "$model" --listen :50051
 expect_start_fails "metrics port 9999999" "--metrics_listen" --model "$model" --listen 127.0.0.1:0 \
   --metrics_listen 127.0.0.1:9999999
 expect_start_fails "bad flag value" "--max_segment_len must be in" --model "$model" --max_segment_len 0
+expect_start_fails "default layers the model lacks" "do not fit the model" --model "$model" --listen 127.0.0.1:0 \
+  --metrics_listen "" --layers 99
 
 # SIGTERM while the model loads (a weights header of a million entries takes a while to read): the
 # process ends at once with status 1 and says why (it used to ignore the signal until loaded).
