@@ -3,6 +3,9 @@
 
 Seeds are valid inputs the fuzzers mutate from: tiny model configs, safetensors files holding every
 tensor those configs call for, tokenizer configs with vocabularies, and settings bytes.
+corpus/fuzz_snapshot/ is not written here: its three seeds (raw, zstd, one_section) are a 0x01 byte (the
+fuzzer then fixes the checksum up) followed by blobs that
+engine/snapshot_file.cc's EncodeSnapshot wrote (xxHash3 and zstd are not in Python's standard library).
 """
 import json
 import os
