@@ -105,7 +105,7 @@ absl::StatusOr<std::string> EncodeSnapshot(absl::Span<const SnapshotSection> sec
   return out;
 }
 
-absl::StatusOr<std::vector<SnapshotSection>> DecodeSnapshot(absl::string_view blob) {
+absl::StatusOr<std::vector<SnapshotSection>> DecodeSnapshot(absl::string_view blob, uint64_t max_raw_bytes) {
   if (blob.size() < sizeof(kMagic) || std::memcmp(blob.data(), kMagic, sizeof(kMagic)) != 0) {
     return Lost("not a trams snapshot (no TRAMSNAP magic)");
   }
@@ -132,6 +132,7 @@ absl::StatusOr<std::vector<SnapshotSection>> DecodeSnapshot(absl::string_view bl
   Reader body(covered.substr(sizeof(kMagic) + 8));
   std::vector<SnapshotSection> out;
   std::set<std::string> names;
+  uint64_t raw_total = 0;
   for (uint32_t i = 0; i < count; ++i) {
     uint16_t name_len = 0;
     absl::string_view name;
@@ -149,6 +150,11 @@ absl::StatusOr<std::vector<SnapshotSection>> DecodeSnapshot(absl::string_view bl
         (codec == kRaw && stored_len != raw_len)) {
       return Lost(absl::StrCat(label, " declares ", stored_len, " stored / ", raw_len, " raw bytes, but ",
                                body.remaining(), " remain"));
+    }
+    raw_total += raw_len;  // both at most 4 GiB x 256 sections: no overflow
+    if (raw_total > max_raw_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat("snapshot: ", label, " brings its raw bytes to ", raw_total,
+                                                       ", more than the ", max_raw_bytes, " allowed here"));
     }
     absl::string_view stored;
     body.Bytes(stored_len, &stored);

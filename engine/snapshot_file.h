@@ -9,7 +9,8 @@
 //   u64 xxh3-64 of everything before it (every format version ends so: it is checked before the version)
 //
 // Decoding checks everything before it allocates or trusts a length: a blob that is not a snapshot, is
-// truncated or corrupt is DATA_LOSS saying what failed; a newer format version is FAILED_PRECONDITION.
+// truncated or corrupt is DATA_LOSS saying what failed; a newer format version is FAILED_PRECONDITION;
+// one that would decompress past the caller's bound is RESOURCE_EXHAUSTED.
 #pragma once
 
 #include <cstdint>
@@ -39,7 +40,10 @@ enum class SnapshotCompression { kNone, kZstd };
 // INVALID_ARGUMENT for a bad name, a repeated name, too many or too large sections.
 absl::StatusOr<std::string> EncodeSnapshot(absl::Span<const SnapshotSection> sections,
                                            SnapshotCompression compression);
-absl::StatusOr<std::vector<SnapshotSection>> DecodeSnapshot(absl::string_view blob);
+// `max_raw_bytes` bounds the raw bytes of all sections together, i.e. what decoding may allocate (a few
+// bytes of zstd may declare gigabytes); past it the snapshot is RESOURCE_EXHAUSTED, before any allocation.
+absl::StatusOr<std::vector<SnapshotSection>> DecodeSnapshot(absl::string_view blob,
+                                                            uint64_t max_raw_bytes = kMaxSnapshotSectionBytes);
 
 // The section named `name`, or nullptr.
 const SnapshotSection* FindSnapshotSection(const std::vector<SnapshotSection>& sections, absl::string_view name);

@@ -78,6 +78,17 @@ TEST(SnapshotFileFormatTest, NewerVersionsAreFailedPreconditionNotDataLoss) {
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("unknown format version 0")));
 }
 
+TEST(SnapshotFileFormatTest, DecompressionPastTheCallersBoundIsRefusedFirst) {
+  const std::vector<SnapshotSection> zeros = {{"pool.0", std::string(1 << 20, '\0')}};
+  const std::string blob = *EncodeSnapshot(zeros, SnapshotCompression::kZstd);
+  ASSERT_LT(blob.size(), size_t{1} << 12) << "a MiB of zeros compresses to a few bytes";
+  EXPECT_THAT(DecodeSnapshot(blob, 1 << 19),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("more than the 524288 allowed here")));
+  absl::StatusOr<std::vector<SnapshotSection>> fits = DecodeSnapshot(blob, 1 << 20);
+  ASSERT_TRUE(fits.ok()) << fits.status();
+  EXPECT_EQ(*fits, zeros);
+}
+
 TEST(SnapshotFileFormatTest, NotASnapshotIsDataLoss) {
   EXPECT_THAT(DecodeSnapshot("{\"json\": true}"), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("TRAMSNAP")));
   EXPECT_THAT(DecodeSnapshot(""), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("TRAMSNAP")));
