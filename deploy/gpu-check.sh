@@ -61,7 +61,7 @@ OPS_TEST=$B/tests/cuda/cuda_ops_test
 BENCH=$B/trams-cuda-bench
 SERVER_BINARIES=(score_call_test generate_call_test lm_service_test session_limits_test server_app_test
                  server_hardening_test)
-TARGETS=(trams_cuda cuda_math_test cuda_loader_test cuda_ops_test cuda_golden_test trams-eval trams-cuda-bench
+TARGETS=(trams_cuda cuda_math_test cuda_loader_test cuda_ops_test cuda_golden_test stream_image_test trams-eval trams-cuda-bench
          "${SERVER_BINARIES[@]}")
 # cuda_ops_test names its cases Backends/DeviceOpsTest.<Op>/<backend>: the cuda ones end in /cuda.
 OPS_CUDA_FILTER='*/cuda'
@@ -162,6 +162,7 @@ step_ctest_gpu() {
   # ctest -L gpu silently leaves out a test binary that was not built: require both.
   need "$OPS_TEST" cuda_ops_test || return 1
   need "$B/tests/cuda/cuda_golden_test" cuda_golden_test || return 1
+  need "$B/tests/cuda/stream_image_test" stream_image_test || return 1
   local out=$WORK/ctest-gpu.out rc
   TRAMS_REQUIRE_GPU=1 t ctest --test-dir "$B" -L gpu --output-on-failure --no-tests=error -j "$JOBS" \
     --timeout 120 >"$out" 2>&1

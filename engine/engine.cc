@@ -2,7 +2,9 @@
 
 #include <unordered_set>
 
+#include "absl/strings/str_cat.h"
 #include "engine/settings_rules.h"
+#include "engine/stream_image.h"
 
 namespace trams::engine {
 
@@ -34,6 +36,19 @@ absl::Status CheckBatch(const ModelConfig& config, absl::Span<const SegmentInput
 void DescribeSelectionWindow(const EngineStream& stream, SegmentOutput* out) {
   out->selection_base = stream.position() - stream.size();
   out->recent_from = stream.position() - RecentAttended(stream.settings().view(), stream.size());
+}
+
+absl::StatusOr<std::unique_ptr<EngineStream>> Engine::ForkStream(const EngineStream& stream) {
+  absl::StatusOr<StreamImage> image = ExportStream(stream);
+  if (!image.ok()) return image.status();
+  return ImportStream(*image);
+}
+
+absl::Status CheckImageDType(PoolDType engine_dtype, PoolDType image_dtype) {
+  if (engine_dtype == image_dtype) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat("the stream's pool stores ", PoolDTypeName(image_dtype),
+                                                    " but this engine's pools store ", PoolDTypeName(engine_dtype),
+                                                    " (--pool_dtype): converting would change its results"));
 }
 
 }  // namespace trams::engine

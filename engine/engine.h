@@ -16,6 +16,8 @@
 
 namespace trams::engine {
 
+struct StreamImage;  // engine/stream_image.h
+
 // How a stream's pool stores each token's key and value rows (server-wide, both backends): f32, or rounded
 // to f16/bf16 (round to nearest even, engine/cuda/hd_common.cuh) and read back as f32. Scores, the last
 // hidden state and all accumulation stay f32. Values are trams_cuda_dtype's.
@@ -134,6 +136,17 @@ class Engine {
   virtual absl::Status NextTokenLogProbs(const EngineStream& stream, std::vector<float>* out) = 0;
 
   virtual absl::StatusOr<EngineMemory> Memory() = 0;
+
+  // Snapshots, migration and forks (engine/stream_image.h). ExportStream copies the stream's whole state
+  // out (the stream is unchanged); inside a transaction it is FAILED_PRECONDITION (the state is not settled).
+  virtual absl::StatusOr<StreamImage> ExportStream(const EngineStream& stream) = 0;
+  // A new stream holding `image`: INVALID_ARGUMENT unless CheckStreamImage passes, FAILED_PRECONDITION for
+  // an image of another pool dtype, RESOURCE_EXHAUSTED as NewStream. It continues bit-identically.
+  virtual absl::StatusOr<std::unique_ptr<EngineStream>> ImportStream(const StreamImage& image) = 0;
+  // A new stream that starts as an exact copy of `stream` (ExportStream, then ImportStream).
+  virtual absl::StatusOr<std::unique_ptr<EngineStream>> ForkStream(const EngineStream& stream);
+  // The model's identity (config and weights, ModelFingerprint): a stream image restores only onto the same.
+  virtual const std::string& model_fingerprint() const = 0;
 };
 
 // The batch checks every backend makes before anything runs, with one set of messages: a non-empty batch,

@@ -1,6 +1,7 @@
 #include "engine/stream_state.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "engine/cuda/hd_common.cuh"  // the f16/bf16 conversions the device and its emulation use
 #include "engine/ring_cursor.h"
@@ -206,6 +207,66 @@ int64_t StreamState::undo_bytes() const {
 void StreamState::SetFilled(int n) {
   start_ = 0;
   size_ = n;
+}
+
+absl::StatusOr<StreamImage> StreamState::Export(const ModelConfig& config) const {
+  if (in_transaction_) {
+    return absl::FailedPreconditionError("the stream is inside a transaction: export it after Commit or Rollback");
+  }
+  StreamImage image;
+  image.settings = settings_;
+  image.pool_dtype = pool_dtype_;
+  image.size = size_;
+  image.position = position_;
+  image.last_hidden = last_hidden_;
+  const size_t row_bytes = static_cast<size_t>(width_) * PoolDTypeBytes(pool_dtype_);
+  const size_t h = static_cast<size_t>(config.n_head);
+  const size_t layer_bytes = row_bytes * static_cast<size_t>(size_);
+  image.keys.resize(layer_bytes * layers_.size());
+  image.values.resize(layer_bytes * layers_.size());
+  image.scores.reserve(static_cast<size_t>(ScoringLayers(config, settings_)) * size_ * h);
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const LayerPool& p = layers_[l];
+    const char* keys = pool_dtype_ == PoolDType::kF32 ? reinterpret_cast<const char*>(p.keys.data())
+                                                      : reinterpret_cast<const char*>(p.keys_half.data());
+    const char* values = pool_dtype_ == PoolDType::kF32 ? reinterpret_cast<const char*>(p.values.data())
+                                                        : reinterpret_cast<const char*>(p.values_half.data());
+    for (int i = 0; i < size_; ++i) {
+      const size_t row = static_cast<size_t>(RingRow(i));
+      std::memcpy(&image.keys[l * layer_bytes + i * row_bytes], keys + row * row_bytes, row_bytes);
+      std::memcpy(&image.values[l * layer_bytes + i * row_bytes], values + row * row_bytes, row_bytes);
+      if (!p.scores.empty()) {
+        image.scores.insert(image.scores.end(), p.scores.begin() + row * h, p.scores.begin() + (row + 1) * h);
+      }
+    }
+  }
+  return image;
+}
+
+void StreamState::Load(const ModelConfig& config, const StreamImage& image) {
+  const size_t row_bytes = static_cast<size_t>(width_) * PoolDTypeBytes(pool_dtype_);
+  const size_t h = static_cast<size_t>(config.n_head);
+  const size_t layer_bytes = row_bytes * static_cast<size_t>(image.size);
+  const float* scores = image.scores.data();
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    LayerPool& p = layers_[l];
+    char* keys = pool_dtype_ == PoolDType::kF32 ? reinterpret_cast<char*>(p.keys.data())
+                                                : reinterpret_cast<char*>(p.keys_half.data());
+    char* values = pool_dtype_ == PoolDType::kF32 ? reinterpret_cast<char*>(p.values.data())
+                                                  : reinterpret_cast<char*>(p.values_half.data());
+    if (layer_bytes > 0) {  // rows [0, size): the ring starts at row 0
+      std::memcpy(keys, &image.keys[l * layer_bytes], layer_bytes);
+      std::memcpy(values, &image.values[l * layer_bytes], layer_bytes);
+    }
+    if (!p.scores.empty()) {
+      std::copy(scores, scores + image.size * h, p.scores.begin());
+      scores += image.size * h;
+    }
+  }
+  start_ = 0;
+  size_ = image.size;
+  position_ = image.position;
+  last_hidden_ = image.last_hidden;
 }
 
 }  // namespace trams::engine

@@ -10,6 +10,7 @@
 
 #include "engine/engine.h"
 #include "engine/model_config.h"
+#include "engine/stream_image.h"
 #include "engine/trams_settings.h"
 
 namespace trams::engine {
@@ -62,6 +63,12 @@ class StreamState final : public EngineStream {
   void CommitAppend(int n, const float* last_hidden, int d_model);
   // Marks the pool as holding `n` tokens already written at rows [0, n) (used for the zero-filled pool).
   void SetFilled(int n);
+
+  // The state in pool order (stream_image.h); FAILED_PRECONDITION inside a transaction.
+  absl::StatusOr<StreamImage> Export(const ModelConfig& config) const;
+  // Loads an image that passed CheckStreamImage into this new, empty stream of the same settings and
+  // pool dtype: rows [0, size) in pool order, the cursor and the hidden state.
+  void Load(const ModelConfig& config, const StreamImage& image);
 
   // Transactions make a multi-segment request all-or-nothing: after BeginTransaction(), each forward
   // first saves the live pool rows it is about to overwrite (at most the pool's size per layer over

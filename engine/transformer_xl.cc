@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/forward_plan.h"
+#include "engine/model_fingerprint.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
 
@@ -40,7 +41,8 @@ TransformerXL::TransformerXL(ModelWeights weights, const EngineOptions& options)
       pool_(options.threads),
       output_(weights_),
       rel_(&weights_),
-      pool_dtype_(options.pool_dtype) {
+      pool_dtype_(options.pool_dtype),
+      fingerprint_(ModelFingerprint(weights_)) {
   const ModelConfig& c = weights_.config;
   for (int l = 0; l < c.n_layer; ++l) {
     scorers_.emplace_back(weights_.layers[l].qkv.data, c.n_head, c.d_head, c.d_model);
@@ -78,6 +80,20 @@ absl::StatusOr<EngineMemory> TransformerXL::Memory() {
   m.weights_bytes = static_cast<int64_t>(sizeof(float)) * weights_.config.ParameterCount();
   m.streams = -1;
   return m;
+}
+
+absl::StatusOr<StreamImage> TransformerXL::ExportStream(const EngineStream& stream) {
+  const StreamState* host = HostStream(const_cast<EngineStream*>(&stream));
+  if (host == nullptr) return absl::InvalidArgumentError("the stream belongs to another engine");
+  return host->Export(config());
+}
+
+absl::StatusOr<std::unique_ptr<EngineStream>> TransformerXL::ImportStream(const StreamImage& image) {
+  RETURN_IF_ERROR(CheckStreamImage(config(), image));
+  RETURN_IF_ERROR(CheckImageDType(pool_dtype_, image.pool_dtype));
+  ASSIGN_OR_RETURN(std::unique_ptr<StreamState> stream, NewHostStream(image.settings));
+  stream->Load(config(), image);
+  return std::unique_ptr<EngineStream>(std::move(stream));
 }
 
 StreamState* TransformerXL::HostStream(EngineStream* stream) const {

@@ -42,6 +42,9 @@ class TransformerXL final : public Engine {
   absl::Status Forward(absl::Span<const SegmentInput> batch, std::vector<SegmentOutput>* outputs) override;
   absl::Status NextTokenLogProbs(const EngineStream& stream, std::vector<float>* out) override;
   absl::StatusOr<EngineMemory> Memory() override;
+  absl::StatusOr<StreamImage> ExportStream(const EngineStream& stream) override;
+  absl::StatusOr<std::unique_ptr<EngineStream>> ImportStream(const StreamImage& image) override;
+  const std::string& model_fingerprint() const override { return fingerprint_; }
 
   // The same stream with its host arrays visible (tests, tools that inspect pools).
   absl::StatusOr<std::unique_ptr<StreamState>> NewHostStream(const TramsSettings& settings) const;
@@ -72,6 +75,7 @@ class TransformerXL final : public Engine {
   RelPositionTable rel_;
   std::vector<TramsScorer> scorers_;  // per layer
   PoolDType pool_dtype_ = PoolDType::kF32;
+  std::string fingerprint_;
   std::mutex forward_mu_;
 };
 

@@ -90,6 +90,20 @@ trams_cuda_code NextLogProbs(trams_cuda_context* ctx, const trams_cuda_stream* s
   });
 }
 
+trams_cuda_code StreamRead(trams_cuda_context* ctx, const trams_cuda_stream* stream, const trams_cuda_stream_image* image) {
+  return Guard([&] {
+    if (ctx == nullptr || image == nullptr) return InvalidArgument("stream_read: null argument");
+    return Ctx(ctx)->ReadStream(Str(stream), *image);
+  });
+}
+
+trams_cuda_code StreamWrite(trams_cuda_context* ctx, trams_cuda_stream* stream, const trams_cuda_stream_image* image) {
+  return Guard([&] {
+    if (ctx == nullptr || image == nullptr) return InvalidArgument("stream_write: null argument");
+    return Ctx(ctx)->WriteStream(Str(stream), *image);
+  });
+}
+
 template <Status (Context::*method)(Stream*)>
 trams_cuda_code StreamCall(trams_cuda_context* ctx, trams_cuda_stream* stream) {
   return Guard([&] {
@@ -140,6 +154,8 @@ trams_cuda_api MakeApiTable(const char* backend, DeviceCountFn device_count, Cre
   api.stream_begin_transaction = &StreamCall<&Context::BeginTransaction>;
   api.stream_commit = &StreamCall<&Context::CommitTransaction>;
   api.stream_rollback = &StreamCall<&Context::RollbackTransaction>;
+  api.stream_read = &StreamRead;
+  api.stream_write = &StreamWrite;
   return api;
 }
 

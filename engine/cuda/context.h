@@ -90,6 +90,8 @@ class Context {
   Status BeginTransaction(Stream* stream);
   Status CommitTransaction(Stream* stream);
   Status RollbackTransaction(Stream* stream);
+  Status ReadStream(const Stream* stream, const trams_cuda_stream_image& image);
+  Status WriteStream(Stream* stream, const trams_cuda_stream_image& image);
 
  private:
   struct Config {

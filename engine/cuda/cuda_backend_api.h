@@ -25,7 +25,7 @@
 extern "C" {
 #endif
 
-#define TRAMS_CUDA_API_VERSION 2
+#define TRAMS_CUDA_API_VERSION 3
 /* The only symbol the loader resolves (see trams_cuda_get_api_fn). */
 #define TRAMS_CUDA_GET_API_SYMBOL "trams_cuda_get_api"
 /* Test and diagnostics only: `trams::cuda::DeviceOps* (int32_t device, char* error, size_t error_size)`,
@@ -162,6 +162,19 @@ typedef struct trams_cuda_stream_info {
   int64_t undo_bytes; /* host memory of the transaction's undo log */
 } trams_cuda_stream_info;
 
+/* A stream's state in host memory, in pool order (0 = oldest): engine/stream_image.h. Buffers are the
+ * caller's: `keys` and `values` [n_layer][size][n_head * d_head] elements of the pool dtype, `scores`
+ * [layers that select][size][n_head] floats (NULL when no layer selects), `last_hidden` d_model floats
+ * (NULL before the first token). */
+typedef struct trams_cuda_stream_image {
+  int32_t size;     /* tokens in the pool */
+  int64_t position; /* tokens consumed */
+  void* keys;
+  void* values;
+  float* scores;
+  float* last_hidden;
+} trams_cuda_stream_image;
+
 typedef struct trams_cuda_device_info {
   char name[256];
   int32_t device;
@@ -218,6 +231,14 @@ typedef struct trams_cuda_api {
   trams_cuda_code (*stream_begin_transaction)(trams_cuda_context* ctx, trams_cuda_stream* stream);
   trams_cuda_code (*stream_commit)(trams_cuda_context* ctx, trams_cuda_stream* stream);
   trams_cuda_code (*stream_rollback)(trams_cuda_context* ctx, trams_cuda_stream* stream);
+
+  /* Version 3. stream_read copies the stream's state into `image` (whose size and position must be the
+   * stream's: stream_info), FAILED_PRECONDITION inside a transaction. stream_write loads `image` into a
+   * stream that has consumed nothing and holds nothing (just created), rows [0, size) with the ring at 0. */
+  trams_cuda_code (*stream_read)(trams_cuda_context* ctx, const trams_cuda_stream* stream,
+                                 const trams_cuda_stream_image* image);
+  trams_cuda_code (*stream_write)(trams_cuda_context* ctx, trams_cuda_stream* stream,
+                                  const trams_cuda_stream_image* image);
 } trams_cuda_api;
 
 /* Returns NULL when the module cannot serve `version`. */

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/cuda_loader.h"
+#include "engine/model_fingerprint.h"
 #include "engine/status_macros.h"
 
 namespace trams::cuda {
@@ -142,6 +143,8 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const trams_cuda_
   e->api_ = api;
   e->config_ = weights.config;
   e->device_ = options.device;
+  e->pool_dtype_ = static_cast<engine::PoolDType>(options.pool_dtype);
+  e->fingerprint_ = engine::ModelFingerprint(weights);
   const trams_cuda_code code = api->create(&view.get(), &o, &e->ctx_);
   if (code != TRAMS_CUDA_OK) {
     return FromCudaCode(code, absl::StrCat("creating the ", api->backend, " context: ", api->last_error()).c_str());
@@ -302,6 +305,53 @@ absl::Status CudaEngine::NextTokenLogProbs(const engine::EngineStream& engine_st
   if (stream == nullptr) return absl::InvalidArgumentError("the stream belongs to another engine");
   out->resize(static_cast<size_t>(config_.vocab_size));
   return Check(api_->next_logprobs(ctx_, stream->stream_, out->data()));
+}
+
+absl::StatusOr<engine::StreamImage> CudaEngine::ExportStream(const engine::EngineStream& engine_stream) {
+  const CudaStream* stream = Own(&engine_stream);
+  if (stream == nullptr) return absl::InvalidArgumentError("the stream belongs to another engine");
+  if (stream->in_transaction()) {
+    return absl::FailedPreconditionError("the stream is inside a transaction: export it after Commit or Rollback");
+  }
+  engine::StreamImage image;
+  image.settings = stream->settings();
+  image.pool_dtype = pool_dtype_;
+  image.size = stream->size();
+  image.position = stream->position();
+  const size_t pool = static_cast<size_t>(engine::ImageLayerBytes(config_, pool_dtype_, image.size)) * config_.n_layer;
+  image.keys.resize(pool);
+  image.values.resize(pool);
+  image.scores.resize(static_cast<size_t>(engine::ScoringLayers(config_, image.settings)) * image.size *
+                      config_.n_head);
+  if (image.position > 0) image.last_hidden.resize(static_cast<size_t>(config_.d_model));
+  trams_cuda_stream_image raw{};
+  raw.size = image.size;
+  raw.position = image.position;
+  raw.keys = image.keys.data();
+  raw.values = image.values.data();
+  raw.scores = image.scores.empty() ? nullptr : image.scores.data();
+  raw.last_hidden = image.last_hidden.empty() ? nullptr : image.last_hidden.data();
+  RETURN_IF_ERROR(Check(api_->stream_read(ctx_, stream->stream_, &raw)));
+  return image;
+}
+
+absl::StatusOr<std::unique_ptr<engine::EngineStream>> CudaEngine::ImportStream(const engine::StreamImage& image) {
+  RETURN_IF_ERROR(engine::CheckStreamImage(config_, image));
+  RETURN_IF_ERROR(engine::CheckImageDType(pool_dtype_, image.pool_dtype));
+  ASSIGN_OR_RETURN(std::unique_ptr<engine::EngineStream> created, NewStream(image.settings));
+  auto* stream = static_cast<CudaStream*>(created.get());
+  trams_cuda_stream_image raw{};
+  raw.size = image.size;
+  raw.position = image.position;
+  // The module only reads through these (stream_write).
+  raw.keys = const_cast<char*>(image.keys.data());
+  raw.values = const_cast<char*>(image.values.data());
+  raw.scores = image.scores.empty() ? nullptr : const_cast<float*>(image.scores.data());
+  raw.last_hidden = image.last_hidden.empty() ? nullptr : const_cast<float*>(image.last_hidden.data());
+  RETURN_IF_ERROR(Check(api_->stream_write(ctx_, stream->stream_, &raw)));
+  stream->size_ = image.size;
+  stream->position_ = image.position;
+  return created;
 }
 
 absl::StatusOr<engine::EngineMemory> CudaEngine::Memory() {

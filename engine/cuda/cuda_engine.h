@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -15,6 +16,7 @@
 #include "engine/cuda/cuda_backend_api.h"
 #include "engine/model_weights.h"
 #include "engine/engine.h"
+#include "engine/stream_image.h"
 
 namespace trams::cuda {
 
@@ -102,6 +104,9 @@ class CudaEngine final : public engine::Engine {
   absl::Status Forward(absl::Span<const engine::SegmentInput> batch, std::vector<engine::SegmentOutput>* outputs) override;
   absl::Status NextTokenLogProbs(const engine::EngineStream& stream, std::vector<float>* out) override;
   absl::StatusOr<engine::EngineMemory> Memory() override;
+  absl::StatusOr<engine::StreamImage> ExportStream(const engine::EngineStream& stream) override;
+  absl::StatusOr<std::unique_ptr<engine::EngineStream>> ImportStream(const engine::StreamImage& image) override;
+  const std::string& model_fingerprint() const override { return fingerprint_; }
   absl::StatusOr<trams_cuda_device_info> DeviceInfo();
 
  private:
@@ -113,6 +118,8 @@ class CudaEngine final : public engine::Engine {
   trams_cuda_context* ctx_ = nullptr;
   engine::ModelConfig config_;
   int device_ = 0;
+  engine::PoolDType pool_dtype_ = engine::PoolDType::kF32;
+  std::string fingerprint_;
 };
 
 }  // namespace trams::cuda

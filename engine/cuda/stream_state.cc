@@ -221,3 +221,113 @@ Status Context::FillZero(Stream* stream) {
 }
 
 }  // namespace trams::cuda
+
+// Stream images (engine/stream_image.h): the pool's ring in pool order, at most two contiguous runs per
+// layer and array.
+namespace trams::cuda {
+namespace {
+struct RingRun {
+  int64_t ring_row, count;
+};
+// Ring rows of pool indices [0, size) from `start`: one run, or two when they wrap.
+std::vector<RingRun> PoolRuns(int start, int size, int m) {
+  std::vector<RingRun> runs;
+  if (size == 0) return runs;
+  const int first = std::min(size, m - start);
+  runs.push_back({start, first});
+  if (first < size) runs.push_back({0, size - first});
+  return runs;
+}
+}  // namespace
+
+Status Context::ReadStream(const Stream* stream, const trams_cuda_stream_image& image) {
+  std::lock_guard<std::mutex> lock(mu_);
+  TRAMS_CUDA_RETURN_IF_ERROR(ops_->Activate());
+  TRAMS_CUDA_RETURN_IF_ERROR(CheckStream(stream));
+  const Stream& s = *stream;
+  if (s.in_transaction_) {
+    return FailedPrecondition("stream_read: the stream is inside a transaction: read it after commit or rollback");
+  }
+  if (image.size != s.size_ || image.position != s.position_) {
+    return InvalidArgument("stream_read: the image's size and position must be the stream's (stream_info)");
+  }
+  const bool selects = std::any_of(s.scores_.begin(), s.scores_.end(), [](const float* p) { return p != nullptr; });
+  if ((s.size_ > 0 && (image.keys == nullptr || image.values == nullptr || (selects && image.scores == nullptr))) ||
+      (s.position_ > 0 && image.last_hidden == nullptr)) {
+    return InvalidArgument("stream_read: null buffer");
+  }
+  const size_t row_bytes = static_cast<size_t>(c_.width()) * DTypeBytes(pool_dtype_);
+  const size_t layer_bytes = row_bytes * static_cast<size_t>(s.size_);
+  const size_t h = static_cast<size_t>(c_.n_head);
+  const std::vector<RingRun> runs = PoolRuns(s.start_, s.size_, s.capacity());
+  char* keys = static_cast<char*>(image.keys);
+  char* values = static_cast<char*>(image.values);
+  float* scores = image.scores;
+  for (int l = 0; l < c_.n_layer; ++l) {
+    size_t at = 0;  // pool index of the run's first row
+    for (const RingRun& run : runs) {
+      const size_t bytes = static_cast<size_t>(run.count) * row_bytes;
+      const size_t from = static_cast<size_t>(run.ring_row) * row_bytes;
+      TRAMS_CUDA_RETURN_IF_ERROR(ops_->Download(keys + l * layer_bytes + at * row_bytes,
+                                                reinterpret_cast<const char*>(s.keys_[l]) + from, bytes));
+      TRAMS_CUDA_RETURN_IF_ERROR(ops_->Download(values + l * layer_bytes + at * row_bytes,
+                                                reinterpret_cast<const char*>(s.values_[l]) + from, bytes));
+      if (s.scores_[l] != nullptr) {
+        TRAMS_CUDA_RETURN_IF_ERROR(ops_->Download(scores + at * h, s.scores_[l] + run.ring_row * h,
+                                                  static_cast<size_t>(run.count) * h * sizeof(float)));
+      }
+      at += static_cast<size_t>(run.count);
+    }
+    if (s.scores_[l] != nullptr) scores += static_cast<size_t>(s.size_) * h;
+  }
+  if (s.position_ > 0) {
+    TRAMS_CUDA_RETURN_IF_ERROR(
+        ops_->Download(image.last_hidden, s.last_hidden_, static_cast<size_t>(c_.d_model) * sizeof(float)));
+  }
+  return ops_->Synchronize();
+}
+
+Status Context::WriteStream(Stream* stream, const trams_cuda_stream_image& image) {
+  std::lock_guard<std::mutex> lock(mu_);
+  TRAMS_CUDA_RETURN_IF_ERROR(ops_->Activate());
+  TRAMS_CUDA_RETURN_IF_ERROR(CheckStream(stream));
+  Stream& s = *stream;
+  if (s.in_transaction_ || s.size_ != 0 || s.position_ != 0) {
+    return FailedPrecondition("stream_write: only a stream that was just created can be written");
+  }
+  if (image.size < 0 || image.size > s.capacity() || image.position < 0) {
+    return InvalidArgument("stream_write: the image holds " + std::to_string(image.size) +
+                           " tokens for a pool of " + std::to_string(s.capacity()));
+  }
+  const bool selects = std::any_of(s.scores_.begin(), s.scores_.end(), [](const float* p) { return p != nullptr; });
+  if ((image.size > 0 && (image.keys == nullptr || image.values == nullptr || (selects && image.scores == nullptr))) ||
+      (image.position > 0 && image.last_hidden == nullptr)) {
+    return InvalidArgument("stream_write: null buffer");
+  }
+  const size_t row_bytes = static_cast<size_t>(c_.width()) * DTypeBytes(pool_dtype_);
+  const size_t layer_bytes = row_bytes * static_cast<size_t>(image.size);
+  const size_t h = static_cast<size_t>(c_.n_head);
+  const char* keys = static_cast<const char*>(image.keys);
+  const char* values = static_cast<const char*>(image.values);
+  const float* scores = image.scores;
+  for (int l = 0; l < c_.n_layer && image.size > 0; ++l) {
+    TRAMS_CUDA_RETURN_IF_ERROR(ops_->Upload(s.keys_[l], keys + l * layer_bytes, layer_bytes));
+    TRAMS_CUDA_RETURN_IF_ERROR(ops_->Upload(s.values_[l], values + l * layer_bytes, layer_bytes));
+    if (s.scores_[l] != nullptr) {
+      TRAMS_CUDA_RETURN_IF_ERROR(
+          ops_->Upload(s.scores_[l], scores, static_cast<size_t>(image.size) * h * sizeof(float)));
+      scores += static_cast<size_t>(image.size) * h;
+    }
+  }
+  if (image.position > 0) {
+    TRAMS_CUDA_RETURN_IF_ERROR(
+        ops_->Upload(s.last_hidden_, image.last_hidden, static_cast<size_t>(c_.d_model) * sizeof(float)));
+  }
+  TRAMS_CUDA_RETURN_IF_ERROR(ops_->Synchronize());  // the caller's buffers may go once this returns
+  s.start_ = 0;
+  s.size_ = image.size;
+  s.position_ = image.position;
+  return Status::Ok();
+}
+
+}  // namespace trams::cuda
