@@ -13,6 +13,7 @@
 #include "server/score_call.h"
 #include "server/session_id.h"
 #include "server/status_convert.h"
+#include "server/transfer_calls.h"
 
 namespace trams::server {
 namespace {
@@ -171,6 +172,33 @@ grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContex
     sessions_->Release(*s);
     done->Finish(status);
   }, /*reserve_undo=*/false);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::SessionChunk>* LmService::ExportSession(grpc::CallbackServerContext* ctx,
+                                                                     const v1::ExportSessionRequest* req) {
+  return StartExportCall(&env_, ctx, req);
+}
+
+grpc::ServerReadReactor<v1::ImportSessionRequest>* LmService::ImportSession(grpc::CallbackServerContext* ctx,
+                                                                            v1::Session* resp) {
+  return StartImportCall(&env_, ctx, resp);
+}
+
+grpc::ServerUnaryReactor* LmService::ForkSession(grpc::CallbackServerContext* ctx, const v1::ForkSessionRequest* req,
+                                                 v1::Session* resp) {
+  auto done = std::make_shared<UnaryDone>(metrics_, ctx, "ForkSession");
+  if (calls_.draining()) return done->Finish(absl::UnavailableError("the server is shutting down"));
+  absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
+  if (!id.ok()) return done->Finish(id.status());
+  if (!req->new_session_id().empty() && !IsValidSessionId(req->new_session_id())) {
+    return done->Finish(InvalidSessionId(req->new_session_id()));
+  }
+  grpc::ServerUnaryReactor* reactor = done->reactor();
+  sessions_->Fork(*id, req->new_session_id(), [done, resp](absl::StatusOr<SessionSnapshot> s) {
+    if (s.ok()) ToProto(*s, resp);
+    done->Finish(s.status());
+  });
   return reactor;
 }
 

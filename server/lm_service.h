@@ -1,6 +1,6 @@
 // trams.v1.TramsService with the gRPC callback API: the protocol layer. Every RPC is defined in
 // lm_service.cc; the unary ones answer from the session manager through proto_convert.h, the streaming
-// ones hand the call to its reactor (score_call.cc, generate_call.cc).
+// ones hand the call to its reactor (score_call.cc, generate_call.cc, transfer_calls.cc).
 //
 // Every Score/Generate call is one transaction on its session: the call holds the session from start
 // to end (later calls on it wait, in order), each segment's forward is atomic, and when the call ends
@@ -48,6 +48,12 @@ class LmService final : public v1::TramsService::CallbackService {
   grpc::ServerUnaryReactor* ExplainSelection(grpc::CallbackServerContext* ctx,
                                              const v1::ExplainSelectionRequest* req,
                                              v1::ExplainSelectionResponse* resp) override;
+  grpc::ServerWriteReactor<v1::SessionChunk>* ExportSession(grpc::CallbackServerContext* ctx,
+                                                            const v1::ExportSessionRequest* req) override;
+  grpc::ServerReadReactor<v1::ImportSessionRequest>* ImportSession(grpc::CallbackServerContext* ctx,
+                                                                   v1::Session* resp) override;
+  grpc::ServerUnaryReactor* ForkSession(grpc::CallbackServerContext* ctx, const v1::ForkSessionRequest* req,
+                                        v1::Session* resp) override;
 
  private:
   engine::Engine* model_;

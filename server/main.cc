@@ -55,6 +55,13 @@ ABSL_FLAG(int, segment_len, 64, "default tokens per segment when scoring");
 ABSL_FLAG(int, max_batch, 64, "most sessions per engine forward");
 ABSL_FLAG(int, max_queue, 1024, "most queued segments before new work is refused");
 ABSL_FLAG(int, memory_share_every, 50, "sample the TRAMS attention-share metric every N segments (0: off)");
+ABSL_FLAG(std::string, state_dir, "",
+          "persist sessions in this directory: written at drain (SIGTERM), when spilled for room or expiry, and "
+          "every --snapshot_interval_seconds; restored on first use, also after a restart (empty: memory only)");
+ABSL_FLAG(int, snapshot_interval_seconds, 0,
+          "with --state_dir: write sessions changed since their last snapshot this often, so SIGKILL loses at "
+          "most about this much committed work (0: only at drain and spill)");
+ABSL_FLAG(std::string, snapshot_compression, "zstd", "session snapshots (store and ExportSession): zstd | none");
 ABSL_FLAG(int, batch_wait_us, 300, "how long a forward waits for more busy sessions to join its batch");
 
 namespace trams::server {
@@ -94,6 +101,9 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
     return absl::InvalidArgumentError(absl::StrCat("--evict must be lru or refuse, got '", evict, "'"));
   }
   o.limits.idle_ttl_seconds = absl::GetFlag(FLAGS_idle_ttl_seconds);
+  o.persistence.state_dir = absl::GetFlag(FLAGS_state_dir);
+  o.persistence.snapshot_interval_seconds = absl::GetFlag(FLAGS_snapshot_interval_seconds);
+  o.persistence.snapshot_compression = absl::GetFlag(FLAGS_snapshot_compression);
   o.limits.max_mem_len = absl::GetFlag(FLAGS_max_mem_len);
   o.limits.max_segment_len = absl::GetFlag(FLAGS_max_segment_len);
   o.limits.max_sessions = absl::GetFlag(FLAGS_max_sessions);
@@ -107,6 +117,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
                          Range{"max_segment_len", o.limits.max_segment_len, 1, 1 << 16},
                          Range{"threads", o.device.threads, 0, 1024},
                          Range{"drain_seconds", o.drain_seconds, 0, 24 * 3600},
+                         Range{"snapshot_interval_seconds", o.persistence.snapshot_interval_seconds, 0, 24 * 3600},
                          Range{"max_batch", absl::GetFlag(FLAGS_max_batch), 1, 1024},
                          Range{"max_queue", absl::GetFlag(FLAGS_max_queue), 1, 1 << 20}}) {
     if (r.value < r.lo || r.value > r.hi) {

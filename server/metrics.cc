@@ -77,6 +77,46 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   for (const char* reason : {"memory_budget", "max_sessions", "idle_ttl"}) {
     sessions_evicted_->Add({{"reason", reason}});  // exported from zero, so rate() and increase() work at once
   }
+  snapshots_written_ = &BuildCounter()
+                            .Name("trams_snapshots_written_total")
+                            .Help("Session snapshots written to the store, by trigger (interval, drain, spill)")
+                            .Register(*registry_);
+  for (const char* trigger : {"interval", "drain", "spill"}) snapshots_written_->Add({{"trigger", trigger}});
+  snapshots_failed_ = &BuildCounter()
+                           .Name("trams_snapshots_failed_total")
+                           .Help("Session snapshots not written, by reason (store, encode)")
+                           .Register(*registry_);
+  for (const char* reason : {"store", "encode"}) snapshots_failed_->Add({{"reason", reason}});
+  sessions_restored_ = &BuildCounter()
+                            .Name("trams_sessions_restored_total")
+                            .Help("Sessions restored, by source (store, pending: not yet written, import)")
+                            .Register(*registry_);
+  for (const char* source : {"store", "pending", "import"}) sessions_restored_->Add({{"source", source}});
+  restores_failed_ = &BuildCounter()
+                          .Name("trams_restores_failed_total")
+                          .Help("Restores refused, by reason (data_loss, wrong_model, store, no_room)")
+                          .Register(*registry_);
+  for (const char* reason : {"data_loss", "wrong_model", "store", "no_room"}) restores_failed_->Add({{"reason", reason}});
+  sessions_spilled_ = &BuildCounter()
+                           .Name("trams_sessions_spilled_total")
+                           .Help("Idle sessions moved from memory to the store to make room (restored on next use)")
+                           .Register(*registry_)
+                           .Add({});
+  snapshot_bytes_ = &BuildHistogram()
+                         .Name("trams_snapshot_bytes")
+                         .Help("Size of one written session snapshot")
+                         .Register(*registry_)
+                         .Add({}, Histogram::BucketBoundaries{1e4, 1e5, 1e6, 4e6, 1.6e7, 6.4e7, 2.56e8, 1e9});
+  snapshot_seconds_ = &BuildHistogram()
+                           .Name("trams_snapshot_seconds")
+                           .Help("Time to encode and write one session snapshot")
+                           .Register(*registry_)
+                           .Add({}, LatencyBuckets());
+  restore_seconds_ = &BuildHistogram()
+                          .Name("trams_restore_seconds")
+                          .Help("Time to read, check and import one session (a caller waits for it)")
+                          .Register(*registry_)
+                          .Add({}, LatencyBuckets());
   memory_budget_ = &BuildGauge()
                         .Name("trams_memory_budget_bytes")
                         .Help("Capacity of the session memory budget (--memory_budget_mb), in bytes")
@@ -199,6 +239,18 @@ void Metrics::SetEngineMemory(const engine::EngineMemory& m) {
   }
   set(weights_bytes_, m.weights_bytes);
 }
+void Metrics::SnapshotWritten(const std::string& trigger, int64_t bytes, double seconds) {
+  snapshots_written_->Add({{"trigger", trigger}}).Increment();
+  snapshot_bytes_->Observe(static_cast<double>(bytes));
+  snapshot_seconds_->Observe(seconds);
+}
+void Metrics::SnapshotFailed(const std::string& reason) { snapshots_failed_->Add({{"reason", reason}}).Increment(); }
+void Metrics::SessionRestored(const std::string& source, double seconds) {
+  sessions_restored_->Add({{"source", source}}).Increment();
+  restore_seconds_->Observe(seconds);
+}
+void Metrics::RestoreFailed(const std::string& reason) { restores_failed_->Add({{"reason", reason}}).Increment(); }
+void Metrics::SessionSpilled() { sessions_spilled_->Increment(); }
 void Metrics::SelectionShare(double selected_share, double recent_share) {
   selected_share_->Observe(selected_share);
   recent_share_->Observe(recent_share);

@@ -58,6 +58,13 @@ class Metrics {
   // Sampled TRAMS statistics: attention probability on the attended memory tokens, and the share
   // plain XL's most recent m tokens would have received, both over the full pool.
   void SelectionShare(double selected_share, double recent_share);
+  // Snapshots (server/snapshot_writer.h): `trigger` interval | drain | spill | export; failures by reason
+  // (store | encode); restores by where from (store | pending | import) and their failures by reason.
+  void SnapshotWritten(const std::string& trigger, int64_t bytes, double seconds);
+  void SnapshotFailed(const std::string& reason);
+  void SessionRestored(const std::string& source, double seconds);
+  void RestoreFailed(const std::string& reason);
+  void SessionSpilled();
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -87,6 +94,14 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* weights_bytes_;
   prometheus::Histogram* selected_share_;
   prometheus::Histogram* recent_share_;
+  prometheus::Family<prometheus::Counter>* snapshots_written_;
+  prometheus::Family<prometheus::Counter>* snapshots_failed_;
+  prometheus::Family<prometheus::Counter>* sessions_restored_;
+  prometheus::Family<prometheus::Counter>* restores_failed_;
+  prometheus::Counter* sessions_spilled_;
+  prometheus::Histogram* snapshot_bytes_;
+  prometheus::Histogram* snapshot_seconds_;
+  prometheus::Histogram* restore_seconds_;
   std::mutex mu_;  // guards the label caches below
   std::map<std::pair<std::string, std::string>, prometheus::Histogram*> request_children_;
 };

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "server/disk_store.h"
 #include "server/listen_address.h"
 #include "server/log.h"
 
@@ -61,8 +62,32 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
       return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", options.metrics_listen, ": ", e.what()));
     }
   }
-  app->sessions_ = std::make_unique<SessionManager>(engine, limits,
-                                                    options.requests.input_buffer_budget_bytes, app->metrics_.get());
+  SessionPersistence persistence;
+  persistence.identity = {engine->model_fingerprint(), tokenizer.ok() ? std::string((*tokenizer)->type()) : "none"};
+  const PersistenceOptions& p = options.persistence;
+  if (p.snapshot_compression == "none") {
+    persistence.compression = engine::SnapshotCompression::kNone;
+  } else if (p.snapshot_compression != "zstd") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--snapshot_compression must be zstd or none, got \"", p.snapshot_compression, "\""));
+  }
+  if (p.snapshot_interval_seconds < 0) {
+    return absl::InvalidArgumentError("--snapshot_interval_seconds must be 0 (off) or more");
+  }
+  if (!p.state_dir.empty()) {
+    absl::StatusOr<std::unique_ptr<DiskStore>> store = DiskStore::Open(p.state_dir);
+    if (!store.ok()) return store.status();
+    app->store_ = *std::move(store);
+    persistence.store = app->store_.get();
+    persistence.snapshot_interval_seconds = p.snapshot_interval_seconds;
+    LogInfo("session state store", {{"store", app->store_->Describe()},
+                                    {"snapshot_interval_seconds", std::to_string(p.snapshot_interval_seconds)},
+                                    {"model", persistence.identity.model_fingerprint}});
+  } else if (p.snapshot_interval_seconds > 0) {
+    return absl::InvalidArgumentError("--snapshot_interval_seconds needs a store: set --state_dir");
+  }
+  app->sessions_ = std::make_unique<SessionManager>(engine, limits, options.requests.input_buffer_budget_bytes,
+                                                    app->metrics_.get(), std::move(persistence));
   app->scheduler_ = std::make_unique<Scheduler>(engine, options.scheduler, app->metrics_.get());
   app->service_ = std::make_unique<LmService>(engine, std::move(tokenizer), app->sessions_.get(),
                                               app->scheduler_.get(), app->metrics_.get(), options);
@@ -148,6 +173,17 @@ void ServerApp::Shutdown(std::chrono::milliseconds drain, std::chrono::milliseco
       std::this_thread::sleep_for(kCloseLinger);
     }
     server_->Shutdown(std::chrono::system_clock::now());  // cancels what is left; those calls roll back
+  }
+  if (sessions_ && sessions_->has_store()) {
+    // Every call has ended (committed or rolled back): write what changed since the last snapshot.
+    bool flushed = false;
+    const int n = sessions_->SaveAll(kStoreFlushDeadline, &flushed);
+    if (flushed) {
+      LogInfo("sessions saved to the store", {{"written", std::to_string(n)}});
+    } else {
+      LogError("the state store did not take every session before the deadline",
+               {{"queued", std::to_string(n)}, {"deadline_ms", std::to_string(kStoreFlushDeadline.count())}});
+    }
   }
   if (scheduler_) scheduler_->Stop();
   StopHousekeeping();

@@ -17,6 +17,7 @@
 #include "server/scheduler.h"
 #include "server/server_options.h"
 #include "server/session_manager.h"
+#include "server/session_store.h"
 
 namespace trams::server {
 
@@ -50,6 +51,7 @@ class ServerApp {
 
   engine::OpenedEngine engine_;  // first: destroyed after everything that uses it
   std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<SessionStore> store_;  // outlives the session manager that writes to it
   std::unique_ptr<SessionManager> sessions_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<LmService> service_;
@@ -65,6 +67,8 @@ class ServerApp {
   bool housekeeping_stop_ = false;
   std::atomic<bool> memory_error_logged_{false};
   static constexpr std::chrono::milliseconds kCloseLinger{200};
+  // How long a drain waits for the store to take the sessions (then it logs what was not written).
+  static constexpr std::chrono::milliseconds kStoreFlushDeadline{60000};
 };
 
 }  // namespace trams::server

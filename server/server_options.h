@@ -49,6 +49,13 @@ struct RequestLimits {
   int max_stop_strings = 16;
 };
 
+// Snapshots and the state store (server/README.md, "Persistence").
+struct PersistenceOptions {
+  std::string state_dir;               // local directory store; empty: sessions live in memory only
+  int snapshot_interval_seconds = 0;   // > 0: changed sessions are written this often (SIGKILL loses at most that)
+  std::string snapshot_compression = "zstd";  // zstd | none
+};
+
 struct ServerOptions {
   std::string model_dir;
   std::string listen = "0.0.0.0:50051";
@@ -61,6 +68,7 @@ struct ServerOptions {
   SessionDefaults defaults;
   SchedulerOptions scheduler;
   RequestLimits requests;
+  PersistenceOptions persistence;
 };
 
 }  // namespace trams::server

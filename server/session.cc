@@ -68,6 +68,7 @@ CallOrigin Session::TakeTail(std::vector<int32_t>* tokens) const {
 }
 
 void Session::Commit(CallLedger ledger) {
+  ++version;
   tokens_scored += ledger.tokens_scored_ + ledger.rescored_count_;
   nll_sum += ledger.nll_sum_ + ledger.rescored_nll_;
   recent_ids.insert(recent_ids.end(), ledger.consumed_.begin(), ledger.consumed_.end());

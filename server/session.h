@@ -91,6 +91,9 @@ struct Session {
   int64_t recent_first = 0;
   size_t recent_ids_kept = 0;
   SelectionRecord last_selection;
+  // Bumped by every Commit; a snapshot is current while saved_version equals it (guarded by the manager).
+  uint64_t version = 0;
+  uint64_t saved_version = 0;
 
   int64_t position() const { return stream->position() + static_cast<int64_t>(tail.size()); }
   // Puts the provisional tail before a call's own tokens and says where the call starts.

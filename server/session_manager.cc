@@ -12,6 +12,12 @@ namespace trams::server {
 namespace {
 
 constexpr size_t kMaxTombstones = 10000;
+// What decoding a snapshot may allocate beyond the memory budget (the tail, ids, metadata).
+constexpr uint64_t kSnapshotSlackBytes = uint64_t{64} << 20;
+
+double SecondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
 
 }  // namespace
 
@@ -21,13 +27,19 @@ int64_t NowMs() {
 }
 
 SessionManager::SessionManager(engine::Engine* model, const SessionLimits& limits, int64_t input_buffer_budget_bytes,
-                               Metrics* metrics)
+                               Metrics* metrics, SessionPersistence persistence)
     : model_(model), device_(model->device()), limits_(limits), metrics_(metrics),
-      buffer_budget_(input_buffer_budget_bytes) {
+      buffer_budget_(input_buffer_budget_bytes), persistence_(std::move(persistence)) {
   if (metrics_) metrics_->SetMemoryBudget(limits_.memory_budget_bytes);
+  if (persistence_.store != nullptr) {
+    writer_ = std::make_unique<SnapshotWriter>(persistence_.store, persistence_.identity, persistence_.compression,
+                                               metrics_);
+  }
   std::lock_guard<std::mutex> lock(mu_);
   PublishGauges();
-  if (limits_.idle_ttl_seconds > 0) reaper_ = std::thread([this] { Reap(); });
+  if (limits_.idle_ttl_seconds > 0 || (writer_ && persistence_.snapshot_interval_seconds > 0)) {
+    reaper_ = std::thread([this] { Reap(); });
+  }
 }
 
 SessionManager::~SessionManager() {
@@ -40,13 +52,54 @@ SessionManager::~SessionManager() {
 }
 
 void SessionManager::Reap() {
+  const auto interval = std::chrono::seconds(persistence_.snapshot_interval_seconds);
+  auto last_snapshot = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> lock(mu_);
   while (!reaper_cv_.wait_for(lock, kReapEvery, [this] { return stopping_; })) {
     lock.unlock();
     const int n = ExpireIdle();
     if (n > 0) LogInfo("expired idle sessions", {{"count", std::to_string(n)}});
+    if (writer_ && interval.count() > 0 && std::chrono::steady_clock::now() - last_snapshot >= interval) {
+      last_snapshot = std::chrono::steady_clock::now();
+      SnapshotChanged("interval");
+    }
     lock.lock();
   }
+}
+
+std::string SessionManager::NewId() {
+  static std::mt19937_64 rng(std::random_device{}());
+  std::string id;
+  do {
+    id = absl::StrFormat("s-%016x", rng());
+  } while (sessions_.count(id));
+  return id;
+}
+
+absl::StatusOr<std::shared_ptr<SessionImage>> SessionManager::ImageOf(const Session& s) {
+  absl::StatusOr<engine::StreamImage> stream = model_->ExportStream(*s.stream);
+  if (!stream.ok()) return stream.status();
+  auto image = std::make_shared<SessionImage>();
+  image->record = RecordOf(s);
+  image->image = *std::move(stream);
+  return image;
+}
+
+void SessionManager::LeaveMemory(const std::shared_ptr<Session>& s, const std::string& reason, const char* metric) {
+  if (writer_) {
+    absl::StatusOr<std::shared_ptr<SessionImage>> image = ImageOf(*s);
+    if (image.ok()) {
+      writer_->Put(s->id, *std::move(image), "spill");
+      LogInfo("spilled a session to the store", {{"session", s->id}, {"reason", metric}});
+      Remove(s, "");
+      if (metrics_) metrics_->SessionSpilled();
+      return;
+    }
+    LogError("spilling a session failed: evicting it", {{"session", s->id}, {"error", std::string(image.status().message())}});
+  }
+  LogInfo("evicted a session", {{"session", s->id}, {"reason", metric}});
+  Remove(s, reason);
+  if (metrics_) metrics_->SessionEvicted(metric);
 }
 
 absl::Status SessionManager::NotFound(const std::string& id) const {
@@ -117,9 +170,8 @@ absl::Status SessionManager::MakeRoom(int64_t bytes, bool new_session) {
     const std::string victim = idle_lru_.front();
     const bool for_memory = bytes_in_use_ + bytes > limits_.memory_budget_bytes;
     const char* why = for_memory ? "memory_budget" : "max_sessions";
-    Remove(sessions_.at(victim), absl::StrCat("evicted (least recently used) to make room, reason ", why,
-                                             ", at unix ms ", NowMs()));
-    if (metrics_) metrics_->SessionEvicted(why);
+    LeaveMemory(sessions_.at(victim),
+                absl::StrCat("evicted (least recently used) to make room, reason ", why, ", at unix ms ", NowMs()), why);
   }
   return absl::OkStatus();
 }
@@ -135,10 +187,7 @@ absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const eng
   const int64_t bytes = *bytes_or;
   std::lock_guard<std::mutex> lock(mu_);
   if (id.empty()) {
-    static std::mt19937_64 rng(std::random_device{}());
-    do {
-      id = absl::StrFormat("s-%016x", rng());
-    } while (sessions_.count(id));
+    id = NewId();
   } else if (!IsValidSessionId(id)) {
     return InvalidSessionId(id);
   } else if (sessions_.count(id)) {
@@ -193,8 +242,14 @@ SessionSnapshot Snapshot(const Session& s) {
 }  // namespace
 
 absl::StatusOr<SessionSnapshot> SessionManager::Get(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   auto it = sessions_.find(id);
+  if (it == sessions_.end() && writer_) {
+    lock.unlock();
+    if (absl::Status r = Restore(id); !r.ok()) return r;
+    lock.lock();
+    it = sessions_.find(id);
+  }
   if (it == sessions_.end()) return NotFound(id);
   return Snapshot(*it->second);
 }
@@ -213,12 +268,23 @@ void SessionManager::Delete(const std::string& id, std::shared_ptr<DeleteRequest
   if (it == sessions_.end()) {
     absl::Status missing = NotFound(id);
     lock.unlock();
+    if (writer_) {  // spilled, or from an earlier run: delete it where it is
+      const SnapshotWriter::Pending pending = writer_->Find(id);
+      if (pending.queued) {
+        if (pending.image == nullptr) return request->Answer(missing);
+        writer_->Put(id, nullptr, "delete");
+        return request->Answer(absl::OkStatus());
+      }
+      absl::Status gone = writer_->store()->Delete(id);
+      if (gone.ok() || !absl::IsNotFound(gone)) return request->Answer(gone.ok() ? gone : absl::UnavailableError(absl::StrCat("the state store failed: ", gone.message())));
+    }
     return request->Answer(missing);
   }
   std::shared_ptr<Session> s = it->second;
   if (!s->held()) {
     Remove(s, "");
     lock.unlock();
+    if (writer_) writer_->Put(id, nullptr, "delete");
     return request->Answer(absl::OkStatus());
   }
   // Delete right after the holder (a client cancel may still be on its way, or unwinding), ahead of any
@@ -231,6 +297,7 @@ void SessionManager::Delete(const std::string& id, std::shared_ptr<DeleteRequest
       Remove(*taken, "");
     }
     Release(*taken);
+    if (writer_) writer_->Put((*taken)->id, nullptr, "delete");
     request->done(absl::OkStatus());
   };
   s->state = SessionState::kDraining;  // until the holder lets go (the request may give up meanwhile)
@@ -265,6 +332,12 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Take(const std::shared_
 void SessionManager::Acquire(const std::string& id, ReadyFn ready, bool reserve_undo) {
   std::unique_lock<std::mutex> lock(mu_);
   auto it = sessions_.find(id);
+  if (it == sessions_.end() && writer_) {  // spilled, or from before a restart: restore it first
+    lock.unlock();
+    if (absl::Status r = Restore(id); !r.ok()) return ready(r);
+    lock.lock();
+    it = sessions_.find(id);
+  }
   absl::StatusOr<std::shared_ptr<Session>> result = absl::UnknownError("");
   if (it == sessions_.end()) {
     result = NotFound(id);
@@ -325,11 +398,177 @@ int SessionManager::ExpireIdle() {
   while (!idle_lru_.empty()) {
     auto s = sessions_.at(idle_lru_.front());
     if (s->last_used_ms > cutoff) break;
-    Remove(s, absl::StrCat("expired after ", limits_.idle_ttl_seconds, " s idle, at unix ms ", NowMs()));
-    if (metrics_) metrics_->SessionEvicted("idle_ttl");
+    LeaveMemory(s, absl::StrCat("expired after ", limits_.idle_ttl_seconds, " s idle, at unix ms ", NowMs()),
+                "idle_ttl");
     ++expired;
   }
   return expired;
+}
+
+absl::StatusOr<std::string> SessionManager::EncodeImage(const SessionImage& image) const {
+  return EncodeSessionSnapshot(image.record, image.image, persistence_.identity, persistence_.compression);
+}
+
+absl::StatusOr<SessionImage> SessionManager::DecodeImage(absl::string_view blob) const {
+  return DecodeSessionSnapshot(blob, model_->config(), persistence_.identity,
+                               static_cast<uint64_t>(limits_.memory_budget_bytes) + kSnapshotSlackBytes);
+}
+
+absl::StatusOr<SessionSnapshot> SessionManager::Insert(SessionImage image, const std::string& requested_id,
+                                                       bool replace) {
+  const engine::TramsSettings& memory = image.image.settings;
+  if (memory.mem_len > limits_.max_mem_len || image.record.segment_len > limits_.max_segment_len) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the session's mem_len ", memory.mem_len, " and segment_len ", image.record.segment_len,
+        " exceed this server's limits (--max_mem_len ", limits_.max_mem_len, ", --max_segment_len ",
+        limits_.max_segment_len, ")"));
+  }
+  absl::StatusOr<int64_t> bytes = model_->StreamBytes(memory);  // validates the settings against the model
+  if (!bytes.ok()) return bytes.status();
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string id = requested_id.empty() ? image.record.id : requested_id;
+  if (id.empty()) id = NewId();
+  if (!IsValidSessionId(id)) return InvalidSessionId(id);
+  std::shared_ptr<Session> old;
+  if (auto it = sessions_.find(id); it != sessions_.end()) {
+    if (!replace) {
+      return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists; import with replace to overwrite it"));
+    }
+    if (it->second->held()) return HeldError(id);
+    old = it->second;
+    idle_lru_.erase(old->lru);  // not a candidate for eviction while its replacement is made
+    old->state = SessionState::kRunning;
+  }
+  auto put_back = [&] {
+    if (!old) return;
+    old->state = SessionState::kIdle;
+    idle_lru_.push_back(id);
+    old->lru = std::prev(idle_lru_.end());
+  };
+  if (absl::Status room = MakeRoom(*bytes, /*new_session=*/old == nullptr); !room.ok()) {
+    put_back();
+    return room;
+  }
+  absl::StatusOr<std::unique_ptr<engine::EngineStream>> stream = model_->ImportStream(image.image);
+  if (!stream.ok()) {
+    put_back();
+    return stream.status();
+  }
+  if (old) {
+    put_back();
+    Remove(old, "");
+  }
+  auto s = std::make_shared<Session>();
+  s->stream = *std::move(stream);
+  ApplyRecord(std::move(image.record), s.get());
+  s->id = id;
+  // Kept ids follow this server's limits.
+  s->recent_ids_kept = static_cast<size_t>(s->stream->capacity()) + static_cast<size_t>(limits_.max_segment_len);
+  while (s->recent_ids.size() > s->recent_ids_kept) {
+    s->recent_ids.pop_front();
+    ++s->recent_first;
+  }
+  s->last_used_ms = NowMs();
+  s->version = 1;  // changed relative to the store until SnapshotChanged writes it (Restore marks it saved)
+  s->pool_bytes = s->stream->bytes();
+  bytes_in_use_ += s->pool_bytes;
+  pool_bytes_ += s->pool_bytes;
+  idle_lru_.push_back(id);
+  s->lru = std::prev(idle_lru_.end());
+  sessions_[id] = s;
+  tombstones_.erase(id);
+  PublishGauges();
+  return Snapshot(*s);
+}
+
+absl::Status SessionManager::Restore(const std::string& id) {
+  auto not_found = [&] {
+    std::lock_guard<std::mutex> lock(mu_);
+    return NotFound(id);
+  };
+  if (!writer_ || !IsValidSessionId(id)) return not_found();
+  const auto start = std::chrono::steady_clock::now();
+  const SnapshotWriter::Pending pending = writer_->Find(id);
+  SessionImage image;
+  const char* source = "pending";
+  if (pending.queued) {
+    if (pending.image == nullptr) return not_found();  // its deletion is on its way to the store
+    image = *pending.image;
+  } else {
+    source = "store";
+    absl::StatusOr<std::string> blob = writer_->store()->Get(id);
+    if (absl::IsNotFound(blob.status())) return not_found();
+    if (!blob.ok()) {
+      if (metrics_) metrics_->RestoreFailed("store");
+      return absl::UnavailableError(absl::StrCat("session '", id, "' could not be read from the state store (",
+                                                 writer_->store()->Describe(), "): ", blob.status().message()));
+    }
+    absl::StatusOr<SessionImage> decoded = DecodeImage(*blob);
+    if (!decoded.ok()) {
+      if (metrics_) metrics_->RestoreFailed(absl::IsFailedPrecondition(decoded.status()) ? "wrong_model" : "data_loss");
+      LogError("a stored session cannot be restored", {{"session", id}, {"error", std::string(decoded.status().message())}});
+      return absl::Status(decoded.status().code(), absl::StrCat("session '", id, "' cannot be restored from the state store: ",
+                                                                decoded.status().message()));
+    }
+    image = *std::move(decoded);
+  }
+  absl::StatusOr<SessionSnapshot> inserted = Insert(std::move(image), id, /*replace=*/false);
+  if (absl::IsAlreadyExists(inserted.status())) return absl::OkStatus();  // another call restored it meanwhile
+  if (!inserted.ok()) {
+    if (metrics_) metrics_->RestoreFailed("no_room");
+    return absl::Status(inserted.status().code(),
+                        absl::StrCat("session '", id, "' cannot be restored: ", inserted.status().message()));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = sessions_.find(id); it != sessions_.end()) it->second->saved_version = it->second->version;
+  }
+  if (metrics_) metrics_->SessionRestored(source, SecondsSince(start));
+  LogInfo("restored a session", {{"session", id}, {"from", source}});
+  return absl::OkStatus();
+}
+
+void SessionManager::ExportImage(const std::string& id, ImageFn done) {
+  Acquire(id, [this, done = std::move(done)](absl::StatusOr<std::shared_ptr<Session>> taken) {
+    if (!taken.ok()) return done(taken.status());
+    absl::StatusOr<std::shared_ptr<SessionImage>> image = ImageOf(**taken);  // the call's: nobody else uses it
+    Release(*taken);
+    if (!image.ok()) return done(image.status());
+    done(std::move(**image));
+  }, /*reserve_undo=*/false);
+}
+
+void SessionManager::Fork(const std::string& id, std::string new_id, SnapshotFn done) {
+  ExportImage(id, [this, new_id = std::move(new_id), done = std::move(done)](absl::StatusOr<SessionImage> image) {
+    if (!image.ok()) return done(image.status());
+    image->record.created_ms = NowMs();
+    image->record.id.clear();
+    done(Insert(*std::move(image), new_id, /*replace=*/false));
+  });
+}
+
+int SessionManager::SnapshotChanged(const char* trigger) {
+  if (!writer_) return 0;
+  std::lock_guard<std::mutex> lock(mu_);
+  int n = 0;
+  for (const auto& [id, s] : sessions_) {
+    if (s->held() || s->version == s->saved_version) continue;  // a held one is caught next time
+    absl::StatusOr<std::shared_ptr<SessionImage>> image = ImageOf(*s);
+    if (!image.ok()) {
+      LogError("exporting a session for its snapshot failed", {{"session", id}, {"error", std::string(image.status().message())}});
+      continue;
+    }
+    writer_->Put(id, *std::move(image), trigger);
+    s->saved_version = s->version;
+    ++n;
+  }
+  return n;
+}
+
+int SessionManager::SaveAll(std::chrono::milliseconds deadline, bool* flushed) {
+  const int n = SnapshotChanged("drain");
+  *flushed = writer_ == nullptr || writer_->Flush(deadline);
+  return n;
 }
 
 int64_t SessionManager::bytes_in_use() {

@@ -25,17 +25,29 @@
 #include "engine/engine.h"
 #include "server/server_options.h"
 #include "server/session.h"
+#include "server/session_snapshot.h"
+#include "server/snapshot_writer.h"
 
 namespace trams::server {
 
 class Metrics;
 
+// Snapshots and the state store (server/README.md, "Persistence").
+struct SessionPersistence {
+  SnapshotIdentity identity;  // what every snapshot of this server says it was made by
+  engine::SnapshotCompression compression = engine::SnapshotCompression::kZstd;
+  // null: sessions live in memory only (eviction and expiry drop them). Otherwise a session that leaves
+  // memory for any reason but DeleteSession is written here first (spilled) and restored on its next use.
+  SessionStore* store = nullptr;
+  int snapshot_interval_seconds = 0;  // > 0 (with a store): sessions changed since are written this often
+};
+
 class SessionManager {
  public:
   // `model` holds the pools; on a backend with an arena the budget is also capped at the arena.
   SessionManager(engine::Engine* model, const SessionLimits& limits, int64_t input_buffer_budget_bytes,
-                 Metrics* metrics);
-  ~SessionManager();  // stops the reaper
+                 Metrics* metrics, SessionPersistence persistence = {});
+  ~SessionManager();  // stops the reaper, then writes what the snapshot writer still holds
 
   absl::StatusOr<SessionSnapshot> Create(std::string id, const engine::TramsSettings& memory, int segment_len);
   absl::StatusOr<SessionSnapshot> Get(const std::string& id);
@@ -66,13 +78,39 @@ class SessionManager {
   // more (or fewer). RESOURCE_EXHAUSTED, and nothing counted, if they do not fit; never evicts for them.
   absl::Status ChargeBuffers(int64_t delta);
 
-  // Evicts sessions idle longer than the TTL; returns how many. The reaper does it every kReapEvery.
+  // Evicts (with a store: spills) sessions idle longer than the TTL; returns how many. The reaper does it
+  // every kReapEvery.
   int ExpireIdle();
+
+  // Adds a whole session (ImportSession, ForkSession, a restore). An empty id: the snapshot's own. An id in
+  // use is ALREADY_EXISTS unless `replace` (then an idle session of that id is replaced, a held one is
+  // FAILED_PRECONDITION). Budget and limits as Create; on any error nothing changed.
+  absl::StatusOr<SessionSnapshot> Insert(SessionImage image, const std::string& id, bool replace);
+  // The session's image, taken like a call (after the running one) without an undo reservation.
+  using ImageFn = std::function<void(absl::StatusOr<SessionImage>)>;
+  void ExportImage(const std::string& id, ImageFn done);
+  // A new session `new_id` (empty: the server picks) that starts as an exact copy of `id`.
+  using SnapshotFn = std::function<void(absl::StatusOr<SessionSnapshot>)>;
+  void Fork(const std::string& id, std::string new_id, SnapshotFn done);
+  absl::StatusOr<std::string> EncodeImage(const SessionImage& image) const;
+  absl::StatusOr<SessionImage> DecodeImage(absl::string_view blob) const;
+
+  // With a store: queues every session changed since its last snapshot (`trigger`: interval, drain);
+  // returns how many. SaveAll also waits up to `deadline` for the writes (false in `*flushed` if not done).
+  int SnapshotChanged(const char* trigger);
+  int SaveAll(std::chrono::milliseconds deadline, bool* flushed);
+  bool has_store() const { return writer_ != nullptr; }
   static constexpr std::chrono::milliseconds kReapEvery{1000};
   int64_t bytes_in_use();
 
  private:
   absl::Status NotFound(const std::string& id) const;            // mu_ held
+  // Brings `id` back from the writer's queue or the store (mu_ not held); NotFound when neither has it.
+  absl::Status Restore(const std::string& id);
+  absl::StatusOr<std::shared_ptr<SessionImage>> ImageOf(const Session& s);  // mu_ held, s not used by a call
+  std::string NewId();                                                    // mu_ held
+  // Spills (with a store) or evicts an idle session; `reason` for the tombstone, `metric` its label.
+  void LeaveMemory(const std::shared_ptr<Session>& s, const std::string& reason, const char* metric);  // mu_ held
 
  public:
   static absl::Status HeldError(const std::string& id);  // FAILED_PRECONDITION: a call holds the session
@@ -98,7 +136,9 @@ class SessionManager {
   const int64_t buffer_budget_;
   int64_t buffer_bytes_ = 0;   // calls' input buffers
   uint64_t next_id_ = 1;
-  std::thread reaper_;  // only with an idle TTL
+  const SessionPersistence persistence_;
+  std::unique_ptr<SnapshotWriter> writer_;  // with a store
+  std::thread reaper_;  // with an idle TTL or a snapshot interval
   std::condition_variable reaper_cv_;
   bool stopping_ = false;  // mu_
 };

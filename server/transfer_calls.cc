@@ -1,0 +1,146 @@
+#include "server/transfer_calls.h"
+
+#include <chrono>
+#include <mutex>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "server/metrics.h"
+#include "server/proto_convert.h"
+#include "server/session_id.h"
+#include "server/session_manager.h"
+#include "server/status_convert.h"
+
+namespace trams::server {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void RecordDone(const CallEnv* env, const char* method, const absl::Status& s, Clock::time_point start) {
+  if (env->metrics) {
+    env->metrics->RequestDone(method, absl::StatusCodeToString(s.code()),
+                              std::chrono::duration<double>(Clock::now() - start).count());
+  }
+}
+
+class ExportCall final : public grpc::ServerWriteReactor<v1::SessionChunk> {
+ public:
+  ExportCall(const CallEnv* env, grpc::CallbackServerContext* ctx, const v1::ExportSessionRequest* req)
+      : env_(env), start_(Clock::now()) {
+    env_->calls->Started();
+    absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
+    if (!id.ok()) {
+      End(id.status());
+      return;
+    }
+    env_->sessions->ExportImage(*id, [this](absl::StatusOr<SessionImage> image) {
+      if (!image.ok()) return End(image.status());
+      absl::StatusOr<std::string> blob = env_->sessions->EncodeImage(*image);
+      if (!blob.ok()) return End(blob.status());
+      blob_ = *std::move(blob);
+      WriteNext();
+    });
+  }
+  ~ExportCall() override { env_->calls->Ended(); }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) return End(absl::CancelledError("the client stopped reading the snapshot"));
+    WriteNext();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void WriteNext() {
+    if (sent_ >= blob_.size() && sent_ > 0) return End(absl::OkStatus());
+    const size_t n = std::min(kSnapshotChunkBytes, blob_.size() - sent_);
+    chunk_.set_data(blob_.substr(sent_, n));
+    chunk_.set_total_bytes(static_cast<int64_t>(blob_.size()));
+    sent_ += n;
+    StartWrite(&chunk_);
+  }
+  void End(const absl::Status& s) {
+    RecordDone(env_, "ExportSession", s, start_);
+    Finish(ToGrpcStatus(s));
+  }
+
+  const CallEnv* env_;
+  Clock::time_point start_;
+  std::string blob_;
+  size_t sent_ = 0;
+  v1::SessionChunk chunk_;
+};
+
+class ImportCall final : public grpc::ServerReadReactor<v1::ImportSessionRequest> {
+ public:
+  ImportCall(const CallEnv* env, grpc::CallbackServerContext* ctx, v1::Session* resp)
+      : env_(env), ctx_(ctx), resp_(resp), start_(Clock::now()),
+        max_bytes_(static_cast<size_t>(env->options->limits.memory_budget_bytes) + (size_t{64} << 20)) {
+    env_->calls->Started();
+    if (env_->calls->draining()) {
+      End(absl::UnavailableError("the server is shutting down"));
+      return;
+    }
+    StartRead(&req_);
+  }
+  ~ImportCall() override { env_->calls->Ended(); }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return Import();  // the client half-closed: the snapshot is complete
+    if (first_) {
+      first_ = false;
+      id_ = req_.session_id().empty() ? SessionIdHeader(ctx_) : req_.session_id();
+      replace_ = req_.replace();
+    } else if (!req_.session_id().empty() || req_.replace()) {
+      return End(absl::InvalidArgumentError("session_id and replace belong in the first message only"));
+    }
+    if (req_.data().size() > max_bytes_ - blob_.size()) {
+      return End(absl::ResourceExhaustedError(absl::StrCat(
+          "the snapshot exceeds ", max_bytes_, " bytes, more than this server's memory budget could hold")));
+    }
+    blob_.append(req_.data());
+    StartRead(&req_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Import() {
+    if (blob_.empty()) return End(absl::InvalidArgumentError("no snapshot bytes were sent"));
+    absl::StatusOr<SessionImage> image = env_->sessions->DecodeImage(blob_);
+    blob_.clear();
+    if (!image.ok()) return End(image.status());
+    absl::StatusOr<SessionSnapshot> s = env_->sessions->Insert(*std::move(image), id_, replace_);
+    if (!s.ok()) return End(s.status());
+    if (env_->metrics) env_->metrics->SessionRestored("import", std::chrono::duration<double>(Clock::now() - start_).count());
+    ToProto(*s, resp_);
+    End(absl::OkStatus());
+  }
+  void End(const absl::Status& s) {
+    RecordDone(env_, "ImportSession", s, start_);
+    Finish(ToGrpcStatus(s));
+  }
+
+  const CallEnv* env_;
+  grpc::CallbackServerContext* ctx_;
+  v1::Session* resp_;
+  Clock::time_point start_;
+  const size_t max_bytes_;
+  v1::ImportSessionRequest req_;
+  bool first_ = true;
+  std::string id_;
+  bool replace_ = false;
+  std::string blob_;
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::SessionChunk>* StartExportCall(const CallEnv* env, grpc::CallbackServerContext* ctx,
+                                                            const v1::ExportSessionRequest* req) {
+  return new ExportCall(env, ctx, req);
+}
+
+grpc::ServerReadReactor<v1::ImportSessionRequest>* StartImportCall(const CallEnv* env, grpc::CallbackServerContext* ctx,
+                                                                   v1::Session* resp) {
+  return new ImportCall(env, ctx, resp);
+}
+
+}  // namespace trams::server
