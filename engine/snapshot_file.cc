@@ -15,7 +15,7 @@ namespace {
 
 constexpr char kMagic[8] = {'T', 'R', 'A', 'M', 'S', 'N', 'A', 'P'};
 constexpr uint8_t kRaw = 0, kZstd = 1;
-constexpr int kZstdLevel = 3;  // zstd's default: fast, and pools of floats gain little from more
+constexpr int kZstdLevel = 1;  // fastest: pools of floats gain little from more (bench/README.md, "Snapshots")
 
 uint64_t Hash(absl::string_view bytes) { return XXH3_64bits(bytes.data(), bytes.size()); }
 
@@ -64,7 +64,11 @@ absl::StatusOr<std::string> EncodeSnapshot(absl::Span<const SnapshotSection> sec
         absl::StrCat("a snapshot holds at most ", kMaxSnapshotSections, " sections, got ", sections.size()));
   }
   std::set<absl::string_view> names;
-  std::string out(kMagic, sizeof(kMagic));
+  size_t raw_total = sizeof(kMagic) + 16;
+  for (const SnapshotSection& s : sections) raw_total += 2 + s.name.size() + 25 + s.bytes.size();
+  std::string out;
+  out.reserve(raw_total);  // one allocation: the blob is at most the raw sections plus their headers
+  out.append(kMagic, sizeof(kMagic));
   Put<uint32_t>(&out, kSnapshotFormatVersion);
   Put<uint32_t>(&out, static_cast<uint32_t>(sections.size()));
   for (const SnapshotSection& s : sections) {

@@ -53,7 +53,7 @@ struct RequestLimits {
 struct PersistenceOptions {
   std::string state_dir;               // local directory store; empty: sessions live in memory only
   int snapshot_interval_seconds = 0;   // > 0: changed sessions are written this often (SIGKILL loses at most that)
-  std::string snapshot_compression = "zstd";  // zstd | none
+  std::string snapshot_compression = "none";  // none | zstd (bench/README.md, "Snapshots")
 };
 
 struct ServerOptions {

@@ -35,7 +35,7 @@ class Metrics;
 // Snapshots and the state store (server/README.md, "Persistence").
 struct SessionPersistence {
   SnapshotIdentity identity;  // what every snapshot of this server says it was made by
-  engine::SnapshotCompression compression = engine::SnapshotCompression::kZstd;
+  engine::SnapshotCompression compression = engine::SnapshotCompression::kNone;
   // null: sessions live in memory only (eviction and expiry drop them). Otherwise a session that leaves
   // memory for any reason but DeleteSession is written here first (spilled) and restored on its next use.
   SessionStore* store = nullptr;

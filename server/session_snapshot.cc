@@ -108,6 +108,12 @@ absl::StatusOr<SessionImage> DecodeSessionSnapshot(absl::string_view blob, const
                                                      const SnapshotIdentity& identity, uint64_t max_raw_bytes) {
   absl::StatusOr<std::vector<engine::SnapshotSection>> sections = engine::DecodeSnapshot(blob, max_raw_bytes);
   if (!sections.ok()) return sections.status();
+  return SessionImageFromSections(*std::move(sections), config, identity);
+}
+
+absl::StatusOr<SessionImage> SessionImageFromSections(std::vector<engine::SnapshotSection> all,
+                                                      const engine::ModelConfig& config, const SnapshotIdentity& identity) {
+  std::vector<engine::SnapshotSection>* sections = &all;
   const engine::SnapshotSection* meta_section = engine::FindSnapshotSection(*sections, kSessionSection);
   if (meta_section == nullptr) return absl::DataLossError("the snapshot holds no session (no \"session\" section)");
   SessionImage d;

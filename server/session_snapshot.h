@@ -52,6 +52,9 @@ struct SessionImage {
   SessionRecord record;
   engine::StreamImage image;
 };
+// The session the decoded sections hold (DecodeSessionSnapshot without the container); takes their arrays.
+absl::StatusOr<SessionImage> SessionImageFromSections(std::vector<engine::SnapshotSection> sections,
+                                                      const engine::ModelConfig& config, const SnapshotIdentity& identity);
 // DATA_LOSS for a blob that is corrupt, truncated or inconsistent (saying what), FAILED_PRECONDITION for
 // another model or tokenizer (naming both) or a newer format, RESOURCE_EXHAUSTED past `max_raw_bytes`.
 absl::StatusOr<SessionImage> DecodeSessionSnapshot(absl::string_view blob, const engine::ModelConfig& config,

@@ -97,6 +97,43 @@ ADAPTIVE = {"n_layer": 2, "d_model": 2, "d_embed": 4, "n_head": 1, "d_head": 2, 
             "tie_projs": [False, True, False], "clamp_len": 3, "same_length": True, "pre_lnorm": True}
 
 
+SESSION_NAMES = ["session", "session.tail", "session.tail_logprobs", "session.recent_ids",
+                 "session.selection_scores", "stream", "stream.hidden", "pool.keys", "pool.values", "pool.scores"]
+
+
+def session_sections(mode="trams", size=3, position=5, tail=(7,), selection=True):
+    """fuzz_session_snapshot's input: sections of a valid session of its model (2 layers, d_model 8, 2 heads
+    of 4, vocab 64; fingerprint xxh3:00000000000000f5, byte tokenizer). Each: name index, u32 length, bytes."""
+    layers, width, heads = 2, 8, 2
+    selects = mode == "trams"
+    selected = [[[1], [0]], [[2], [1]]] if selection and selects else []
+    recent_kept = 4 + 8
+    recent = [(i * 5) % 64 for i in range(position + len(tail))]
+    session = {"id": "doc", "tokenizer": "byte", "segment_len": 4, "created_ms": 1, "last_used_ms": 2,
+               "tokens_scored": position, "nll_sum": 12.5, "recent_first": 0, "recent_ids_kept": recent_kept,
+               "selection": {"segment_start": position - 4 if selected else -1, "segment_len": 4 if selected else 0,
+                             "recent_from": max(0, position - 2), "selected": selected}}
+    mem_len = 4 if mode != "none" else 0
+    size = min(size, mem_len)
+    stream = {"model": "xxh3:00000000000000f5", "pool_dtype": "f32", "size": size, "position": position,
+              "settings": {"mode": mode, "mem_len": mem_len, "topk": 1 if selects else 0, "remain": 2 if selects else 0,
+                           "layers": [], "metric": "code"}}
+    floats = lambda n: struct.pack("<%df" % n, *[((i * 3) % 7 - 3) / 4 for i in range(n)])
+    parts = [
+        ("session", json.dumps(session).encode()),
+        ("session.tail", struct.pack("<%di" % len(tail), *tail)),
+        ("session.tail_logprobs", floats(len(tail))),
+        ("session.recent_ids", struct.pack("<%di" % len(recent), *recent)),
+        ("session.selection_scores", floats(sum(len(h) for l in selected for h in l))),
+        ("stream", json.dumps(stream).encode()),
+        ("stream.hidden", floats(8 if position > 0 else 0)),
+        ("pool.keys", floats(layers * size * width)),
+        ("pool.values", floats(layers * size * width)),
+        ("pool.scores", floats((layers if selects else 0) * size * heads)),
+    ]
+    return b"".join(bytes([SESSION_NAMES.index(n)]) + struct.pack("<I", len(b)) + b for n, b in parts)
+
+
 def write(target, name, data):
     os.makedirs(os.path.join(CORPUS, target), exist_ok=True)
     with open(os.path.join(CORPUS, target, name), "wb") as f:
@@ -123,6 +160,10 @@ def main():
     write("fuzz_trams_settings", "zeros", bytes(32))
     write("fuzz_trams_settings", "ones", bytes([0xff] * 32))
     write("fuzz_trams_settings", "mixed", bytes(range(1, 64, 2)))
+    write("fuzz_session_snapshot", "trams", session_sections())
+    write("fuzz_session_snapshot", "xl_no_selection", session_sections("xl", selection=False))
+    write("fuzz_session_snapshot", "no_memory", session_sections("none", size=0, position=3, tail=()))
+    write("fuzz_session_snapshot", "fresh", session_sections(size=0, position=0, tail=(), selection=False))
 
 
 if __name__ == "__main__":
