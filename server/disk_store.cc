@@ -116,4 +116,12 @@ absl::Status DiskStore::Delete(const std::string& id) {
   return SyncDir(dir_);
 }
 
+absl::StatusOr<bool> DiskStore::Contains(const std::string& id) {
+  if (!IsValidSessionId(id)) return false;
+  struct stat st {};
+  if (::stat(PathOf(id).c_str(), &st) == 0) return true;
+  if (errno == ENOENT) return false;
+  return absl::InternalError(absl::StrCat("stat of ", PathOf(id), ": ", Errno()));
+}
+
 }  // namespace trams::server

@@ -21,6 +21,7 @@ class DiskStore final : public SessionStore {
   absl::Status Put(const std::string& id, const std::string& blob) override;
   absl::StatusOr<std::string> Get(const std::string& id) override;
   absl::Status Delete(const std::string& id) override;
+  absl::StatusOr<bool> Contains(const std::string& id) override;
 
  private:
   explicit DiskStore(std::string dir) : dir_(std::move(dir)) {}

@@ -58,6 +58,13 @@ ABSL_FLAG(int, memory_share_every, 50, "sample the TRAMS attention-share metric 
 ABSL_FLAG(std::string, state_dir, "",
           "persist sessions in this directory: written at drain (SIGTERM), when spilled for room or expiry, and "
           "every --snapshot_interval_seconds; restored on first use, also after a restart (empty: memory only)");
+ABSL_FLAG(std::string, state_store, "",
+          "persist sessions in Redis, shared by replicas: redis://HOST:PORT[/DB] (exclusive with --state_dir); a "
+          "session lives in one replica at a time (an ownership lease, server/README.md)");
+ABSL_FLAG(int, state_lease_seconds, 10,
+          "--state_store: a replica's claim on its sessions, renewed every second; after a crash its sessions "
+          "move to another replica once this has passed");
+ABSL_FLAG(std::string, replica_id, "", "--state_store: this replica's name in lease keys (empty: host-pid-random)");
 ABSL_FLAG(int, snapshot_interval_seconds, 0,
           "with --state_dir: write sessions changed since their last snapshot this often, so SIGKILL loses at "
           "most about this much committed work (0: only at drain and spill)");
@@ -103,6 +110,9 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   }
   o.limits.idle_ttl_seconds = absl::GetFlag(FLAGS_idle_ttl_seconds);
   o.persistence.state_dir = absl::GetFlag(FLAGS_state_dir);
+  o.persistence.state_store = absl::GetFlag(FLAGS_state_store);
+  o.persistence.lease_seconds = absl::GetFlag(FLAGS_state_lease_seconds);
+  o.persistence.replica_id = absl::GetFlag(FLAGS_replica_id);
   o.persistence.snapshot_interval_seconds = absl::GetFlag(FLAGS_snapshot_interval_seconds);
   o.persistence.snapshot_compression = absl::GetFlag(FLAGS_snapshot_compression);
   o.limits.max_mem_len = absl::GetFlag(FLAGS_max_mem_len);

@@ -2,18 +2,32 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "server/disk_store.h"
+#include "server/redis_store.h"
 #include "server/listen_address.h"
 #include "server/log.h"
 
 namespace trams::server {
+namespace {
+
+// <hostname>-<pid>-<random>: unique among the replicas sharing a store, and readable in its lease keys.
+std::string DefaultReplicaId() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof(host) - 1) != 0) std::snprintf(host, sizeof(host), "host");
+  return absl::StrFormat("%s-%d-%08x", host, ::getpid(), std::random_device{}());
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions& options,
                                                             std::unique_ptr<engine::Engine> model) {
@@ -74,17 +88,32 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
   if (p.snapshot_interval_seconds < 0) {
     return absl::InvalidArgumentError("--snapshot_interval_seconds must be 0 (off) or more");
   }
-  if (!p.state_dir.empty()) {
+  if (!p.state_dir.empty() && !p.state_store.empty()) {
+    return absl::InvalidArgumentError("--state_dir and --state_store are exclusive: pick one store");
+  }
+  if (p.lease_seconds < 1 || p.lease_seconds > 3600) {
+    return absl::InvalidArgumentError(absl::StrCat("--state_lease_seconds must be in [1, 3600], got ", p.lease_seconds));
+  }
+  if (!p.state_store.empty()) {
+    absl::StatusOr<std::unique_ptr<RedisStore>> store =
+        RedisStore::Open(p.state_store, p.replica_id.empty() ? DefaultReplicaId() : p.replica_id,
+                         std::chrono::seconds(p.lease_seconds));
+    if (!store.ok()) return store.status();
+    LogInfo("replica", {{"id", (*store)->replica()}, {"lease_seconds", std::to_string(p.lease_seconds)}});
+    app->store_ = *std::move(store);
+  } else if (!p.state_dir.empty()) {
     absl::StatusOr<std::unique_ptr<DiskStore>> store = DiskStore::Open(p.state_dir);
     if (!store.ok()) return store.status();
     app->store_ = *std::move(store);
+  }
+  if (app->store_ != nullptr) {
     persistence.store = app->store_.get();
     persistence.snapshot_interval_seconds = p.snapshot_interval_seconds;
     LogInfo("session state store", {{"store", app->store_->Describe()},
                                     {"snapshot_interval_seconds", std::to_string(p.snapshot_interval_seconds)},
                                     {"model", persistence.identity.model_fingerprint}});
   } else if (p.snapshot_interval_seconds > 0) {
-    return absl::InvalidArgumentError("--snapshot_interval_seconds needs a store: set --state_dir");
+    return absl::InvalidArgumentError("--snapshot_interval_seconds needs a store: set --state_dir or --state_store");
   }
   app->sessions_ = std::make_unique<SessionManager>(engine, limits, options.requests.input_buffer_budget_bytes,
                                                     app->metrics_.get(), std::move(persistence));

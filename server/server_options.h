@@ -52,6 +52,9 @@ struct RequestLimits {
 // Snapshots and the state store (server/README.md, "Persistence").
 struct PersistenceOptions {
   std::string state_dir;               // local directory store; empty: sessions live in memory only
+  std::string state_store;             // redis://HOST:PORT[/DB]: shared by replicas (exclusive with state_dir)
+  int lease_seconds = 10;              // a replica's claim on a session in a shared store, renewed every second
+  std::string replica_id;              // in the lease keys; empty: <hostname>-<pid>-<random>
   int snapshot_interval_seconds = 0;   // > 0: changed sessions are written this often (SIGKILL loses at most that)
   std::string snapshot_compression = "none";  // none | zstd (bench/README.md, "Snapshots")
 };

@@ -37,7 +37,8 @@ SessionManager::SessionManager(engine::Engine* model, const SessionLimits& limit
   }
   std::lock_guard<std::mutex> lock(mu_);
   PublishGauges();
-  if (limits_.idle_ttl_seconds > 0 || (writer_ && persistence_.snapshot_interval_seconds > 0)) {
+  if (limits_.idle_ttl_seconds > 0 ||
+      (writer_ && (persistence_.snapshot_interval_seconds > 0 || persistence_.store->shared()))) {
     reaper_ = std::thread([this] { Reap(); });
   }
 }
@@ -63,8 +64,39 @@ void SessionManager::Reap() {
       last_snapshot = std::chrono::steady_clock::now();
       SnapshotChanged("interval");
     }
+    if (writer_ && persistence_.store->shared()) RenewLeases();
     lock.lock();
   }
+}
+
+void SessionManager::RenewLeases() {
+  std::vector<std::string> ids;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, s] : sessions_) ids.push_back(id);
+  }
+  const std::vector<std::string> lost = persistence_.store->Renew(ids);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const std::string& id : lost) {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end() || it->second->held()) continue;  // a held one goes once its call ends
+    LogError("another replica took a session over: dropping this replica's copy", {{"session", id}});
+    Remove(it->second, "taken over by another replica after this replica's lease lapsed");
+  }
+}
+
+absl::Status SessionManager::ClaimNew(const std::string& id) {
+  if (!writer_ || id.empty()) return absl::OkStatus();
+  if (const SnapshotWriter::Pending p = writer_->Find(id); p.queued) {  // on its way to the store
+    if (p.image != nullptr) return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists (spilled)"));
+    return persistence_.store->Claim(id);  // being deleted: the id is free
+  }
+  absl::StatusOr<bool> stored = persistence_.store->Contains(id);
+  if (!stored.ok()) return absl::UnavailableError(absl::StrCat("the state store failed: ", stored.status().message()));
+  if (*stored) {
+    return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists (in the state store)"));
+  }
+  return persistence_.store->Claim(id);
 }
 
 std::string SessionManager::NewId() {
@@ -185,6 +217,14 @@ absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const eng
   absl::StatusOr<int64_t> bytes_or = model_->StreamBytes(memory);  // validates the settings
   if (!bytes_or.ok()) return bytes_or.status();
   const int64_t bytes = *bytes_or;
+  if (!id.empty() && !IsValidSessionId(id)) return InvalidSessionId(id);
+  if (absl::Status claimed = ClaimNew(id); !claimed.ok()) {
+    if (absl::IsAlreadyExists(claimed)) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (sessions_.count(id)) return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists"));
+    }
+    return claimed;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   if (id.empty()) {
     id = NewId();
@@ -416,6 +456,11 @@ absl::StatusOr<SessionImage> SessionManager::DecodeImage(absl::string_view blob)
 
 absl::StatusOr<SessionSnapshot> SessionManager::Insert(SessionImage image, const std::string& requested_id,
                                                        bool replace) {
+  return Insert(std::move(image), requested_id, replace, /*from_store=*/false);
+}
+
+absl::StatusOr<SessionSnapshot> SessionManager::Insert(SessionImage image, const std::string& requested_id,
+                                                       bool replace, bool from_store) {
   const engine::TramsSettings& memory = image.image.settings;
   if (memory.mem_len > limits_.max_mem_len || image.record.segment_len > limits_.max_segment_len) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -425,10 +470,22 @@ absl::StatusOr<SessionSnapshot> SessionManager::Insert(SessionImage image, const
   }
   absl::StatusOr<int64_t> bytes = model_->StreamBytes(memory);  // validates the settings against the model
   if (!bytes.ok()) return bytes.status();
-  std::lock_guard<std::mutex> lock(mu_);
   std::string id = requested_id.empty() ? image.record.id : requested_id;
+  if (!id.empty() && !IsValidSessionId(id)) return InvalidSessionId(id);
+  if (!from_store && !id.empty()) {
+    bool in_memory;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      in_memory = sessions_.count(id) > 0;
+    }
+    // In memory: this replica owns it (the checks below decide between ALREADY_EXISTS and replacing it).
+    // Otherwise the store must not hold it either, and a shared store gives it to this replica.
+    if (!in_memory) {
+      if (absl::Status claimed = ClaimNew(id); !claimed.ok()) return claimed;
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
   if (id.empty()) id = NewId();
-  if (!IsValidSessionId(id)) return InvalidSessionId(id);
   std::shared_ptr<Session> old;
   if (auto it = sessions_.find(id); it != sessions_.end()) {
     if (!replace) {
@@ -488,6 +545,8 @@ absl::Status SessionManager::Restore(const std::string& id) {
   };
   if (!writer_ || !IsValidSessionId(id)) return not_found();
   const auto start = std::chrono::steady_clock::now();
+  // A shared store: only the owner may bring it into memory (UNAVAILABLE while another replica holds it).
+  if (absl::Status claimed = persistence_.store->Claim(id); !claimed.ok()) return claimed;
   const SnapshotWriter::Pending pending = writer_->Find(id);
   SessionImage image;
   const char* source = "pending";
@@ -512,7 +571,7 @@ absl::Status SessionManager::Restore(const std::string& id) {
     }
     image = *std::move(decoded);
   }
-  absl::StatusOr<SessionSnapshot> inserted = Insert(std::move(image), id, /*replace=*/false);
+  absl::StatusOr<SessionSnapshot> inserted = Insert(std::move(image), id, /*replace=*/false, /*from_store=*/true);
   if (absl::IsAlreadyExists(inserted.status())) return absl::OkStatus();  // another call restored it meanwhile
   if (!inserted.ok()) {
     if (metrics_) metrics_->RestoreFailed("no_room");
@@ -568,6 +627,15 @@ int SessionManager::SnapshotChanged(const char* trigger) {
 int SessionManager::SaveAll(std::chrono::milliseconds deadline, bool* flushed) {
   const int n = SnapshotChanged("drain");
   *flushed = writer_ == nullptr || writer_->Flush(deadline);
+  if (*flushed && writer_ && persistence_.store->shared()) {
+    // Written: another replica may take them over at once (the next call routed there restores them).
+    std::vector<std::string> ids;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& [id, s] : sessions_) ids.push_back(id);
+    }
+    for (const std::string& id : ids) persistence_.store->Release(id);
+  }
   return n;
 }
 

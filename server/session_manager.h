@@ -109,6 +109,10 @@ class SessionManager {
   absl::Status Restore(const std::string& id);
   absl::StatusOr<std::shared_ptr<SessionImage>> ImageOf(const Session& s);  // mu_ held, s not used by a call
   std::string NewId();                                                    // mu_ held
+  // With a store: ALREADY_EXISTS if it holds `id`, else claims it (a shared store). mu_ not held.
+  absl::Status ClaimNew(const std::string& id);
+  absl::StatusOr<SessionSnapshot> Insert(SessionImage image, const std::string& id, bool replace, bool from_store);
+  void RenewLeases();  // the reaper, with a shared store: drops what another replica took over
   // Spills (with a store) or evicts an idle session; `reason` for the tombstone, `metric` its label.
   void LeaveMemory(const std::shared_ptr<Session>& s, const std::string& reason, const char* metric);  // mu_ held
 

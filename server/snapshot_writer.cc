@@ -80,7 +80,9 @@ void SnapshotWriter::Run() {
         LogError("writing a session snapshot failed",
                  {{"session", id}, {"trigger", job.trigger}, {"error", std::string(s.message())}});
         if (metrics_) metrics_->SnapshotFailed(blob.ok() ? "store" : "encode");
-        written = !blob.ok();  // an image that cannot be encoded never will be: drop it; retry the store
+        // An image that cannot be encoded never will be, nor one another replica owns now: drop those;
+        // retry what the store failed to take.
+        written = !blob.ok() || absl::IsFailedPrecondition(s);
       } else if (metrics_) {
         metrics_->SnapshotWritten(job.trigger, static_cast<int64_t>(blob->size()), seconds);
       }
