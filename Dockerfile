@@ -5,6 +5,7 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
       cmake ninja-build g++ pkg-config ca-certificates \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev prometheus-cpp-dev \
       libblis-serial-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev libzstd-dev \
+      libhiredis-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -14,7 +15,7 @@ RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DTRAMS_WITH_CUDA=OF
 FROM debian:12
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libgrpc++1.51 libprotobuf32 libabsl20220623 libprometheus-cpp-pull1.0 libprometheus-cpp-core1.0 \
-      libblis4-serial \
+      libblis4-serial libzstd1 libhiredis0.14 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/build/server/trams-server /src/build/client/trams-client /src/build/engine/trams-eval /usr/local/bin/
 COPY --from=build /src/models /models
