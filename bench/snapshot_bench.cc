@@ -6,6 +6,11 @@
 // fsync of the directory); restore = DiskStore::Get + decode (every checksum) + ImportStream. Each session
 // is first fed real tokens through the engine until its pool is full, so the pool holds real keys and
 // values (a zero-filled pool would compress to nothing).
+//
+// --spill: serving under spill (needs --model): an in-process server over gRPC, --spill_sessions sessions
+// scored round robin one segment per call by --spill_workers concurrent clients, with a memory budget that
+// holds --spill_fit of them (the rest spilled to a --state_dir store and restored on their next call),
+// against the same work with a budget that holds them all, in the same run.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -18,6 +23,11 @@
 #include <string>
 #include <vector>
 
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <thread>
+
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -25,12 +35,19 @@
 #include "engine/stream_image.h"
 #include "engine/transformer_xl.h"
 #include "server/disk_store.h"
+#include "server/server_app.h"
 #include "server/session_snapshot.h"
+#include "trams/v1/trams.grpc.pb.h"
 
 ABSL_FLAG(std::string, dir, "/tmp/trams-snapshot-bench", "directory for the store (removed afterwards)");
 ABSL_FLAG(std::string, model, "", "also the bundled model's directory (models/trams-byte-books)");
 ABSL_FLAG(int, rounds, 5, "repetitions of each measurement (the median is printed)");
 ABSL_FLAG(bool, wikitext_only, false, "only the WikiText-103 shape");
+ABSL_FLAG(bool, spill, false, "also serving under spill (needs --model)");
+ABSL_FLAG(int, spill_sessions, 256, "--spill: sessions");
+ABSL_FLAG(int, spill_fit, 32, "--spill: sessions the small budget holds");
+ABSL_FLAG(int, spill_workers, 8, "--spill: concurrent clients");
+ABSL_FLAG(int, spill_rounds, 4, "--spill: calls per session");
 
 namespace trams::bench {
 namespace {
@@ -138,6 +155,97 @@ void Run(const Shape& shape, const std::string& dir, int rounds) {
   std::filesystem::remove_all(dir);
 }
 
+// Tokens/s of `rounds` one-segment Score calls per session over `sessions` sessions, `workers` at a time,
+// on a server whose budget holds `fit` sessions (all of them when fit >= sessions; a store otherwise).
+struct SpillResult {
+  double tokens_per_s = 0;
+  std::string metrics;
+};
+
+SpillResult SpillRun(const std::string& model, int sessions, int fit, int workers, int rounds, const std::string& dir) {
+  namespace v1 = ::trams::v1;
+  server::ServerOptions o;
+  o.model_dir = model;
+  o.listen = "127.0.0.1:0";
+  o.metrics_listen = "";
+  o.limits.idle_ttl_seconds = 0;
+  o.limits.max_sessions = sessions + 1;
+  o.defaults.memory = engine::TramsSettings::Trams(400, 50, 150);
+  o.defaults.segment_len = 64;
+  absl::StatusOr<std::unique_ptr<engine::TransformerXL>> probe = engine::TransformerXL::Load(model);
+  if (!probe.ok()) std::exit(1);
+  const int64_t pool = *(*probe)->StreamBytes(o.defaults.memory);
+  probe->reset();
+  // The small budget: `fit` pools, of which the running calls' undo logs take their share.
+  o.limits.memory_budget_bytes = fit >= sessions ? (pool * 2) * (sessions + workers) : pool * fit;
+  if (fit < sessions) o.persistence.state_dir = dir;
+  absl::StatusOr<std::unique_ptr<server::ServerApp>> app = server::ServerApp::Start(o);
+  if (!app.ok()) {
+    std::fprintf(stderr, "server: %s\n", std::string(app.status().message()).c_str());
+    std::exit(1);
+  }
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string((*app)->grpc_port()), grpc::InsecureChannelCredentials());
+  auto stub = v1::TramsService::NewStub(channel);
+  for (int i = 0; i < sessions; ++i) {
+    grpc::ClientContext ctx;
+    v1::CreateSessionRequest req;
+    req.set_session_id("s" + std::to_string(i));
+    v1::Session out;
+    if (!stub->CreateSession(&ctx, req, &out).ok()) std::exit(1);
+  }
+  std::atomic<int64_t> tokens{0}, failures{0};
+  const auto start = Clock::now();
+  std::vector<std::thread> threads;
+  for (int w = 0; w < workers; ++w) {
+    threads.emplace_back([&, w] {
+      std::mt19937 rng(static_cast<uint32_t>(w));
+      for (int r = 0; r < rounds; ++r) {
+        for (int i = w; i < sessions; i += workers) {
+          grpc::ClientContext ctx;
+          auto stream = stub->Score(&ctx);
+          v1::ScoreRequest req;
+          req.set_session_id("s" + std::to_string(i));
+          for (int t = 0; t < 64; ++t) req.mutable_ids()->add_ids(static_cast<int32_t>(rng() % 256));
+          stream->Write(req);
+          stream->WritesDone();
+          v1::ScoreResponse resp;
+          while (stream->Read(&resp)) tokens += resp.tokens_size();
+          if (!stream->Finish().ok()) ++failures;
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  if (failures > 0) std::fprintf(stderr, "%lld calls failed\n", static_cast<long long>(failures.load()));
+  SpillResult r;
+  r.tokens_per_s = static_cast<double>(tokens.load()) / seconds;
+  r.metrics = (*app)->metrics().Text();
+  (*app)->Shutdown(std::chrono::milliseconds(0));
+  std::filesystem::remove_all(dir);
+  return r;
+}
+
+double MetricValue(const std::string& text, const std::string& series) {
+  const size_t at = text.find("\n" + series + " ");
+  return at == std::string::npos ? 0 : std::atof(text.c_str() + at + series.size() + 2);
+}
+
+void RunSpill(const std::string& model, const std::string& dir) {
+  const int sessions = absl::GetFlag(FLAGS_spill_sessions), fit = absl::GetFlag(FLAGS_spill_fit);
+  const int workers = absl::GetFlag(FLAGS_spill_workers), rounds = absl::GetFlag(FLAGS_spill_rounds);
+  std::printf("\nserving under spill: %d sessions (bundled model, TRAMS M = 400, n = 64, one segment per call), "
+              "%d concurrent clients, %d calls per session\n", sessions, workers, rounds);
+  std::printf("%-28s %10s %10s %10s\n", "budget", "tok/s", "vs all", "spills");
+  const SpillResult all = SpillRun(model, sessions, sessions, workers, rounds, dir);
+  const SpillResult some = SpillRun(model, sessions, fit, workers, rounds, dir);
+  std::printf("%-28s %10.1f %10.3f %10.0f\n", ("holds all " + std::to_string(sessions)).c_str(), all.tokens_per_s, 1.0,
+              MetricValue(all.metrics, "trams_sessions_spilled_total"));
+  std::printf("%-28s %10.1f %10.3f %10.0f\n", ("holds " + std::to_string(fit) + ", store on disk").c_str(),
+              some.tokens_per_s, some.tokens_per_s / all.tokens_per_s,
+              MetricValue(some.metrics, "trams_sessions_spilled_total"));
+}
+
 }  // namespace
 }  // namespace trams::bench
 
@@ -155,5 +263,12 @@ int main(int argc, char** argv) {
   std::printf("%-12s %-5s %10s %10s %8s %8s %8s %8s %8s %7s %9s %9s\n", "model", "codec", "session B", "blob B",
               "enc ms", "snap ms", "rest ms", "memcpy", "disk ms", "vs lim", "snap MB/s", "rest MB/s");
   for (const Shape& s : shapes) trams::bench::Run(s, absl::GetFlag(FLAGS_dir), absl::GetFlag(FLAGS_rounds));
+  if (absl::GetFlag(FLAGS_spill)) {
+    if (absl::GetFlag(FLAGS_model).empty()) {
+      std::fprintf(stderr, "--spill needs --model\n");
+      return 2;
+    }
+    trams::bench::RunSpill(absl::GetFlag(FLAGS_model), absl::GetFlag(FLAGS_dir));
+  }
   return 0;
 }

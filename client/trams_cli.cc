@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -42,7 +43,10 @@ ABSL_FLAG(bool, json, false, "create/get/list/info/explain: print the response a
 ABSL_FLAG(std::string, session, "",
           "Session id. score/generate without it use a temporary session, deleted at the end");
 
-ABSL_FLAG(std::string, file, "", "score: the file to stream ('-' = stdin)");
+ABSL_FLAG(std::string, file, "", "score: the file to stream ('-' = stdin); import: the snapshot file");
+ABSL_FLAG(std::string, out, "", "export: write the snapshot to this file");
+ABSL_FLAG(bool, replace, false, "import: replace an idle session of the same id");
+ABSL_FLAG(std::string, new_session, "", "fork: the copy's id (empty: the server picks)");
 ABSL_FLAG(int64_t, chunk_bytes, 4096, "score: bytes per stream message");
 ABSL_FLAG(std::string, jsonl, "", "score: write one JSON object per token to this file");
 ABSL_FLAG(int32_t, alternatives, 0, "score: top-k alternatives per token (0-20), into --jsonl");
@@ -91,6 +95,9 @@ Commands:
   delete    --session ID
   info
   explain   --session ID
+  export    --session ID --out FILE          the session's snapshot, to keep or import elsewhere
+  import    --file FILE [--session ID] [--replace]   a session from a snapshot (ID: the snapshot's)
+  fork      --session ID [--new_session ID]  a copy that continues on its own
 
 score and generate without --session run on a temporary session (made with the create flags).
 Run with --helpfull for every flag.)";
@@ -491,6 +498,50 @@ int RunDelete(TramsClient& client) {
   return 0;
 }
 
+int RunExport(TramsClient& client) {
+  const std::string id = absl::GetFlag(FLAGS_session), out = absl::GetFlag(FLAGS_out);
+  if (id.empty()) return NeedSession("export");
+  if (out.empty()) return UsageError("export needs --out FILE");
+  absl::StatusOr<std::string> snapshot = client.ExportSession(id);
+  if (!snapshot.ok()) return CallFailed("export " + id, snapshot.status());
+  const std::string tmp = out + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    f.write(snapshot->data(), static_cast<std::streamsize>(snapshot->size()));
+    if (!f.flush()) return CallFailed("export", absl::UnavailableError("cannot write " + tmp));
+  }
+  if (std::rename(tmp.c_str(), out.c_str()) != 0) {
+    return CallFailed("export", absl::UnavailableError("cannot rename " + tmp + " to " + out));
+  }
+  std::cerr << "exported " << id << ": " << snapshot->size() << " bytes to " << out << "\n";
+  return 0;
+}
+
+int RunImport(TramsClient& client) {
+  const std::string file = absl::GetFlag(FLAGS_file);
+  if (file.empty()) return UsageError("import needs --file FILE");
+  std::ifstream f(file, std::ios::binary);
+  if (!f) return UsageError("cannot read " + file);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  absl::StatusOr<v1::Session> session =
+      client.ImportSession(ss.str(), absl::GetFlag(FLAGS_session), absl::GetFlag(FLAGS_replace));
+  if (!session.ok()) return CallFailed("import", session.status());
+  std::cout << (absl::GetFlag(FLAGS_json) ? ToJson(*session) : session->session_id() + "\n");
+  std::cerr << "imported " << SessionSummary(*session) << "\n";
+  return 0;
+}
+
+int RunFork(TramsClient& client) {
+  const std::string id = absl::GetFlag(FLAGS_session);
+  if (id.empty()) return NeedSession("fork");
+  absl::StatusOr<v1::Session> session = client.ForkSession(id, absl::GetFlag(FLAGS_new_session));
+  if (!session.ok()) return CallFailed("fork " + id, session.status());
+  std::cout << (absl::GetFlag(FLAGS_json) ? ToJson(*session) : session->session_id() + "\n");
+  std::cerr << "forked " << id << " as " << SessionSummary(*session) << "\n";
+  return 0;
+}
+
 int RunInfo(TramsClient& client) {
   absl::StatusOr<v1::ModelInfo> info = client.GetModelInfo();
   if (!info.ok()) return CallFailed("info", info.status());
@@ -557,6 +608,7 @@ int main(int argc, char** argv) {
   const std::map<std::string, std::function<int(TramsClient&)>> commands = {
       {"score", RunScore},   {"generate", RunGenerate}, {"create", RunCreate},
       {"get", RunGet},       {"list", RunList},         {"delete", RunDelete},
+      {"export", RunExport}, {"import", RunImport},     {"fork", RunFork},
       {"info", RunInfo},     {"explain", RunExplain},
   };
   auto it = commands.find(args[1]);

@@ -82,6 +82,51 @@ absl::Status TramsClient::DeleteSession(const std::string& session_id) {
   return FromGrpcStatus(stub_->DeleteSession(ctx.get(), request, &response));
 }
 
+absl::StatusOr<std::string> TramsClient::ExportSession(const std::string& session_id) {
+  auto ctx = NewContext(session_id);
+  v1::ExportSessionRequest request;
+  request.set_session_id(session_id);
+  auto reader = stub_->ExportSession(ctx.get(), request);
+  std::string snapshot;
+  v1::SessionChunk chunk;
+  while (reader->Read(&chunk)) snapshot += chunk.data();
+  grpc::Status st = reader->Finish();
+  if (!st.ok()) return FromGrpcStatus(st);
+  return snapshot;
+}
+
+absl::StatusOr<v1::Session> TramsClient::ImportSession(const std::string& snapshot, const std::string& session_id,
+                                                       bool replace) {
+  constexpr size_t kChunk = size_t{1} << 20;
+  auto ctx = NewContext(session_id);
+  v1::Session session;
+  auto writer = stub_->ImportSession(ctx.get(), &session);
+  for (size_t at = 0; at < snapshot.size(); at += kChunk) {
+    v1::ImportSessionRequest request;
+    if (at == 0) {
+      request.set_session_id(session_id);
+      request.set_replace(replace);
+    }
+    request.set_data(snapshot.substr(at, kChunk));
+    if (!writer->Write(request)) break;  // the server ended the call: Finish says why
+  }
+  writer->WritesDone();
+  grpc::Status st = writer->Finish();
+  if (!st.ok()) return FromGrpcStatus(st);
+  return session;
+}
+
+absl::StatusOr<v1::Session> TramsClient::ForkSession(const std::string& session_id, const std::string& new_session_id) {
+  auto ctx = NewContext(session_id);
+  v1::ForkSessionRequest request;
+  request.set_session_id(session_id);
+  request.set_new_session_id(new_session_id);
+  v1::Session session;
+  grpc::Status st = stub_->ForkSession(ctx.get(), request, &session);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return session;
+}
+
 absl::StatusOr<v1::ScoreResponse> TramsClient::ScoreText(const std::string& session_id,
                                                          ChunkSource next_chunk,
                                                          const ScoreParams& params,

@@ -92,6 +92,13 @@ class TramsClient {
 
   absl::StatusOr<v1::ExplainSelectionResponse> ExplainSelection(const std::string& session_id);
 
+  // The session's snapshot (ExportSession, every chunk joined); the session is unchanged.
+  absl::StatusOr<std::string> ExportSession(const std::string& session_id);
+  // A session from a snapshot (ImportSession, sent in chunks of 1 MiB). `session_id` empty: the snapshot's.
+  absl::StatusOr<v1::Session> ImportSession(const std::string& snapshot, const std::string& session_id, bool replace);
+  // A copy of `session_id` as `new_session_id` (empty: the server picks).
+  absl::StatusOr<v1::Session> ForkSession(const std::string& session_id, const std::string& new_session_id);
+
   v1::TramsService::Stub& stub() { return *stub_; }
 
  private:

@@ -243,6 +243,7 @@ absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const eng
   s->segment_len = segment_len;
   s->recent_ids_kept = static_cast<size_t>(s->stream->capacity()) + static_cast<size_t>(limits_.max_segment_len);
   s->created_ms = s->last_used_ms = NowMs();
+  s->version = 1;  // a new session is not in the store yet: the next snapshot writes it
   s->pool_bytes = s->stream->bytes();
   bytes_in_use_ += s->pool_bytes;
   pool_bytes_ += s->pool_bytes;
@@ -608,17 +609,26 @@ void SessionManager::Fork(const std::string& id, std::string new_id, SnapshotFn 
 
 int SessionManager::SnapshotChanged(const char* trigger) {
   if (!writer_) return 0;
-  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> ids;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, s] : sessions_) ids.push_back(id);
+  }
+  // One session per hold of the lock: calls wait for at most one pool copy, never for all of them.
   int n = 0;
-  for (const auto& [id, s] : sessions_) {
-    if (s->held() || s->version == s->saved_version) continue;  // a held one is caught next time
-    absl::StatusOr<std::shared_ptr<SessionImage>> image = ImageOf(*s);
+  for (const std::string& id : ids) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) continue;
+    Session& s = *it->second;
+    if (s.held() || s.version == s.saved_version) continue;  // a held one is caught next time
+    absl::StatusOr<std::shared_ptr<SessionImage>> image = ImageOf(s);
     if (!image.ok()) {
       LogError("exporting a session for its snapshot failed", {{"session", id}, {"error", std::string(image.status().message())}});
       continue;
     }
     writer_->Put(id, *std::move(image), trigger);
-    s->saved_version = s->version;
+    s.saved_version = s.version;
     ++n;
   }
   return n;
