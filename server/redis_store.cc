@@ -5,13 +5,19 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "engine/snapshot_file.h"
 #include "server/session_id.h"
 
 namespace trams::server {
 namespace {
 
-std::string SessionKey(const std::string& id) { return "trams:session:" + id; }
-std::string OwnerKey(const std::string& id) { return "trams:owner:" + id; }
+// Keys carry the snapshot format version: a server of another format never reads or overwrites them.
+std::string SessionKey(const std::string& id) {
+  return absl::StrCat("trams:v", engine::kSnapshotFormatVersion, ":session:", id);
+}
+std::string OwnerKey(const std::string& id) {
+  return absl::StrCat("trams:v", engine::kSnapshotFormatVersion, ":owner:", id);
+}
 
 // Extends this replica's lease, or takes it again where it lapsed and nobody else took it; 0: another owns it.
 constexpr char kRenewScript[] =

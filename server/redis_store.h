@@ -1,6 +1,6 @@
 // SessionStore on Redis (--state_store redis://HOST:PORT[/DB]), shared by the replicas behind one address.
-// A snapshot is one key written by one SET of the whole blob (`trams:session:<id>`), so a reader gets the
-// old blob or the new one. Ownership is a lease key (`trams:owner:<id>` = this replica's id, with an
+// A snapshot is one key written by one SET of the whole blob (`trams:v1:session:<id>`), so a reader gets the
+// old blob or the new one. Ownership is a lease key (`trams:v1:owner:<id>` = this replica's id, with an
 // expiry): set only if absent, extended and deleted only by its holder (a Lua script compares first), so a
 // second replica takes a session over only once the owner gave it up (drain, delete) or stopped renewing
 // (crash). One connection (hiredis, synchronous), reconnected when it fails. server/README.md, "Persistence".

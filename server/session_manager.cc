@@ -142,6 +142,17 @@ absl::Status SessionManager::NotFound(const std::string& id) const {
   return absl::NotFoundError(absl::StrCat("session '", id, "' does not exist"));
 }
 
+void SessionManager::Admit(const std::shared_ptr<Session>& s) {
+  s->pool_bytes = s->stream->bytes();
+  bytes_in_use_ += s->pool_bytes;
+  pool_bytes_ += s->pool_bytes;
+  idle_lru_.push_back(s->id);
+  s->lru = std::prev(idle_lru_.end());
+  sessions_[s->id] = s;
+  tombstones_.erase(s->id);
+  PublishGauges();
+}
+
 void SessionManager::Remove(std::shared_ptr<Session> s, const std::string& reason) {
   // `s` is a copy: the caller's reference may be the map entry erased below.
   if (s->state == SessionState::kIdle) idle_lru_.erase(s->lru);
@@ -244,15 +255,8 @@ absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const eng
   s->recent_ids_kept = static_cast<size_t>(s->stream->capacity()) + static_cast<size_t>(limits_.max_segment_len);
   s->created_ms = s->last_used_ms = NowMs();
   s->version = 1;  // a new session is not in the store yet: the next snapshot writes it
-  s->pool_bytes = s->stream->bytes();
-  bytes_in_use_ += s->pool_bytes;
-  pool_bytes_ += s->pool_bytes;
-  idle_lru_.push_back(id);
-  s->lru = std::prev(idle_lru_.end());
-  sessions_[id] = s;
-  tombstones_.erase(id);
+  Admit(s);
   if (metrics_) metrics_->SessionCreated();
-  PublishGauges();
   SessionSnapshot snap;
   snap.id = id;
   snap.memory = memory;
@@ -285,9 +289,10 @@ SessionSnapshot Snapshot(const Session& s) {
 absl::StatusOr<SessionSnapshot> SessionManager::Get(const std::string& id) {
   std::unique_lock<std::mutex> lock(mu_);
   auto it = sessions_.find(id);
-  if (it == sessions_.end() && writer_) {
+  for (int attempt = 0; it == sessions_.end() && writer_ && attempt < kRestoreAttempts; ++attempt) {
     lock.unlock();
-    if (absl::Status r = Restore(id); !r.ok()) return r;
+    absl::StatusOr<SessionSnapshot> restored = Restore(id, nullptr);
+    if (!absl::IsAlreadyExists(restored.status())) return restored;
     lock.lock();
     it = sessions_.find(id);
   }
@@ -373,10 +378,15 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Take(const std::shared_
 void SessionManager::Acquire(const std::string& id, ReadyFn ready, bool reserve_undo) {
   std::unique_lock<std::mutex> lock(mu_);
   auto it = sessions_.find(id);
-  if (it == sessions_.end() && writer_) {  // spilled, or from before a restart: restore it first
+  // Spilled, or from before a restart: restore it, taken for this call in the same step (in between, room
+  // made for another call could spill it again).
+  for (int attempt = 0; it == sessions_.end() && writer_ && attempt < kRestoreAttempts; ++attempt) {
     lock.unlock();
-    if (absl::Status r = Restore(id); !r.ok()) return ready(r);
-    lock.lock();
+    Taken taken{reserve_undo, nullptr};
+    absl::StatusOr<SessionSnapshot> restored = Restore(id, &taken);
+    if (restored.ok()) return ready(std::move(taken.session));
+    if (!absl::IsAlreadyExists(restored.status())) return ready(restored.status());
+    lock.lock();  // another call restored it meanwhile: take it as usual
     it = sessions_.find(id);
   }
   absl::StatusOr<std::shared_ptr<Session>> result = absl::UnknownError("");
@@ -457,11 +467,11 @@ absl::StatusOr<SessionImage> SessionManager::DecodeImage(absl::string_view blob)
 
 absl::StatusOr<SessionSnapshot> SessionManager::Insert(SessionImage image, const std::string& requested_id,
                                                        bool replace) {
-  return Insert(std::move(image), requested_id, replace, /*from_store=*/false);
+  return Insert(std::move(image), requested_id, replace, /*from_store=*/false, nullptr);
 }
 
 absl::StatusOr<SessionSnapshot> SessionManager::Insert(SessionImage image, const std::string& requested_id,
-                                                       bool replace, bool from_store) {
+                                                       bool replace, bool from_store, Taken* take) {
   const engine::TramsSettings& memory = image.image.settings;
   if (memory.mem_len > limits_.max_mem_len || image.record.segment_len > limits_.max_segment_len) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -527,19 +537,18 @@ absl::StatusOr<SessionSnapshot> SessionManager::Insert(SessionImage image, const
     ++s->recent_first;
   }
   s->last_used_ms = NowMs();
-  s->version = 1;  // changed relative to the store until SnapshotChanged writes it (Restore marks it saved)
-  s->pool_bytes = s->stream->bytes();
-  bytes_in_use_ += s->pool_bytes;
-  pool_bytes_ += s->pool_bytes;
-  idle_lru_.push_back(id);
-  s->lru = std::prev(idle_lru_.end());
-  sessions_[id] = s;
-  tombstones_.erase(id);
-  PublishGauges();
+  s->version = 1;  // changed relative to the store until SnapshotChanged writes it
+  if (from_store) s->saved_version = s->version;
+  Admit(s);
+  if (take != nullptr) {
+    absl::StatusOr<std::shared_ptr<Session>> taken = Take(s, take->reserve_undo);
+    if (!taken.ok()) return taken.status();
+    take->session = *std::move(taken);
+  }
   return Snapshot(*s);
 }
 
-absl::Status SessionManager::Restore(const std::string& id) {
+absl::StatusOr<SessionSnapshot> SessionManager::Restore(const std::string& id, Taken* take) {
   auto not_found = [&] {
     std::lock_guard<std::mutex> lock(mu_);
     return NotFound(id);
@@ -572,20 +581,16 @@ absl::Status SessionManager::Restore(const std::string& id) {
     }
     image = *std::move(decoded);
   }
-  absl::StatusOr<SessionSnapshot> inserted = Insert(std::move(image), id, /*replace=*/false, /*from_store=*/true);
-  if (absl::IsAlreadyExists(inserted.status())) return absl::OkStatus();  // another call restored it meanwhile
+  absl::StatusOr<SessionSnapshot> inserted = Insert(std::move(image), id, /*replace=*/false, /*from_store=*/true, take);
+  if (absl::IsAlreadyExists(inserted.status())) return inserted;  // another call restored it meanwhile
   if (!inserted.ok()) {
     if (metrics_) metrics_->RestoreFailed("no_room");
     return absl::Status(inserted.status().code(),
                         absl::StrCat("session '", id, "' cannot be restored: ", inserted.status().message()));
   }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (auto it = sessions_.find(id); it != sessions_.end()) it->second->saved_version = it->second->version;
-  }
   if (metrics_) metrics_->SessionRestored(source, SecondsSince(start));
   LogInfo("restored a session", {{"session", id}, {"from", source}});
-  return absl::OkStatus();
+  return inserted;
 }
 
 void SessionManager::ExportImage(const std::string& id, ImageFn done) {

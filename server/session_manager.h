@@ -105,13 +105,21 @@ class SessionManager {
 
  private:
   absl::Status NotFound(const std::string& id) const;            // mu_ held
-  // Brings `id` back from the writer's queue or the store (mu_ not held); NotFound when neither has it.
-  absl::Status Restore(const std::string& id);
+  // A restored session taken for a call in the same step as it enters the map.
+  struct Taken {
+    bool reserve_undo = false;
+    std::shared_ptr<Session> session;
+  };
+  // Brings `id` back from the writer's queue or the store (mu_ not held), taken for `take` when given;
+  // NotFound when neither has it, ALREADY_EXISTS when another call brought it back meanwhile.
+  absl::StatusOr<SessionSnapshot> Restore(const std::string& id, Taken* take);
+  static constexpr int kRestoreAttempts = 4;
   absl::StatusOr<std::shared_ptr<SessionImage>> ImageOf(const Session& s);  // mu_ held, s not used by a call
   std::string NewId();                                                    // mu_ held
   // With a store: ALREADY_EXISTS if it holds `id`, else claims it (a shared store). mu_ not held.
   absl::Status ClaimNew(const std::string& id);
-  absl::StatusOr<SessionSnapshot> Insert(SessionImage image, const std::string& id, bool replace, bool from_store);
+  absl::StatusOr<SessionSnapshot> Insert(SessionImage image, const std::string& id, bool replace, bool from_store,
+                                         Taken* take);
   void RenewLeases();  // the reaper, with a shared store: drops what another replica took over
   // Spills (with a store) or evicts an idle session; `reason` for the tombstone, `metric` its label.
   void LeaveMemory(const std::shared_ptr<Session>& s, const std::string& reason, const char* metric);  // mu_ held
@@ -121,6 +129,7 @@ class SessionManager {
 
  private:
   absl::Status MakeRoom(int64_t bytes, bool new_session);        // mu_ held
+  void Admit(const std::shared_ptr<Session>& s);  // a new idle session into the map, budget and LRU; mu_ held
   void Remove(std::shared_ptr<Session> s, const std::string& reason);  // mu_ held
   absl::StatusOr<std::shared_ptr<Session>> Take(const std::shared_ptr<Session>& s, bool reserve_undo);  // mu_ held
   void PublishGauges();                                          // mu_ held

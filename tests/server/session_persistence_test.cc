@@ -68,7 +68,7 @@ class SessionPersistenceTest : public ::testing::Test {
   static engine::TramsSettings Settings() { return engine::TramsSettings::Trams(24, 4, 8); }
 
   // One segment of `n` tokens on `id` through the engine, committed like a call (no undo reservation).
-  absl::Status Feed(SessionManager& m, const std::string& id, int n, int seed) {
+  absl::Status Feed(SessionManager& m, const std::string& id, int n, int seed, bool reserve_undo = false) {
     absl::Status result = absl::UnknownError("not run");
     m.Acquire(id, [&](absl::StatusOr<std::shared_ptr<Session>> s) {
       if (!s.ok()) {
@@ -86,7 +86,7 @@ class SessionPersistenceTest : public ::testing::Test {
       ledger.CountSegment(origin, origin.call_start, tokens, out[0].logprob, false);
       (*s)->Commit(std::move(ledger));
       m.Release(*s);
-    }, /*reserve_undo=*/false);
+    }, reserve_undo);
     return result;
   }
 
@@ -96,8 +96,9 @@ class SessionPersistenceTest : public ::testing::Test {
 };
 
 TEST_F(SessionPersistenceTest, ConcurrentCallsOnMoreSessionsThanFitLoseNothing) {
-  constexpr int kSessions = 12, kThreads = 4, kRounds = 5;
-  auto m = Manager(disk_.get(), kThreads + 1);  // the calls' sessions fit, the others are spilled
+  constexpr int kSessions = 24, kThreads = 4, kRounds = 5;
+  // The running calls' sessions and their undo reservations fit, with one more; the others are spilled.
+  auto m = Manager(disk_.get(), 2 * kThreads + 1);
   for (int i = 0; i < kSessions; ++i) ASSERT_TRUE(m->Create(absl::StrCat("s", i), Settings(), 8).ok());
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
@@ -105,7 +106,7 @@ TEST_F(SessionPersistenceTest, ConcurrentCallsOnMoreSessionsThanFitLoseNothing) 
     threads.emplace_back([&, t] {
       for (int r = 0; r < kRounds; ++r) {
         for (int i = t; i < kSessions; i += kThreads) {
-          if (absl::Status st = Feed(*m, absl::StrCat("s", i), 8, r); !st.ok()) {
+          if (absl::Status st = Feed(*m, absl::StrCat("s", i), 8, r, /*reserve_undo=*/true); !st.ok()) {
             ++failures;
             ADD_FAILURE() << st;
           }
