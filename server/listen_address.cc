@@ -45,4 +45,9 @@ absl::Status CheckListenAddress(absl::string_view flag, absl::string_view addres
   return absl::OkStatus();
 }
 
+bool IsLoopbackAddress(absl::string_view address) {
+  return absl::StartsWith(address, "127.") || absl::StartsWith(address, "[::1]:") ||
+         absl::StartsWith(address, "localhost:") || absl::StartsWith(address, "unix:");
+}
+
 }  // namespace trams::server

@@ -45,6 +45,14 @@ class UnaryDone {
   std::chrono::steady_clock::time_point start_;
 };
 
+// The model's name: its directory's last component. Never the path (it tells a client about the host).
+std::string ModelName(const std::string& model_dir) {
+  std::string dir = model_dir;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  const size_t slash = dir.rfind('/');
+  return slash == std::string::npos ? dir : dir.substr(slash + 1);
+}
+
 }  // namespace
 
 LmService::LmService(engine::Engine* model, absl::StatusOr<std::unique_ptr<engine::Tokenizer>> tokenizer,
@@ -68,7 +76,7 @@ grpc::ServerUnaryReactor* LmService::GetModelInfo(grpc::CallbackServerContext* c
                                                   v1::ModelInfo* resp) {
   UnaryDone done(metrics_, ctx, "GetModelInfo");
   const engine::ModelConfig& c = model_->config();
-  resp->set_model_dir(options_.model_dir);
+  resp->set_model_dir(ModelName(options_.model_dir));
   resp->set_n_layer(c.n_layer);
   resp->set_d_model(c.d_model);
   resp->set_n_head(c.n_head);

@@ -18,8 +18,10 @@
 #include "server/server_app.h"
 
 ABSL_FLAG(std::string, model, "", "model directory (config.json, model.safetensors, tokenizer.json)");
-ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address (port 0: pick one)");
-ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464", "Prometheus /metrics address (empty: off)");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "gRPC listen address (port 0: pick one); 0.0.0.0:PORT serves other machines (no authentication yet)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "Prometheus /metrics address (empty: off)");
+ABSL_FLAG(bool, reflection, true, "serve grpc.reflection.v1alpha (lets tools such as grpcurl list the API)");
 ABSL_FLAG(std::string, port_file, "", "write '<grpc port> <metrics port>' here once serving");
 ABSL_FLAG(int, threads, 0, "host engine threads (0: one per core)");
 ABSL_FLAG(std::string, device, "auto",
@@ -80,6 +82,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.model_dir = absl::GetFlag(FLAGS_model);
   o.listen = absl::GetFlag(FLAGS_listen);
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  o.reflection = absl::GetFlag(FLAGS_reflection);
   o.port_file = absl::GetFlag(FLAGS_port_file);
   o.device.threads = absl::GetFlag(FLAGS_threads);
   o.device.device = absl::GetFlag(FLAGS_device);

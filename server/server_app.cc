@@ -122,7 +122,7 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
                                               app->scheduler_.get(), app->metrics_.get(), options);
 
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   // No SO_REUSEPORT: a second server on a busy port must fail, not split the traffic (and the sessions)
   // with the first one.
@@ -136,6 +136,11 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
         absl::StrCat("cannot listen on ", options.listen, ": the address is in use or not local to this machine"));
   }
   app->server_->GetHealthCheckService()->SetServingStatus("trams.v1.TramsService", true);
+  if (!IsLoopbackAddress(options.listen)) {
+    LogInfo("serving other machines without authentication: every client can use every session "
+            "(listen on 127.0.0.1, or put an authenticating proxy in front)",
+            {{"listen", options.listen}});
+  }
   app->RefreshEngineMemory();
   if (memory_changes) {
     ServerApp* const self = app.get();

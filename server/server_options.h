@@ -61,8 +61,10 @@ struct PersistenceOptions {
 
 struct ServerOptions {
   std::string model_dir;
-  std::string listen = "0.0.0.0:50051";
-  std::string metrics_listen = "0.0.0.0:9464";  // empty: no metrics endpoint
+  // Loopback by default: serving other machines is a choice (there is no authentication yet).
+  std::string listen = "127.0.0.1:50051";
+  std::string metrics_listen = "127.0.0.1:9464";  // empty: no metrics endpoint
+  bool reflection = true;                           // grpc.reflection.v1alpha (--reflection)
   std::string port_file;                          // written after start: "<grpc port> <metrics port>"
   engine::DeviceChoice device;                            // where the pools live and the math runs; threads
   int drain_seconds = 10;                         // graceful shutdown deadline

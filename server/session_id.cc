@@ -1,11 +1,33 @@
 #include "server/session_id.h"
 
+#include <sys/random.h>
+
 #include <cctype>
+#include <cerrno>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 #include "engine/echo.h"
 
 namespace trams::server {
+
+std::string RandomSessionId() {
+  unsigned char bytes[16];
+  size_t got = 0;
+  while (got < sizeof(bytes)) {
+    const ssize_t n = ::getrandom(bytes + got, sizeof(bytes) - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) std::abort();  // the kernel's CSPRNG failing is not a state to serve in
+    got += static_cast<size_t>(n);
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id = "s-";
+  for (unsigned char b : bytes) {
+    id += kHex[b >> 4];
+    id += kHex[b & 15];
+  }
+  return id;
+}
 namespace {
 constexpr char kSessionHeader[] = "x-session-id";
 }  // namespace

@@ -14,6 +14,10 @@ namespace trams::server {
 bool IsValidSessionId(const std::string& id);
 absl::Status InvalidSessionId(const std::string& id);
 
+// A server-chosen id: "s-" + 32 hex digits of 128 bits from the kernel's CSPRNG (getrandom), so that no
+// id can be predicted from earlier ones.
+std::string RandomSessionId();
+
 // The `x-session-id` metadata of a call ("" when absent).
 std::string SessionIdHeader(const grpc::CallbackServerContext* ctx);
 // The session a request names: `field` and/or the metadata (they must agree), checked.

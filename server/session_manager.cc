@@ -1,6 +1,5 @@
 #include "server/session_manager.h"
 
-#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -100,10 +99,9 @@ absl::Status SessionManager::ClaimNew(const std::string& id) {
 }
 
 std::string SessionManager::NewId() {
-  static std::mt19937_64 rng(std::random_device{}());
   std::string id;
   do {
-    id = absl::StrFormat("s-%016x", rng());
+    id = RandomSessionId();
   } while (sessions_.count(id));
   return id;
 }

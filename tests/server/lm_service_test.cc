@@ -208,6 +208,7 @@ TEST(ServerIdsOnlyModelTest, TextIsFailedPreconditionAndChangesNothing) {
     ASSERT_TRUE(stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
     EXPECT_EQ(info.tokenizer(), "none");
     EXPECT_EQ(info.vocab_size(), 97);
+    EXPECT_EQ(info.model_dir(), "plain_postln") << "the model's name, never the host's path to it";
     // The device under test, as the engine names it (so the emulated run cannot silently be the host).
     const std::string asked = TestOptions("plain_postln").device.device;
     EXPECT_EQ(info.device(), asked == "emulated" ? "emulated:0" : asked == "cuda" ? "cuda:0" : "cpu");

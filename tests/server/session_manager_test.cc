@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <memory>
+#include <set>
 #include <thread>
 
 #include "engine/open_engine.h"
@@ -90,6 +91,26 @@ TEST_F(SessionManagerTest, NoReaperWithoutATtl) {
   ASSERT_TRUE(m->Create("kept", engine::TramsSettings::Trams(16, 4, 4), 8).ok());
   std::this_thread::sleep_for(SessionManager::kReapEvery + std::chrono::milliseconds(300));
   EXPECT_TRUE(m->Get("kept").ok());
+}
+
+// Server-chosen ids: 128 bits from the kernel's CSPRNG, never repeated, not a seeded sequence (two
+// managers built alike start with different ids; a seeded PRNG would give both the same).
+TEST_F(SessionManagerTest, ServerChosenIdsAre128RandomBitsThatNeverRepeat) {
+  SessionLimits limits;
+  limits.idle_ttl_seconds = 0;
+  limits.max_sessions = 10001;
+  limits.memory_budget_bytes = int64_t{1} << 40;
+  auto m = std::make_unique<SessionManager>(engine_.engine.get(), limits, int64_t{1} << 20, nullptr);
+  std::set<std::string> ids;
+  for (int i = 0; i < 10000; ++i) {
+    absl::StatusOr<SessionSnapshot> s = m->Create("", engine::TramsSettings::NoMemory(), 8);
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_THAT(s->id, ::testing::MatchesRegex("s-[0-9a-f]{32}"));
+    ids.insert(s->id);
+  }
+  EXPECT_EQ(ids.size(), 10000u);
+  auto a = Manager(0), b = Manager(0);
+  EXPECT_NE(a->Create("", engine::TramsSettings::NoMemory(), 8)->id, b->Create("", engine::TramsSettings::NoMemory(), 8)->id);
 }
 
 }  // namespace
