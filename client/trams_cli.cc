@@ -44,6 +44,9 @@ ABSL_FLAG(std::string, session, "",
           "Session id. score/generate without it use a temporary session, deleted at the end");
 
 ABSL_FLAG(std::string, file, "", "score: the file to stream ('-' = stdin); import: the snapshot file");
+ABSL_FLAG(std::string, tls_ca, "", "speak TLS to the server and trust this PEM CA bundle");
+ABSL_FLAG(std::string, tls_cert, "", "with --tls_ca: present this PEM client certificate (mutual TLS)");
+ABSL_FLAG(std::string, tls_key, "", "the PEM private key of --tls_cert");
 ABSL_FLAG(std::string, out, "", "export: write the snapshot to this file");
 ABSL_FLAG(bool, replace, false, "import: replace an idle session of the same id");
 ABSL_FLAG(std::string, new_session, "", "fork: the copy's id (empty: the server picks)");
@@ -616,7 +619,10 @@ int main(int argc, char** argv) {
 
   trams::client::ClientOptions options;
   options.timeout = absl::GetFlag(FLAGS_timeout);
-  std::unique_ptr<TramsClient> client =
-      TramsClient::Connect(absl::GetFlag(FLAGS_server), options);
-  return it->second(*client);
+  options.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  absl::StatusOr<std::unique_ptr<TramsClient>> client = TramsClient::Connect(absl::GetFlag(FLAGS_server), options);
+  if (!client.ok()) return UsageError(std::string(client.status().message()));
+  return it->second(**client);
 }

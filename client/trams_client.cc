@@ -2,6 +2,9 @@
 // server-streaming Generate call, each mapped to absl::Status.
 #include "client/trams_client.h"
 
+#include <fstream>
+#include <sstream>
+
 #include <algorithm>
 #include <atomic>
 #include <thread>
@@ -23,10 +26,39 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
 TramsClient::TramsClient(std::shared_ptr<grpc::Channel> channel, ClientOptions options)
     : stub_(v1::TramsService::NewStub(std::move(channel))), options_(options) {}
 
-std::unique_ptr<TramsClient> TramsClient::Connect(const std::string& target,
-                                                  ClientOptions options) {
-  return std::make_unique<TramsClient>(
-      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()), options);
+namespace {
+absl::StatusOr<std::string> ReadPem(const char* what, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(std::string(what) + " " + path + ": cannot be read");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TramsClient>> TramsClient::Connect(const std::string& target, ClientOptions options) {
+  if (options.tls_ca.empty()) {
+    if (!options.tls_cert.empty() || !options.tls_key.empty()) {
+      return absl::InvalidArgumentError("a client certificate needs TLS: give the server's CA too (--tls_ca)");
+    }
+    return std::make_unique<TramsClient>(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()), options);
+  }
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return absl::InvalidArgumentError("a client certificate needs both --tls_cert and --tls_key");
+  }
+  grpc::SslCredentialsOptions ssl;
+  absl::StatusOr<std::string> ca = ReadPem("--tls_ca", options.tls_ca);
+  if (!ca.ok()) return ca.status();
+  ssl.pem_root_certs = *ca;
+  if (!options.tls_cert.empty()) {
+    absl::StatusOr<std::string> cert = ReadPem("--tls_cert", options.tls_cert);
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadPem("--tls_key", options.tls_key);
+    if (!key.ok()) return key.status();
+    ssl.pem_cert_chain = *cert;
+    ssl.pem_private_key = *key;
+  }
+  return std::make_unique<TramsClient>(grpc::CreateChannel(target, grpc::SslCredentials(ssl)), options);
 }
 
 std::unique_ptr<grpc::ClientContext> TramsClient::NewContext(const std::string& session_id) const {

@@ -32,6 +32,9 @@ struct ClientOptions {
   absl::Duration timeout = absl::InfiniteDuration();
   // Sent as `x-session-id` on every call that names a session. Turning it off is for tests only.
   bool send_session_metadata = true;
+  // TLS (server/README.md, "Security"): PEM files. With tls_ca the channel speaks TLS and trusts that CA;
+  // tls_cert + tls_key present a client certificate (mutual TLS). Empty: plaintext.
+  std::string tls_ca, tls_cert, tls_key;
 };
 
 // Options of one Score call (the first ScoreRequest of the stream carries them).
@@ -60,8 +63,9 @@ class TramsClient {
   using TokenCallback = std::function<absl::Status(const v1::TokenScore&)>;
 
   explicit TramsClient(std::shared_ptr<grpc::Channel> channel, ClientOptions options = {});
-  // An insecure (h2c) channel to `target` ("host:port", or any gRPC target URI).
-  static std::unique_ptr<TramsClient> Connect(const std::string& target, ClientOptions options = {});
+  // A channel to `target` ("host:port", or any gRPC target URI): plaintext (h2c), or TLS with
+  // options.tls_ca. INVALID_ARGUMENT when a TLS file cannot be read.
+  static absl::StatusOr<std::unique_ptr<TramsClient>> Connect(const std::string& target, ClientOptions options = {});
 
   absl::StatusOr<v1::ModelInfo> GetModelInfo();
 

@@ -21,6 +21,13 @@ ABSL_FLAG(std::string, model, "", "model directory (config.json, model.safetenso
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "gRPC listen address (port 0: pick one); 0.0.0.0:PORT serves other machines (no authentication yet)");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "Prometheus /metrics address (empty: off)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: the gRPC port speaks TLS only (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: clients must present a certificate it signed (mutual TLS); needs --tls_cert");
+ABSL_FLAG(int, tls_reload_seconds, 60,
+          "how often the TLS files are re-read: replace them (atomically) to rotate certificates without a "
+          "restart; sessions and connections stay");
 ABSL_FLAG(bool, reflection, true, "serve grpc.reflection.v1alpha (lets tools such as grpcurl list the API)");
 ABSL_FLAG(std::string, port_file, "", "write '<grpc port> <metrics port>' here once serving");
 ABSL_FLAG(int, threads, 0, "host engine threads (0: one per core)");
@@ -83,6 +90,10 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.listen = absl::GetFlag(FLAGS_listen);
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.reflection = absl::GetFlag(FLAGS_reflection);
+  o.tls.cert = absl::GetFlag(FLAGS_tls_cert);
+  o.tls.key = absl::GetFlag(FLAGS_tls_key);
+  o.tls.client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  o.tls.reload_seconds = absl::GetFlag(FLAGS_tls_reload_seconds);
   o.port_file = absl::GetFlag(FLAGS_port_file);
   o.device.threads = absl::GetFlag(FLAGS_threads);
   o.device.device = absl::GetFlag(FLAGS_device);

@@ -15,6 +15,7 @@
 #include "server/disk_store.h"
 #include "server/redis_store.h"
 #include "server/listen_address.h"
+#include "server/tls_credentials.h"
 #include "server/log.h"
 
 namespace trams::server {
@@ -127,7 +128,9 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
   // No SO_REUSEPORT: a second server on a busy port must fail, not split the traffic (and the sessions)
   // with the first one.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &app->grpc_port_);
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ServerCredentialsFor(options.tls);
+  if (!credentials.ok()) return credentials.status();
+  builder.AddListeningPort(options.listen, *credentials, &app->grpc_port_);
   builder.RegisterService(app->service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.requests.max_chunk_bytes + (1 << 20)));
   app->server_ = builder.BuildAndStart();

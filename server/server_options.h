@@ -49,6 +49,15 @@ struct RequestLimits {
   int max_stop_strings = 16;
 };
 
+// TLS on the gRPC port (server/README.md, "Security").
+struct TlsOptions {
+  std::string cert;       // PEM certificate chain; with `key`, the port speaks only TLS
+  std::string key;        // PEM private key
+  std::string client_ca;  // PEM CA bundle: clients must present a certificate it signed (mTLS)
+  int reload_seconds = 60;  // how often the files are checked for new contents (rotation without a restart)
+  bool enabled() const { return !cert.empty() || !key.empty(); }
+};
+
 // Snapshots and the state store (server/README.md, "Persistence").
 struct PersistenceOptions {
   std::string state_dir;               // local directory store; empty: sessions live in memory only
@@ -74,6 +83,7 @@ struct ServerOptions {
   SchedulerOptions scheduler;
   RequestLimits requests;
   PersistenceOptions persistence;
+  TlsOptions tls;
 };
 
 }  // namespace trams::server
