@@ -68,13 +68,13 @@ const v1 = grpc.loadPackageDefinition(protoLoader.loadSync('trams/v1/trams.proto
 const healthV1 = grpc.loadPackageDefinition(protoLoader.loadSync('grpc/health/v1/health.proto',
   { ...LOADER, includeDirs: ['/usr/share/grpc-proto'] })).grpc.health.v1;
 
-function startServer(workdir) {
+function startServer(workdir, extra = []) {
   const portFile = path.join(workdir, 'ports');
   const logPath = path.join(workdir, 'server.log');
   const log = fs.openSync(logPath, 'w');
   const proc = spawn(SERVER, ['--model', MODEL, '--listen', '127.0.0.1:0', '--metrics_listen',
     '127.0.0.1:0', '--port_file', portFile, '--mode', 'trams', '--mem_len', '24', '--topk', '4',
-    '--remain', '8', '--segment_len', `${SEGMENT_LEN}`, ...EXTRA_FLAGS],
+    '--remain', '8', '--segment_len', `${SEGMENT_LEN}`, ...EXTRA_FLAGS, ...extra],
   { stdio: ['ignore', log, log] });
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
   const logTail = () => fs.readFileSync(logPath, 'utf8').slice(-4000);
@@ -245,5 +245,58 @@ test('trams-server interop (node @grpc/grpc-js)', async (t) => {
     const { code, signal } = await server.exited;
     assert.equal(code, 0, `server exit after SIGTERM: code ${code} signal ${signal}\n${server.logTail()}`);
     fs.rmSync(workdir, { recursive: true, force: true });
+  }
+});
+
+// TLS and mutual TLS (--tls_cert, --tls_key, --tls_client_ca) with a CA and certificates openssl makes here.
+test('TLS and mutual TLS (node @grpc/grpc-js)', async (t) => {
+  if (spawnSync('openssl', ['version']).status !== 0) {
+    t.skip('openssl not installed (apt-get install openssl)');
+    return;
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'trams-tls-node-'));
+  const ssl = (...args) => assert.equal(spawnSync('openssl', args, { stdio: 'ignore' }).status, 0, args.join(' '));
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  for (const ca of ['ca', 'clients', 'other']) {
+    ssl('req', '-x509', ...ec, '-days', '2', '-subj', `/CN=${ca}`, '-keyout', `${dir}/${ca}.key`, '-out', `${dir}/${ca}.pem`);
+  }
+  fs.writeFileSync(`${dir}/san.ext`, 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  for (const [name, ca] of [['server', 'ca'], ['alice', 'clients']]) {
+    ssl('req', ...ec, '-subj', `/CN=${name}`, '-keyout', `${dir}/${name}.key`, '-out', `${dir}/${name}.csr`);
+    ssl('x509', '-req', '-days', '2', '-in', `${dir}/${name}.csr`, '-CA', `${dir}/${ca}.pem`, '-CAkey',
+      `${dir}/${ca}.key`, '-CAcreateserial', '-extfile', `${dir}/san.ext`, '-out', `${dir}/${name}.pem`);
+  }
+  const read = (f) => fs.readFileSync(`${dir}/${f}`);
+  const tlsFlags = ['--tls_cert', `${dir}/server.pem`, '--tls_key', `${dir}/server.key`];
+  const tls = startServer(fs.mkdtempSync(path.join(dir, 'tls-')), tlsFlags);
+  const mtls = startServer(fs.mkdtempSync(path.join(dir, 'mtls-')), [...tlsFlags, '--tls_client_ca', `${dir}/clients.pem`]);
+  const clients = [];
+  const info = (port, creds) => {
+    const c = new v1.TramsService(`127.0.0.1:${port}`, creds);
+    clients.push(c);
+    return new Promise((resolve, reject) => c.GetModelInfo({}, new grpc.Metadata(), { deadline: Date.now() + 5000 },
+      (err, res) => (err ? reject(err) : resolve(res))));
+  };
+  const refused = (err) => err.code === grpc.status.UNAVAILABLE;
+  try {
+    const [tlsPort, mtlsPort] = [await tls.ready, await mtls.ready];
+    await t.test('TLS: served when trusting the CA; plaintext and another CA refused', async () => {
+      assert.equal((await info(tlsPort, grpc.credentials.createSsl(read('ca.pem')))).tokenizer, 'byte');
+      await assert.rejects(info(tlsPort, grpc.credentials.createInsecure()), refused);
+      await assert.rejects(info(tlsPort, grpc.credentials.createSsl(read('other.pem'))), refused);
+    });
+    await t.test('mTLS: served with a client certificate from the client CA, refused without', async () => {
+      const alice = grpc.credentials.createSsl(read('ca.pem'), read('alice.key'), read('alice.pem'));
+      assert.equal((await info(mtlsPort, alice)).tokenizer, 'byte');
+      await assert.rejects(info(mtlsPort, grpc.credentials.createSsl(read('ca.pem'))), refused);
+    });
+  } finally {
+    for (const c of clients) c.close();
+    for (const s of [tls, mtls]) {
+      s.proc.kill('SIGTERM');
+      const { code } = await s.exited;
+      assert.equal(code, 0, s.logTail());
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
