@@ -203,15 +203,28 @@ absl::Status RedisStore::Claim(const std::string& id) {
 }
 
 std::vector<std::string> RedisStore::Renew(const std::vector<std::string>& ids) {
+  // Pipelined, in batches: one round trip per batch, not per session (the connection is shared with the
+  // writer's SETs and the restores' GETs).
+  constexpr size_t kBatch = 256;
   std::vector<std::string> lost;
   const std::string ms = std::to_string(lease_.count());
-  for (const std::string& id : ids) {
-    int64_t renewed = 1;  // a store that does not answer takes nothing away: keep serving
-    Command({"EVAL", kRenewScript, "1", OwnerKey(id), replica_, ms}, [&](redisReply* r) {
-      renewed = r->type == REDIS_REPLY_INTEGER ? r->integer : 1;
-      return absl::OkStatus();
-    }).IgnoreError();
-    if (renewed == 0) lost.push_back(id);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t from = 0; from < ids.size(); from += kBatch) {
+    if ((ctx_ == nullptr || ctx_->err != 0) && !Connect().ok()) return lost;  // unreachable: keep serving
+    const size_t to = std::min(ids.size(), from + kBatch);
+    for (size_t i = from; i < to; ++i) {
+      const std::string key = OwnerKey(ids[i]);
+      const char* argv[] = {"EVAL", kRenewScript, "1", key.c_str(), replica_.c_str(), ms.c_str()};
+      const size_t lens[] = {4, sizeof(kRenewScript) - 1, 1, key.size(), replica_.size(), ms.size()};
+      redisAppendCommandArgv(ctx_, 6, argv, lens);
+    }
+    for (size_t i = from; i < to; ++i) {
+      void* raw = nullptr;
+      if (redisGetReply(ctx_, &raw) != REDIS_OK || raw == nullptr) return lost;  // reconnects next time
+      auto* r = static_cast<redisReply*>(raw);
+      if (r->type == REDIS_REPLY_INTEGER && r->integer == 0) lost.push_back(ids[i]);
+      freeReplyObject(r);
+    }
   }
   return lost;
 }

@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "server/redis_store.h"
 #include "tests/server/server_fixture.h"
 
@@ -111,6 +112,22 @@ TEST(RedisStoreTest, BlobsLeasesAndFencing) {
   ASSERT_TRUE(a->Delete("doc").ok());
   EXPECT_EQ(a->Delete("doc").code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(b->Claim("doc").ok()) << "Delete released the lease";
+}
+
+// Renewal is pipelined in batches: many leases at once, and exactly the ones taken over come back as lost.
+TEST(RedisStoreTest, RenewingManyLeasesReturnsExactlyTheLostOnes) {
+  RedisProcess redis;
+  SKIP_WITHOUT_REDIS(redis);
+  auto a = *RedisStore::Open(redis.url(), "replica-a", std::chrono::milliseconds(400));
+  auto b = *RedisStore::Open(redis.url(), "replica-b", std::chrono::milliseconds(60000));
+  std::vector<std::string> ids;
+  for (int i = 0; i < 600; ++i) ids.push_back(absl::StrCat("s", i));
+  for (const std::string& id : ids) ASSERT_TRUE(a->Claim(id).ok());
+  EXPECT_TRUE(a->Renew(ids).empty());
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));  // a's leases lapse; b takes three
+  for (const char* id : {"s7", "s300", "s599"}) ASSERT_TRUE(b->Claim(id).ok());
+  EXPECT_EQ(a->Renew(ids), (std::vector<std::string>{"s7", "s300", "s599"}));
+  EXPECT_EQ(b->Claim("s8").code(), absl::StatusCode::kUnavailable) << "a took its lapsed leases back";
 }
 
 TEST(RedisStoreTest, AStoreThatIsDownIsAFailedStartAndSaysWhere) {
