@@ -59,14 +59,14 @@ EVAL=$B/engine/trams-eval
 LOADER_TEST=$B/tests/cuda/cuda_loader_test
 OPS_TEST=$B/tests/cuda/cuda_ops_test
 BENCH=$B/trams-cuda-bench
-SERVER_BINARIES=(score_call_test generate_call_test lm_service_test session_limits_test server_app_test
+SERVER_BINARIES=(score_call_test generate_call_test lm_service_test session_limits_test server_app_test persistence_test
                  server_hardening_test)
 TARGETS=(trams_cuda cuda_math_test cuda_loader_test cuda_ops_test cuda_golden_test stream_image_test trams-eval trams-cuda-bench
          "${SERVER_BINARIES[@]}")
 # cuda_ops_test names its cases Backends/DeviceOpsTest.<Op>/<backend>: the cuda ones end in /cuda.
 OPS_CUDA_FILTER='*/cuda'
 # The server tests' names (their gtest suites in tests/server; ctest -R is case-sensitive).
-SERVER_TESTS_REGEX='[Ss]erver|HardeningTest'
+SERVER_TESTS_REGEX='[Ss]erver|HardeningTest|PersistenceTest'
 
 # A step's verdict: its function returns 0 (PASS), 77 (SKIP) or anything else (FAIL); it may set REASON.
 REASON=""
