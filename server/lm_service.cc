@@ -88,6 +88,14 @@ grpc::ServerUnaryReactor* LmService::GetModelInfo(grpc::CallbackServerContext* c
   resp->set_max_segment_len(options_.limits.max_segment_len);
   resp->set_max_mem_len(options_.limits.max_mem_len);
   resp->set_device(model_->device());
+  resp->set_max_message_bytes(options_.requests.max_chunk_bytes + (1 << 20));
+  resp->set_max_generate_tokens(options_.requests.max_generate_tokens);
+  resp->set_max_alternatives(options_.requests.max_alternatives);
+  resp->set_max_sessions(options_.limits.max_sessions);
+  resp->set_memory_budget_bytes(options_.limits.memory_budget_bytes);
+  resp->set_max_connection_idle_seconds(options_.connections.max_idle_seconds);
+  resp->set_max_connection_age_seconds(options_.connections.max_age_seconds);
+  resp->set_keepalive_seconds(options_.connections.keepalive_seconds);
   return done.Finish(absl::OkStatus());
 }
 

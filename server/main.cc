@@ -28,6 +28,11 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(int, tls_reload_seconds, 60,
           "how often the TLS files are re-read: replace them (atomically) to rotate certificates without a "
           "restart; sessions and connections stay");
+ABSL_FLAG(int, max_connection_idle_seconds, 1800, "close a connection without calls for this long (0: never)");
+ABSL_FLAG(int, max_connection_age_seconds, 0,
+          "close connections after this long, gracefully: running calls get 10 more minutes (0: never)");
+ABSL_FLAG(int, keepalive_seconds, 120,
+          "ping connections this often; one that does not answer within 20 s is dropped (0: no pings)");
 ABSL_FLAG(bool, reflection, true, "serve grpc.reflection.v1alpha (lets tools such as grpcurl list the API)");
 ABSL_FLAG(std::string, port_file, "", "write '<grpc port> <metrics port>' here once serving");
 ABSL_FLAG(int, threads, 0, "host engine threads (0: one per core)");
@@ -90,6 +95,9 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.listen = absl::GetFlag(FLAGS_listen);
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.reflection = absl::GetFlag(FLAGS_reflection);
+  o.connections.max_idle_seconds = absl::GetFlag(FLAGS_max_connection_idle_seconds);
+  o.connections.max_age_seconds = absl::GetFlag(FLAGS_max_connection_age_seconds);
+  o.connections.keepalive_seconds = absl::GetFlag(FLAGS_keepalive_seconds);
   o.tls.cert = absl::GetFlag(FLAGS_tls_cert);
   o.tls.key = absl::GetFlag(FLAGS_tls_key);
   o.tls.client_ca = absl::GetFlag(FLAGS_tls_client_ca);
@@ -143,6 +151,9 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
                          Range{"threads", o.device.threads, 0, 1024},
                          Range{"drain_seconds", o.drain_seconds, 0, 24 * 3600},
                          Range{"snapshot_interval_seconds", o.persistence.snapshot_interval_seconds, 0, 24 * 3600},
+                         Range{"max_connection_idle_seconds", o.connections.max_idle_seconds, 0, 1 << 20},
+                         Range{"max_connection_age_seconds", o.connections.max_age_seconds, 0, 1 << 20},
+                         Range{"keepalive_seconds", o.connections.keepalive_seconds, 0, 1 << 20},
                          Range{"max_batch", absl::GetFlag(FLAGS_max_batch), 1, 1024},
                          Range{"max_queue", absl::GetFlag(FLAGS_max_queue), 1, 1 << 20}}) {
     if (r.value < r.lo || r.value > r.hi) {

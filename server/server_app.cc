@@ -128,6 +128,17 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
   // No SO_REUSEPORT: a second server on a busy port must fail, not split the traffic (and the sessions)
   // with the first one.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  const ConnectionLimits& conn = options.connections;
+  if (conn.max_idle_seconds > 0) builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, conn.max_idle_seconds * 1000);
+  if (conn.max_age_seconds > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, conn.max_age_seconds * 1000);
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, conn.max_age_grace_seconds * 1000);
+  }
+  if (conn.keepalive_seconds > 0) {
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, conn.keepalive_seconds * 1000);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);  // idle half-open ones too
+  }
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ServerCredentialsFor(options.tls);
   if (!credentials.ok()) return credentials.status();
   builder.AddListeningPort(options.listen, *credentials, &app->grpc_port_);

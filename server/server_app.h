@@ -67,6 +67,7 @@ class ServerApp {
   bool housekeeping_stop_ = false;
   std::atomic<bool> memory_error_logged_{false};
   static constexpr std::chrono::milliseconds kCloseLinger{200};
+  static constexpr int kKeepaliveTimeoutMs = 20000;  // a ping unanswered this long drops the connection
   // How long a drain waits for the store to take the sessions (then it logs what was not written).
   static constexpr std::chrono::milliseconds kStoreFlushDeadline{60000};
 };

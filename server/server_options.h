@@ -49,6 +49,14 @@ struct RequestLimits {
   int max_stop_strings = 16;
 };
 
+// Connections: half-open and idle ones are closed, so they hold no server resources.
+struct ConnectionLimits {
+  int max_idle_seconds = 1800;  // no call for this long: the server closes the connection (0: never)
+  int max_age_seconds = 0;      // close (gracefully: running calls get max_age_grace) after this long (0: never)
+  int max_age_grace_seconds = 600;
+  int keepalive_seconds = 120;  // ping a connection this often; one that does not answer within 20 s is dropped
+};
+
 // TLS on the gRPC port (server/README.md, "Security").
 struct TlsOptions {
   std::string cert;       // PEM certificate chain; with `key`, the port speaks only TLS
@@ -82,6 +90,7 @@ struct ServerOptions {
   SessionDefaults defaults;
   SchedulerOptions scheduler;
   RequestLimits requests;
+  ConnectionLimits connections;
   PersistenceOptions persistence;
   TlsOptions tls;
 };
