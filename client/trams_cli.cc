@@ -44,6 +44,8 @@ ABSL_FLAG(std::string, session, "",
           "Session id. score/generate without it use a temporary session, deleted at the end");
 
 ABSL_FLAG(std::string, file, "", "score: the file to stream ('-' = stdin); import: the snapshot file");
+ABSL_FLAG(std::string, api_key_file, "",
+          "read the API key from this file (first line) and send it as 'authorization: Bearer <key>'");
 ABSL_FLAG(std::string, tls_ca, "", "speak TLS to the server and trust this PEM CA bundle");
 ABSL_FLAG(std::string, tls_cert, "", "with --tls_ca: present this PEM client certificate (mutual TLS)");
 ABSL_FLAG(std::string, tls_key, "", "the PEM private key of --tls_cert");
@@ -622,6 +624,12 @@ int main(int argc, char** argv) {
   options.tls_ca = absl::GetFlag(FLAGS_tls_ca);
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  if (const std::string key_file = absl::GetFlag(FLAGS_api_key_file); !key_file.empty()) {
+    std::ifstream in(key_file);
+    if (!in || !std::getline(in, options.api_key) || options.api_key.empty()) {
+      return UsageError("--api_key_file " + key_file + ": cannot read a key from its first line");
+    }
+  }
   absl::StatusOr<std::unique_ptr<TramsClient>> client = TramsClient::Connect(absl::GetFlag(FLAGS_server), options);
   if (!client.ok()) return UsageError(std::string(client.status().message()));
   return it->second(**client);

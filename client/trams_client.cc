@@ -63,6 +63,7 @@ absl::StatusOr<std::unique_ptr<TramsClient>> TramsClient::Connect(const std::str
 
 std::unique_ptr<grpc::ClientContext> TramsClient::NewContext(const std::string& session_id) const {
   auto ctx = std::make_unique<grpc::ClientContext>();
+  if (!options_.api_key.empty()) ctx->AddMetadata("authorization", "Bearer " + options_.api_key);
   if (options_.timeout != absl::InfiniteDuration()) {
     ctx->set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
   }

@@ -35,6 +35,8 @@ struct ClientOptions {
   // TLS (server/README.md, "Security"): PEM files. With tls_ca the channel speaks TLS and trusts that CA;
   // tls_cert + tls_key present a client certificate (mutual TLS). Empty: plaintext.
   std::string tls_ca, tls_cert, tls_key;
+  // Sent as `authorization: Bearer <api_key>` on every call (a server with --auth_keys). Empty: none.
+  std::string api_key;
 };
 
 // Options of one Score call (the first ScoreRequest of the stream carries them).

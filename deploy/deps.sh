@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages trams-serve builds and tests with (idempotent; needs root or sudo).
 set -euo pipefail
-build_pkgs=(cmake ninja-build g++ pkg-config ccache libxxhash-dev libzstd-dev libhiredis-dev
+build_pkgs=(cmake ninja-build g++ pkg-config ccache libxxhash-dev libzstd-dev libhiredis-dev libssl-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libblis-serial-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev)

@@ -45,6 +45,20 @@ class UnaryDone {
   std::chrono::steady_clock::time_point start_;
 };
 
+// A streaming call refused before it starts (authentication): answers `status` at once.
+template <class Reactor>
+class RefusedCall final : public Reactor {
+ public:
+  explicit RefusedCall(const grpc::Status& status) { this->Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+template <class Reactor>
+Reactor* Refuse(Metrics* metrics, const char* method, const absl::Status& status) {
+  if (metrics) metrics->RequestDone(method, absl::StatusCodeToString(status.code()), 0);
+  return new RefusedCall<Reactor>(ToGrpcStatus(status));
+}
+
 // The model's name: its directory's last component. Never the path (it tells a client about the host).
 std::string ModelName(const std::string& model_dir) {
   std::string dir = model_dir;
@@ -72,9 +86,18 @@ LmService::LmService(engine::Engine* model, absl::StatusOr<std::unique_ptr<engin
   env_.share = &share_;
 }
 
+absl::StatusOr<std::string> LmService::Authenticate(const grpc::CallbackServerContext* ctx) const {
+  if (!keys_.has_value()) return std::string();
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("authorization");
+  const absl::string_view value = it == md.end() ? absl::string_view() : absl::string_view(it->second.data(), it->second.size());
+  return keys_->Authenticate(value);
+}
+
 grpc::ServerUnaryReactor* LmService::GetModelInfo(grpc::CallbackServerContext* ctx, const v1::GetModelInfoRequest*,
                                                   v1::ModelInfo* resp) {
   UnaryDone done(metrics_, ctx, "GetModelInfo");
+  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) return done.Finish(a);
   const engine::ModelConfig& c = model_->config();
   resp->set_model_dir(ModelName(options_.model_dir));
   resp->set_n_layer(c.n_layer);
@@ -102,6 +125,7 @@ grpc::ServerUnaryReactor* LmService::GetModelInfo(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* LmService::CreateSession(grpc::CallbackServerContext* ctx,
                                                    const v1::CreateSessionRequest* req, v1::Session* resp) {
   UnaryDone done(metrics_, ctx, "CreateSession");
+  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) return done.Finish(a);
   if (calls_.draining()) return done.Finish(absl::UnavailableError("the server is shutting down"));
   const std::string id = req->session_id().empty() ? SessionIdHeader(ctx) : req->session_id();
   absl::StatusOr<SessionSpec> spec = SessionSpecFrom(*req, options_, model_->config());
@@ -115,6 +139,7 @@ grpc::ServerUnaryReactor* LmService::CreateSession(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* LmService::GetSession(grpc::CallbackServerContext* ctx, const v1::GetSessionRequest* req,
                                                 v1::Session* resp) {
   UnaryDone done(metrics_, ctx, "GetSession");
+  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) return done.Finish(a);
   absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
   if (!id.ok()) return done.Finish(id.status());
   absl::StatusOr<SessionSnapshot> s = sessions_->Get(*id);
@@ -126,6 +151,7 @@ grpc::ServerUnaryReactor* LmService::GetSession(grpc::CallbackServerContext* ctx
 grpc::ServerUnaryReactor* LmService::ListSessions(grpc::CallbackServerContext* ctx, const v1::ListSessionsRequest*,
                                                   v1::ListSessionsResponse* resp) {
   UnaryDone done(metrics_, ctx, "ListSessions");
+  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) return done.Finish(a);
   for (const SessionSnapshot& s : sessions_->List()) ToProto(s, resp->add_sessions());
   return done.Finish(absl::OkStatus());
 }
@@ -133,6 +159,7 @@ grpc::ServerUnaryReactor* LmService::ListSessions(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* LmService::DeleteSession(grpc::CallbackServerContext* ctx,
                                                    const v1::DeleteSessionRequest* req, v1::DeleteSessionResponse*) {
   auto done = std::make_shared<UnaryDone>(metrics_, ctx, "DeleteSession");
+  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) return done->Finish(a);
   absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
   if (!id.ok()) return done->Finish(id.status());
   // A session held by a call is deleted when that call ends, if it ends within kDeleteWait (a client
@@ -152,11 +179,17 @@ grpc::ServerUnaryReactor* LmService::DeleteSession(grpc::CallbackServerContext* 
 }
 
 grpc::ServerBidiReactor<v1::ScoreRequest, v1::ScoreResponse>* LmService::Score(grpc::CallbackServerContext* ctx) {
+  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) {
+    return Refuse<grpc::ServerBidiReactor<v1::ScoreRequest, v1::ScoreResponse>>(metrics_, "Score", a);
+  }
   return StartScoreCall(&env_, ctx);
 }
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* LmService::Generate(grpc::CallbackServerContext* ctx,
                                                                    const v1::GenerateRequest* req) {
+  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) {
+    return Refuse<grpc::ServerWriteReactor<v1::GenerateResponse>>(metrics_, "Generate", a);
+  }
   return StartGenerateCall(&env_, ctx, req);
 }
 
@@ -164,6 +197,7 @@ grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContex
                                                       const v1::ExplainSelectionRequest* req,
                                                       v1::ExplainSelectionResponse* resp) {
   auto done = std::make_shared<UnaryDone>(metrics_, ctx, "ExplainSelection");
+  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) return done->Finish(a);
   absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
   if (!id.ok()) return done->Finish(id.status());
   grpc::ServerUnaryReactor* reactor = done->reactor();  // gRPC allows one DefaultReactor() per call
@@ -193,17 +227,24 @@ grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContex
 
 grpc::ServerWriteReactor<v1::SessionChunk>* LmService::ExportSession(grpc::CallbackServerContext* ctx,
                                                                      const v1::ExportSessionRequest* req) {
+  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) {
+    return Refuse<grpc::ServerWriteReactor<v1::SessionChunk>>(metrics_, "ExportSession", a);
+  }
   return StartExportCall(&env_, ctx, req);
 }
 
 grpc::ServerReadReactor<v1::ImportSessionRequest>* LmService::ImportSession(grpc::CallbackServerContext* ctx,
                                                                             v1::Session* resp) {
+  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) {
+    return Refuse<grpc::ServerReadReactor<v1::ImportSessionRequest>>(metrics_, "ImportSession", a);
+  }
   return StartImportCall(&env_, ctx, resp);
 }
 
 grpc::ServerUnaryReactor* LmService::ForkSession(grpc::CallbackServerContext* ctx, const v1::ForkSessionRequest* req,
                                                  v1::Session* resp) {
   auto done = std::make_shared<UnaryDone>(metrics_, ctx, "ForkSession");
+  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) return done->Finish(a);
   if (calls_.draining()) return done->Finish(absl::UnavailableError("the server is shutting down"));
   absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
   if (!id.ok()) return done->Finish(id.status());

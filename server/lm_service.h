@@ -9,9 +9,11 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 
 #include "engine/engine.h"
 #include "engine/tokenizer.h"
+#include "server/auth_keys.h"
 #include "server/call_env.h"
 #include "server/scheduler.h"
 #include "server/server_options.h"
@@ -27,6 +29,9 @@ class LmService final : public v1::TramsService::CallbackService {
  public:
   LmService(engine::Engine* model, absl::StatusOr<std::unique_ptr<engine::Tokenizer>> tokenizer,
             SessionManager* sessions, Scheduler* scheduler, Metrics* metrics, const ServerOptions& options);
+
+  // From now on every RPC needs a key of `keys` (before Start serves: not thread-safe against calls).
+  void RequireKeys(AuthKeys keys) { keys_ = std::move(keys); }
 
   // New calls get UNAVAILABLE from now on; running calls continue.
   void StartDraining() { calls_.StartDraining(); }
@@ -56,7 +61,11 @@ class LmService final : public v1::TramsService::CallbackService {
                                         v1::Session* resp) override;
 
  private:
+  // The caller's tenant ("" without --auth_keys), or UNAUTHENTICATED: the first thing every RPC does.
+  absl::StatusOr<std::string> Authenticate(const grpc::CallbackServerContext* ctx) const;
+
   engine::Engine* model_;
+  std::optional<AuthKeys> keys_;
   TextCodec codec_;
   SessionManager* sessions_;
   Metrics* metrics_;

@@ -33,7 +33,12 @@ ABSL_FLAG(int, max_connection_age_seconds, 0,
           "close connections after this long, gracefully: running calls get 10 more minutes (0: never)");
 ABSL_FLAG(int, keepalive_seconds, 120,
           "ping connections this often; one that does not answer within 20 s is dropped (0: no pings)");
-ABSL_FLAG(bool, reflection, true, "serve grpc.reflection.v1alpha (lets tools such as grpcurl list the API)");
+ABSL_FLAG(std::optional<bool>, reflection, std::nullopt,
+          "serve grpc.reflection.v1alpha (lets tools such as grpcurl list the API); default: on without "
+          "--auth_keys, off with it");
+ABSL_FLAG(std::string, auth_keys, "",
+          "API keys file: every call must send 'authorization: Bearer <key>' with a key listed there (one line "
+          "per key: TENANT sha256:<hex of the key's SHA-256>); empty: no authentication");
 ABSL_FLAG(std::string, port_file, "", "write '<grpc port> <metrics port>' here once serving");
 ABSL_FLAG(int, threads, 0, "host engine threads (0: one per core)");
 ABSL_FLAG(std::string, device, "auto",
@@ -95,6 +100,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.listen = absl::GetFlag(FLAGS_listen);
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.reflection = absl::GetFlag(FLAGS_reflection);
+  o.auth_keys = absl::GetFlag(FLAGS_auth_keys);
   o.connections.max_idle_seconds = absl::GetFlag(FLAGS_max_connection_idle_seconds);
   o.connections.max_age_seconds = absl::GetFlag(FLAGS_max_connection_age_seconds);
   o.connections.keepalive_seconds = absl::GetFlag(FLAGS_keepalive_seconds);

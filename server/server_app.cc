@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/auth_keys.h"
 #include "server/disk_store.h"
 #include "server/redis_store.h"
 #include "server/listen_address.h"
@@ -121,9 +122,17 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
   app->scheduler_ = std::make_unique<Scheduler>(engine, options.scheduler, app->metrics_.get());
   app->service_ = std::make_unique<LmService>(engine, std::move(tokenizer), app->sessions_.get(),
                                               app->scheduler_.get(), app->metrics_.get(), options);
+  if (!options.auth_keys.empty()) {
+    absl::StatusOr<AuthKeys> keys = AuthKeys::Load(options.auth_keys);
+    if (!keys.ok()) return keys.status();
+    LogInfo("authentication on", {{"keys", std::to_string(keys->size())}, {"file", options.auth_keys}});
+    app->service_->RequireKeys(*std::move(keys));
+  } else {
+    LogInfo("no authentication configured (--auth_keys): every client that can connect can use every session");
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
-  if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  if (options.reflection.value_or(options.auth_keys.empty())) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   // No SO_REUSEPORT: a second server on a busy port must fail, not split the traffic (and the sessions)
   // with the first one.
@@ -150,7 +159,7 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
         absl::StrCat("cannot listen on ", options.listen, ": the address is in use or not local to this machine"));
   }
   app->server_->GetHealthCheckService()->SetServingStatus("trams.v1.TramsService", true);
-  if (!IsLoopbackAddress(options.listen)) {
+  if (!IsLoopbackAddress(options.listen) && options.auth_keys.empty()) {
     LogInfo("serving other machines without authentication: every client can use every session "
             "(listen on 127.0.0.1, or put an authenticating proxy in front)",
             {{"listen", options.listen}});

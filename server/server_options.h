@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "engine/open_engine.h"
@@ -81,7 +82,8 @@ struct ServerOptions {
   // Loopback by default: serving other machines is a choice (there is no authentication yet).
   std::string listen = "127.0.0.1:50051";
   std::string metrics_listen = "127.0.0.1:9464";  // empty: no metrics endpoint
-  bool reflection = true;                           // grpc.reflection.v1alpha (--reflection)
+  std::optional<bool> reflection;                   // grpc.reflection.v1alpha; unset: on unless auth_keys
+  std::string auth_keys;                            // API keys file (auth_keys.h); empty: no authentication
   std::string port_file;                          // written after start: "<grpc port> <metrics port>"
   engine::DeviceChoice device;                            // where the pools live and the math runs; threads
   int drain_seconds = 10;                         // graceful shutdown deadline

@@ -7,6 +7,7 @@ corpus/fuzz_snapshot/ is not written here: its three seeds (raw, zstd, one_secti
 fuzzer then fixes the checksum up) followed by blobs that
 engine/snapshot_file.cc's EncodeSnapshot wrote (xxHash3 and zstd are not in Python's standard library).
 """
+import hashlib
 import json
 import os
 import struct
@@ -160,6 +161,10 @@ def main():
     write("fuzz_trams_settings", "zeros", bytes(32))
     write("fuzz_trams_settings", "ones", bytes([0xff] * 32))
     write("fuzz_trams_settings", "mixed", bytes(range(1, 64, 2)))
+    key_hash = hashlib.sha256(b"alice-key").hexdigest()
+    write("fuzz_auth_keys", "match", "Bearer alice-key\n# tenants\nalice sha256:%s\nbob\tsha256:%s  # x\n"
+          % (key_hash, hashlib.sha256(b"bob").hexdigest()))
+    write("fuzz_auth_keys", "no_match", "Bearer nope\nalice sha256:%s\n" % key_hash)
     write("fuzz_session_snapshot", "trams", session_sections())
     write("fuzz_session_snapshot", "xl_no_selection", session_sections("xl", selection=False))
     write("fuzz_session_snapshot", "no_memory", session_sections("none", size=0, position=3, tail=()))

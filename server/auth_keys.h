@@ -1,0 +1,41 @@
+// API keys (--auth_keys FILE): who may call the server. One line per key, the key itself never stored:
+//
+//   # tenant   key hash
+//   alice      sha256:<64 hex digits of SHA-256(key)>
+//
+// A call presents its key as `authorization: Bearer <key>` metadata. Authenticate hashes it and compares
+// the hash with every entry in constant time (no early exit, no timing that depends on where it matched),
+// and answers the same UNAUTHENTICATED message for a missing, malformed or unknown key.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace trams::server {
+
+class AuthKeys {
+ public:
+  // INVALID_ARGUMENT naming the line for anything that is not `TENANT sha256:HEX` (tenant names:
+  // [A-Za-z0-9_.-]{1,64}), a repeated hash, or a file without keys.
+  static absl::StatusOr<AuthKeys> Parse(absl::string_view text);
+  static absl::StatusOr<AuthKeys> Load(const std::string& path);
+
+  // The tenant whose key `authorization` (the metadata's value, "Bearer <key>") carries.
+  absl::StatusOr<std::string> Authenticate(absl::string_view authorization) const;
+  size_t size() const { return entries_.size(); }
+
+  // SHA-256 of `data` as 64 lowercase hex digits (for the keys file: `sha256:` + this).
+  static std::string Sha256Hex(absl::string_view data);
+
+ private:
+  struct Entry {
+    std::string tenant;
+    unsigned char hash[32];
+  };
+  std::vector<Entry> entries_;
+};
+
+}  // namespace trams::server
