@@ -5,6 +5,7 @@
 #include <exception>
 
 #include "absl/strings/str_cat.h"
+#include "engine/json_int.h"
 #include "nlohmann/json.hpp"
 
 namespace trams::engine {
@@ -83,12 +84,12 @@ absl::StatusOr<StreamImage> StreamImageFromSections(std::vector<SnapshotSection>
                                                         ": restore it on a server with that model"));
     }
     dtype = meta.at("pool_dtype").get<std::string>();
-    image.size = meta.at("size").get<int>();
-    image.position = meta.at("position").get<int64_t>();
+    image.size = JsonIntAt<int>(meta, "size");
+    image.position = JsonIntAt<int64_t>(meta, "position");
     const nlohmann::json& st = meta.at("settings");
     absl::StatusOr<TramsSettings> settings = ParseTramsSettings(
-        st.at("mode").get<std::string>(), st.at("mem_len").get<int>(), -1, st.at("topk").get<int>(),
-        st.at("remain").get<int>(), st.at("layers").get<std::vector<int>>(), st.at("metric").get<std::string>());
+        st.at("mode").get<std::string>(), JsonIntAt<int>(st, "mem_len"), -1, JsonIntAt<int>(st, "topk"),
+        JsonIntAt<int>(st, "remain"), JsonInts<int>(st.at("layers"), "layers"), st.at("metric").get<std::string>());
     if (!settings.ok()) {
       return absl::DataLossError(absl::StrCat("snapshot's memory settings are invalid: ", settings.status().message()));
     }

@@ -3,8 +3,10 @@
 #include <cmath>
 #include <cstring>
 #include <exception>
+#include <stdexcept>
 
 #include "absl/strings/str_cat.h"
+#include "engine/json_int.h"
 #include "engine/stream_snapshot.h"
 #include "nlohmann/json.hpp"
 
@@ -127,18 +129,24 @@ absl::StatusOr<SessionImage> SessionImageFromSections(std::vector<engine::Snapsh
                                                         "' tokenizer but this server's is '", identity.tokenizer, "'"));
     }
     r.id = meta.at("id").get<std::string>();
-    r.segment_len = meta.at("segment_len").get<int>();
-    r.created_ms = meta.at("created_ms").get<int64_t>();
-    r.last_used_ms = meta.at("last_used_ms").get<int64_t>();
-    r.tokens_scored = meta.at("tokens_scored").get<int64_t>();
+    r.segment_len = engine::JsonIntAt<int>(meta, "segment_len");
+    r.created_ms = engine::JsonIntAt<int64_t>(meta, "created_ms");
+    r.last_used_ms = engine::JsonIntAt<int64_t>(meta, "last_used_ms");
+    r.tokens_scored = engine::JsonIntAt<int64_t>(meta, "tokens_scored");
     r.nll_sum = meta.at("nll_sum").get<double>();
-    r.recent_first = meta.at("recent_first").get<int64_t>();
-    r.recent_ids_kept = meta.at("recent_ids_kept").get<int64_t>();
+    r.recent_first = engine::JsonIntAt<int64_t>(meta, "recent_first");
+    r.recent_ids_kept = engine::JsonIntAt<int64_t>(meta, "recent_ids_kept");
     const nlohmann::json& sel = meta.at("selection");
-    r.last_selection.segment_start = sel.at("segment_start").get<int64_t>();
-    r.last_selection.segment_len = sel.at("segment_len").get<int>();
-    r.last_selection.recent_from = sel.at("recent_from").get<int64_t>();
-    r.last_selection.selected = sel.at("selected").get<std::vector<std::vector<std::vector<int64_t>>>>();
+    r.last_selection.segment_start = engine::JsonIntAt<int64_t>(sel, "segment_start");
+    r.last_selection.segment_len = engine::JsonIntAt<int>(sel, "segment_len");
+    r.last_selection.recent_from = engine::JsonIntAt<int64_t>(sel, "recent_from");
+    const nlohmann::json& selected = sel.at("selected");  // positions per layer and head
+    if (!selected.is_array()) throw std::out_of_range("'selected' must be an array of layers");
+    for (const nlohmann::json& layer : selected) {
+      if (!layer.is_array()) throw std::out_of_range("'selected' must hold an array of heads per layer");
+      std::vector<std::vector<int64_t>>& heads = r.last_selection.selected.emplace_back();
+      for (const nlohmann::json& head : layer) heads.push_back(engine::JsonInts<int64_t>(head, "selected"));
+    }
   } catch (const std::exception& e) {
     return absl::DataLossError(absl::StrCat("the snapshot's \"session\" section is malformed: ", e.what()));
   }

@@ -6,6 +6,7 @@ tensor those configs call for, tokenizer configs with vocabularies, and settings
 corpus/fuzz_snapshot/ is not written here: its three seeds (raw, zstd, one_section) are a 0x01 byte (the
 fuzzer then fixes the checksum up) followed by blobs that
 engine/snapshot_file.cc's EncodeSnapshot wrote (xxHash3 and zstd are not in Python's standard library).
+Files named regression-* are inputs that once crashed a fuzzer, kept as seeds so every run tries them.
 """
 import hashlib
 import json
