@@ -19,14 +19,6 @@ namespace {
 constexpr char kUnauthenticated[] =
     "missing or invalid API key: send the metadata 'authorization: Bearer <key>' with a key of --auth_keys";
 
-bool ValidTenant(absl::string_view t) {
-  if (t.empty() || t.size() > 64) return false;
-  for (char c : t) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '.' && c != '-') return false;
-  }
-  return true;
-}
-
 int HexDigit(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -35,6 +27,14 @@ int HexDigit(char c) {
 }
 
 }  // namespace
+
+bool IsValidTenantName(absl::string_view t) {
+  if (t.empty() || t.size() > 64) return false;
+  for (char c : t) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '.' && c != '-') return false;
+  }
+  return true;
+}
 
 std::string AuthKeys::Sha256Hex(absl::string_view data) {
   unsigned char digest[SHA256_DIGEST_LENGTH];
@@ -62,7 +62,7 @@ absl::StatusOr<AuthKeys> AuthKeys::Parse(absl::string_view text) {
                                                      " (each line: TENANT sha256:<64 hex digits of the key's SHA-256>)"));
     };
     if (fields.size() != 2) return bad(absl::StrCat(fields.size(), " fields"));
-    if (!ValidTenant(fields[0])) return bad("a tenant name is 1-64 characters from [A-Za-z0-9_.-]");
+    if (!IsValidTenantName(fields[0])) return bad("a tenant name is 1-64 characters from [A-Za-z0-9_.-]");
     if (!absl::StartsWith(fields[1], "sha256:") || fields[1].size() != 7 + 64) return bad("not a sha256: hash");
     Entry e;
     e.tenant = std::string(fields[0]);

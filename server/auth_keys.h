@@ -16,6 +16,9 @@
 
 namespace trams::server {
 
+// Tenant names: 1-64 characters from [A-Za-z0-9_.-].
+bool IsValidTenantName(absl::string_view tenant);
+
 class AuthKeys {
  public:
   // INVALID_ARGUMENT naming the line for anything that is not `TENANT sha256:HEX` (tenant names:

@@ -56,7 +56,7 @@ absl::StatusOr<std::unique_ptr<DiskStore>> DiskStore::Open(const std::string& di
 std::string DiskStore::PathOf(const std::string& id) const { return absl::StrCat(dir_, "/", id, ".snap"); }
 
 absl::Status DiskStore::Put(const std::string& id, const std::string& blob) {
-  if (!IsValidSessionId(id)) return absl::InvalidArgumentError(absl::StrCat("not a session id: ", id.size(), " bytes"));
+  if (!IsValidScopedSessionId(id)) return absl::InvalidArgumentError(absl::StrCat("not a session id: ", id.size(), " bytes"));
   static std::atomic<uint64_t> counter{0};
   const std::string path = PathOf(id);
   const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1));
@@ -81,7 +81,7 @@ absl::Status DiskStore::Put(const std::string& id, const std::string& blob) {
 }
 
 absl::StatusOr<std::string> DiskStore::Get(const std::string& id) {
-  if (!IsValidSessionId(id)) return absl::NotFoundError("not a session id");
+  if (!IsValidScopedSessionId(id)) return absl::NotFoundError("not a session id");
   const std::string path = PathOf(id);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -108,7 +108,7 @@ absl::StatusOr<std::string> DiskStore::Get(const std::string& id) {
 }
 
 absl::Status DiskStore::Delete(const std::string& id) {
-  if (!IsValidSessionId(id)) return absl::NotFoundError("not a session id");
+  if (!IsValidScopedSessionId(id)) return absl::NotFoundError("not a session id");
   if (::unlink(PathOf(id).c_str()) != 0) {
     if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("no snapshot of session '", id, "' in ", dir_));
     return absl::InternalError(absl::StrCat("removing ", PathOf(id), ": ", Errno()));
@@ -117,7 +117,7 @@ absl::Status DiskStore::Delete(const std::string& id) {
 }
 
 absl::StatusOr<bool> DiskStore::Contains(const std::string& id) {
-  if (!IsValidSessionId(id)) return false;
+  if (!IsValidScopedSessionId(id)) return false;
   struct stat st {};
   if (::stat(PathOf(id).c_str(), &st) == 0) return true;
   if (errno == ENOENT) return false;

@@ -1,6 +1,6 @@
 // SessionStore on a local directory (--state_dir): `<dir>/<id>.snap`, written as a temporary file, fsync'd,
 // renamed over the old one, and the directory fsync'd, so a crash at any point leaves the old blob or the
-// new one. Session ids ([A-Za-z0-9._:-], server/session_id.h) hold no '/', so every name stays in `dir`.
+// new one. Scoped session ids (server/scoped_id.h: [A-Za-z0-9._:+-]) hold no '/', so every name stays in `dir`.
 #pragma once
 
 #include <cstdint>

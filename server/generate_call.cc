@@ -17,8 +17,8 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
  public:
   ~GenerateCall() override { env_->sessions->ChargeBuffers(-charged_).IgnoreError(); }
 
-  GenerateCall(const CallEnv* env, grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req)
-      : SessionCall(env, ctx, "Generate"), req_(*req) {
+  GenerateCall(const CallEnv* env, grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req, std::string tenant)
+      : SessionCall(env, ctx, "Generate", std::move(tenant)), req_(*req) {
     Actions a;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -37,7 +37,7 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
  private:
   absl::Status Prepare() {
     if (env_->calls->draining()) return absl::UnavailableError("the server is shutting down; retry on another replica");
-    absl::StatusOr<std::string> id = SessionIdOf(ctx_, req_.session_id());
+    absl::StatusOr<std::string> id = SessionIdOf(ctx_, req_.session_id(), tenant_);
     if (!id.ok()) return id.status();
     session_id_ = *id;
     absl::StatusOr<GenerateSpec> spec =
@@ -70,7 +70,7 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
     origin_ = session_->TakeTail(&prompt_);
     if (prompt_.empty() && session_->stream->position() == 0) {
       return EndWith(absl::FailedPreconditionError(
-          absl::StrCat("session '", session_->id, "' is empty: give a prompt to start from")));
+          absl::StrCat(SessionRef(session_->id), " is empty: give a prompt to start from")));
     }
     Step(a);
   }
@@ -184,8 +184,8 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
 }  // namespace
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* StartGenerateCall(const CallEnv* env, grpc::CallbackServerContext* ctx,
-                                                                 const v1::GenerateRequest* req) {
-  return new GenerateCall(env, ctx, req);
+                                                                 const v1::GenerateRequest* req, std::string tenant) {
+  return new GenerateCall(env, ctx, req, std::move(tenant));
 }
 
 }  // namespace trams::server

@@ -3,12 +3,14 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <string>
+
 #include "server/call_env.h"
 #include "trams/v1/trams.grpc.pb.h"
 
 namespace trams::server {
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* StartGenerateCall(const CallEnv* env, grpc::CallbackServerContext* ctx,
-                                                                 const v1::GenerateRequest* req);
+                                                                 const v1::GenerateRequest* req, std::string tenant);
 
 }  // namespace trams::server

@@ -125,12 +125,14 @@ grpc::ServerUnaryReactor* LmService::GetModelInfo(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* LmService::CreateSession(grpc::CallbackServerContext* ctx,
                                                    const v1::CreateSessionRequest* req, v1::Session* resp) {
   UnaryDone done(metrics_, ctx, "CreateSession");
-  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) return done.Finish(a);
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) return done.Finish(tenant.status());
   if (calls_.draining()) return done.Finish(absl::UnavailableError("the server is shutting down"));
   const std::string id = req->session_id().empty() ? SessionIdHeader(ctx) : req->session_id();
+  if (!id.empty() && !IsValidSessionId(id)) return done.Finish(InvalidSessionId(id));
   absl::StatusOr<SessionSpec> spec = SessionSpecFrom(*req, options_, model_->config());
   if (!spec.ok()) return done.Finish(spec.status());
-  absl::StatusOr<SessionSnapshot> s = sessions_->Create(id, spec->memory, spec->segment_len);
+  absl::StatusOr<SessionSnapshot> s = sessions_->Create(ScopedSessionId(*tenant, id), spec->memory, spec->segment_len);
   if (!s.ok()) return done.Finish(s.status());
   ToProto(*s, resp);
   return done.Finish(absl::OkStatus());
@@ -139,8 +141,9 @@ grpc::ServerUnaryReactor* LmService::CreateSession(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* LmService::GetSession(grpc::CallbackServerContext* ctx, const v1::GetSessionRequest* req,
                                                 v1::Session* resp) {
   UnaryDone done(metrics_, ctx, "GetSession");
-  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) return done.Finish(a);
-  absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) return done.Finish(tenant.status());
+  absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id(), *tenant);
   if (!id.ok()) return done.Finish(id.status());
   absl::StatusOr<SessionSnapshot> s = sessions_->Get(*id);
   if (!s.ok()) return done.Finish(s.status());
@@ -151,16 +154,20 @@ grpc::ServerUnaryReactor* LmService::GetSession(grpc::CallbackServerContext* ctx
 grpc::ServerUnaryReactor* LmService::ListSessions(grpc::CallbackServerContext* ctx, const v1::ListSessionsRequest*,
                                                   v1::ListSessionsResponse* resp) {
   UnaryDone done(metrics_, ctx, "ListSessions");
-  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) return done.Finish(a);
-  for (const SessionSnapshot& s : sessions_->List()) ToProto(s, resp->add_sessions());
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) return done.Finish(tenant.status());
+  for (const SessionSnapshot& s : sessions_->List()) {
+    if (TenantOfSessionId(s.id) == *tenant) ToProto(s, resp->add_sessions());  // the caller's own only
+  }
   return done.Finish(absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* LmService::DeleteSession(grpc::CallbackServerContext* ctx,
                                                    const v1::DeleteSessionRequest* req, v1::DeleteSessionResponse*) {
   auto done = std::make_shared<UnaryDone>(metrics_, ctx, "DeleteSession");
-  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) return done->Finish(a);
-  absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) return done->Finish(tenant.status());
+  absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id(), *tenant);
   if (!id.ok()) return done->Finish(id.status());
   // A session held by a call is deleted when that call ends, if it ends within kDeleteWait (a client
   // that cancels and deletes at once: the cancel may reach the server after the delete).
@@ -179,26 +186,29 @@ grpc::ServerUnaryReactor* LmService::DeleteSession(grpc::CallbackServerContext* 
 }
 
 grpc::ServerBidiReactor<v1::ScoreRequest, v1::ScoreResponse>* LmService::Score(grpc::CallbackServerContext* ctx) {
-  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) {
-    return Refuse<grpc::ServerBidiReactor<v1::ScoreRequest, v1::ScoreResponse>>(metrics_, "Score", a);
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) {
+    return Refuse<grpc::ServerBidiReactor<v1::ScoreRequest, v1::ScoreResponse>>(metrics_, "Score", tenant.status());
   }
-  return StartScoreCall(&env_, ctx);
+  return StartScoreCall(&env_, ctx, *std::move(tenant));
 }
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* LmService::Generate(grpc::CallbackServerContext* ctx,
                                                                    const v1::GenerateRequest* req) {
-  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) {
-    return Refuse<grpc::ServerWriteReactor<v1::GenerateResponse>>(metrics_, "Generate", a);
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) {
+    return Refuse<grpc::ServerWriteReactor<v1::GenerateResponse>>(metrics_, "Generate", tenant.status());
   }
-  return StartGenerateCall(&env_, ctx, req);
+  return StartGenerateCall(&env_, ctx, req, *std::move(tenant));
 }
 
 grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContext* ctx,
                                                       const v1::ExplainSelectionRequest* req,
                                                       v1::ExplainSelectionResponse* resp) {
   auto done = std::make_shared<UnaryDone>(metrics_, ctx, "ExplainSelection");
-  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) return done->Finish(a);
-  absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) return done->Finish(tenant.status());
+  absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id(), *tenant);
   if (!id.ok()) return done->Finish(id.status());
   grpc::ServerUnaryReactor* reactor = done->reactor();  // gRPC allows one DefaultReactor() per call
   // Taken like a call so that it reads a settled session (after the running call, if any).
@@ -211,11 +221,11 @@ grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContex
     absl::Status status;
     if (session.stream->settings().mode != engine::MemoryMode::kTrams) {
       status = absl::FailedPreconditionError(absl::StrCat(
-          "session '", session.id, "' uses mode '", std::string(engine::MemoryModeName(session.stream->settings().mode)),
+          SessionRef(session.id), " uses mode '", std::string(engine::MemoryModeName(session.stream->settings().mode)),
           "', which attends the newest tokens and selects nothing; ExplainSelection needs mode trams"));
     } else if (session.last_selection.segment_start < 0) {
       status = absl::FailedPreconditionError(
-          absl::StrCat("session '", session.id, "' has not run a segment yet: score or generate first"));
+          absl::StrCat(SessionRef(session.id), " has not run a segment yet: score or generate first"));
     } else {
       ToProto(session, codec_, resp);
     }
@@ -227,32 +237,33 @@ grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContex
 
 grpc::ServerWriteReactor<v1::SessionChunk>* LmService::ExportSession(grpc::CallbackServerContext* ctx,
                                                                      const v1::ExportSessionRequest* req) {
-  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) {
-    return Refuse<grpc::ServerWriteReactor<v1::SessionChunk>>(metrics_, "ExportSession", a);
-  }
-  return StartExportCall(&env_, ctx, req);
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) return Refuse<grpc::ServerWriteReactor<v1::SessionChunk>>(metrics_, "ExportSession", tenant.status());
+  return StartExportCall(&env_, ctx, req, *std::move(tenant));
 }
 
 grpc::ServerReadReactor<v1::ImportSessionRequest>* LmService::ImportSession(grpc::CallbackServerContext* ctx,
                                                                             v1::Session* resp) {
-  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) {
-    return Refuse<grpc::ServerReadReactor<v1::ImportSessionRequest>>(metrics_, "ImportSession", a);
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) {
+    return Refuse<grpc::ServerReadReactor<v1::ImportSessionRequest>>(metrics_, "ImportSession", tenant.status());
   }
-  return StartImportCall(&env_, ctx, resp);
+  return StartImportCall(&env_, ctx, resp, *std::move(tenant));
 }
 
 grpc::ServerUnaryReactor* LmService::ForkSession(grpc::CallbackServerContext* ctx, const v1::ForkSessionRequest* req,
                                                  v1::Session* resp) {
   auto done = std::make_shared<UnaryDone>(metrics_, ctx, "ForkSession");
-  if (absl::Status a = Authenticate(ctx).status(); !a.ok()) return done->Finish(a);
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) return done->Finish(tenant.status());
   if (calls_.draining()) return done->Finish(absl::UnavailableError("the server is shutting down"));
-  absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
+  absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id(), *tenant);
   if (!id.ok()) return done->Finish(id.status());
   if (!req->new_session_id().empty() && !IsValidSessionId(req->new_session_id())) {
     return done->Finish(InvalidSessionId(req->new_session_id()));
   }
   grpc::ServerUnaryReactor* reactor = done->reactor();
-  sessions_->Fork(*id, req->new_session_id(), [done, resp](absl::StatusOr<SessionSnapshot> s) {
+  sessions_->Fork(*id, ScopedSessionId(*tenant, req->new_session_id()), [done, resp](absl::StatusOr<SessionSnapshot> s) {
     if (s.ok()) ToProto(*s, resp);
     done->Finish(s.status());
   });

@@ -1,6 +1,7 @@
 #include "server/proto_convert.h"
 
 #include "absl/strings/str_cat.h"
+#include "server/scoped_id.h"
 
 namespace trams::server {
 
@@ -129,7 +130,7 @@ void ToProto(const engine::TramsSettings& s, v1::MemorySettings* out) {
 }
 
 void ToProto(const SessionSnapshot& s, v1::Session* out) {
-  out->set_session_id(s.id);
+  out->set_session_id(std::string(BareSessionId(s.id)));
   ToProto(s.memory, out->mutable_memory());
   out->set_segment_len(s.segment_len);
   out->set_position(s.position);

@@ -134,7 +134,7 @@ absl::Status RedisStore::Put(const std::string& id, const std::string& blob) {
   if (!s.ok()) return s;
   if (written == 0) {
     return absl::FailedPreconditionError(
-        absl::StrCat("session '", id, "' is owned by another replica now: this replica's snapshot is not written"));
+        absl::StrCat(SessionRef(id), " is owned by another replica now: this replica's snapshot is not written"));
   }
   return absl::OkStatus();
 }
@@ -197,7 +197,7 @@ absl::Status RedisStore::Claim(const std::string& id) {
     ttl = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
     return absl::OkStatus();
   }).IgnoreError();
-  return absl::UnavailableError(absl::StrCat("session '", id, "' is held by replica ", owner.substr(0, 128),
+  return absl::UnavailableError(absl::StrCat(SessionRef(id), " is held by replica ", owner.substr(0, 128),
                                              " (its lease runs out within ", std::max<int64_t>(ttl, 0),
                                              " ms unless it renews it); retry, routed by the x-session-id header"));
 }

@@ -40,7 +40,8 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
  public:
   ~ScoreCall() override { env_->sessions->ChargeBuffers(-charged_).IgnoreError(); }
 
-  ScoreCall(const CallEnv* env, grpc::CallbackServerContext* ctx) : SessionCall(env, ctx, "Score") {
+  ScoreCall(const CallEnv* env, grpc::CallbackServerContext* ctx, std::string tenant)
+      : SessionCall(env, ctx, "Score", std::move(tenant)) {
     Actions a;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -66,7 +67,7 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
           EndWith(absl::CancelledError("the call was cancelled; the session is unchanged"));
         } else if (!ok && !started_) {
           // No message at all: nothing to score. Fine if the metadata names a session, else an error.
-          absl::StatusOr<std::string> id = SessionIdOf(ctx_, "");
+          absl::StatusOr<std::string> id = SessionIdOf(ctx_, "", tenant_);
           EndWith(id.ok() ? absl::OkStatus() : id.status());
         } else if (!ok) {
           input_closed_ = true;  // the client half-closed: run what is left
@@ -91,7 +92,7 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
 
   void First(Actions& a) {
     started_ = true;
-    absl::StatusOr<std::string> id = SessionIdOf(ctx_, req_.session_id());
+    absl::StatusOr<std::string> id = SessionIdOf(ctx_, req_.session_id(), tenant_);
     if (!id.ok()) return EndWith(id.status());
     const int max_alt = env_->options->requests.max_alternatives;
     if (req_.options().alternatives() < 0 || req_.options().alternatives() > max_alt) {
@@ -106,9 +107,9 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
   }
 
   void AbsorbInput() {
-    if (!req_.session_id().empty() && req_.session_id() != session_id_) {
+    if (!req_.session_id().empty() && req_.session_id() != BareSessionId(session_id_)) {
       return EndWith(absl::InvalidArgumentError(absl::StrCat("a Score call stays on one session: '", engine::EchoForError(req_.session_id()),
-                                                             "' after '", session_id_, "'")));
+                                                             "' after '", BareSessionId(session_id_), "'")));
     }
     switch (req_.input_case()) {
       case v1::ScoreRequest::kText:
@@ -222,8 +223,9 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
 }  // namespace
 
 grpc::ServerBidiReactor<v1::ScoreRequest, v1::ScoreResponse>* StartScoreCall(const CallEnv* env,
-                                                                            grpc::CallbackServerContext* ctx) {
-  return new ScoreCall(env, ctx);
+                                                                            grpc::CallbackServerContext* ctx,
+                                                                            std::string tenant) {
+  return new ScoreCall(env, ctx, std::move(tenant));
 }
 
 }  // namespace trams::server

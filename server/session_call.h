@@ -19,6 +19,7 @@
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
+#include "server/scoped_id.h"
 #include "server/status_convert.h"
 
 namespace trams::server {
@@ -38,8 +39,8 @@ class SessionCall : public Reactor {
  protected:
   using Actions = CallActions<Response>;
 
-  SessionCall(const CallEnv* env, grpc::CallbackServerContext* ctx, const char* method)
-      : env_(env), ctx_(ctx), method_(method), start_(Clock::now()) {
+  SessionCall(const CallEnv* env, grpc::CallbackServerContext* ctx, const char* method, std::string tenant)
+      : env_(env), ctx_(ctx), method_(method), tenant_(std::move(tenant)), start_(Clock::now()) {
     env_->calls->Started();
   }
   ~SessionCall() override { env_->calls->Ended(); }
@@ -192,6 +193,7 @@ class SessionCall : public Reactor {
   const CallEnv* env_;
   grpc::CallbackServerContext* ctx_;
   const char* method_;
+  const std::string tenant_;  // the caller's (LmService::Authenticate): its session ids are scoped in it
   using Clock = std::chrono::steady_clock;
   Clock::time_point start_;
   std::mutex mu_;
@@ -212,7 +214,7 @@ class SessionCall : public Reactor {
         session_ = *r;
         const int64_t at = session_->position();
         if (expected_position_.has_value() && *expected_position_ != at) {
-          EndWith(absl::FailedPreconditionError(absl::StrCat("session '", session_->id, "' is at position ", at,
+          EndWith(absl::FailedPreconditionError(absl::StrCat(SessionRef(session_->id), " is at position ", at,
                                                              ", not the expected ", *expected_position_)));
           a.release = session_;
           session_.reset();

@@ -32,26 +32,14 @@ namespace {
 constexpr char kSessionHeader[] = "x-session-id";
 }  // namespace
 
-bool IsValidSessionId(const std::string& id) {
-  if (id.empty() || id.size() > 128) return false;
-  for (char c : id) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == ':' || c == '-')) return false;
-  }
-  return true;
-}
-
-absl::Status InvalidSessionId(const std::string& id) {
-  return absl::InvalidArgumentError(absl::StrCat("session id '", engine::EchoForError(id), "' is not valid: use 1-128 ",
-                                                 "characters from [A-Za-z0-9._:-]"));
-}
-
 std::string SessionIdHeader(const grpc::CallbackServerContext* ctx) {
   const auto& md = ctx->client_metadata();
   auto it = md.find(kSessionHeader);
   return it == md.end() ? std::string() : std::string(it->second.data(), it->second.size());
 }
 
-absl::StatusOr<std::string> SessionIdOf(const grpc::CallbackServerContext* ctx, const std::string& field) {
+absl::StatusOr<std::string> SessionIdOf(const grpc::CallbackServerContext* ctx, const std::string& field,
+                                        absl::string_view tenant) {
   const std::string header = SessionIdHeader(ctx);
   if (!field.empty() && !header.empty() && field != header) {
     return absl::InvalidArgumentError(absl::StrCat("session_id '", engine::EchoForError(field),
@@ -63,7 +51,7 @@ absl::StatusOr<std::string> SessionIdOf(const grpc::CallbackServerContext* ctx, 
   }
   std::string id = field.empty() ? header : field;
   if (!IsValidSessionId(id)) return InvalidSessionId(id);  // later messages may quote it whole
-  return id;
+  return ScopedSessionId(tenant, id);
 }
 
 }  // namespace trams::server

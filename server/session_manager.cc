@@ -85,23 +85,24 @@ void SessionManager::RenewLeases() {
 }
 
 absl::Status SessionManager::ClaimNew(const std::string& id) {
-  if (!writer_ || id.empty()) return absl::OkStatus();
+  if (!writer_ || BareSessionId(id).empty()) return absl::OkStatus();
   if (const SnapshotWriter::Pending p = writer_->Find(id); p.queued) {  // on its way to the store
-    if (p.image != nullptr) return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists (spilled)"));
+    if (p.image != nullptr) return absl::AlreadyExistsError(absl::StrCat(SessionRef(id), " already exists (spilled)"));
     return persistence_.store->Claim(id);  // being deleted: the id is free
   }
   absl::StatusOr<bool> stored = persistence_.store->Contains(id);
   if (!stored.ok()) return absl::UnavailableError(absl::StrCat("the state store failed: ", stored.status().message()));
   if (*stored) {
-    return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists (in the state store)"));
+    return absl::AlreadyExistsError(absl::StrCat(SessionRef(id), " already exists (in the state store)"));
   }
   return persistence_.store->Claim(id);
 }
 
-std::string SessionManager::NewId() {
+std::string SessionManager::NewId(absl::string_view scoped) {
+  const absl::string_view tenant = TenantOfSessionId(scoped);
   std::string id;
   do {
-    id = RandomSessionId();
+    id = ScopedSessionId(tenant, RandomSessionId());
   } while (sessions_.count(id));
   return id;
 }
@@ -135,9 +136,9 @@ void SessionManager::LeaveMemory(const std::shared_ptr<Session>& s, const std::s
 absl::Status SessionManager::NotFound(const std::string& id) const {
   auto it = tombstones_.find(id);
   if (it != tombstones_.end()) {
-    return absl::NotFoundError(absl::StrCat("session '", id, "' no longer exists: ", it->second));
+    return absl::NotFoundError(absl::StrCat(SessionRef(id), " no longer exists: ", it->second));
   }
-  return absl::NotFoundError(absl::StrCat("session '", id, "' does not exist"));
+  return absl::NotFoundError(absl::StrCat(SessionRef(id), " does not exist"));
 }
 
 void SessionManager::Admit(const std::shared_ptr<Session>& s) {
@@ -226,21 +227,19 @@ absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const eng
   absl::StatusOr<int64_t> bytes_or = model_->StreamBytes(memory);  // validates the settings
   if (!bytes_or.ok()) return bytes_or.status();
   const int64_t bytes = *bytes_or;
-  if (!id.empty() && !IsValidSessionId(id)) return InvalidSessionId(id);
+  if (!BareSessionId(id).empty() && !IsValidScopedSessionId(id)) return InvalidSessionId(std::string(BareSessionId(id)));
   if (absl::Status claimed = ClaimNew(id); !claimed.ok()) {
     if (absl::IsAlreadyExists(claimed)) {
       std::lock_guard<std::mutex> lock(mu_);
-      if (sessions_.count(id)) return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists"));
+      if (sessions_.count(id)) return absl::AlreadyExistsError(absl::StrCat(SessionRef(id), " already exists"));
     }
     return claimed;
   }
   std::lock_guard<std::mutex> lock(mu_);
-  if (id.empty()) {
-    id = NewId();
-  } else if (!IsValidSessionId(id)) {
-    return InvalidSessionId(id);
+  if (BareSessionId(id).empty()) {
+    id = NewId(id);
   } else if (sessions_.count(id)) {
-    return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists"));
+    return absl::AlreadyExistsError(absl::StrCat(SessionRef(id), " already exists"));
   }
   absl::Status room = MakeRoom(bytes, /*new_session=*/true);
   if (!room.ok()) return room;
@@ -350,7 +349,7 @@ void SessionManager::Delete(const std::string& id, std::shared_ptr<DeleteRequest
 
 absl::Status SessionManager::HeldError(const std::string& id) {
   return absl::FailedPreconditionError(
-      absl::StrCat("session '", id, "' has a call running; delete it when the call ends (or cancel the call)"));
+      absl::StrCat(SessionRef(id), " has a call running; delete it when the call ends (or cancel the call)"));
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Take(const std::shared_ptr<Session>& s, bool reserve_undo) {
@@ -480,8 +479,8 @@ absl::StatusOr<SessionSnapshot> SessionManager::Insert(SessionImage image, const
   absl::StatusOr<int64_t> bytes = model_->StreamBytes(memory);  // validates the settings against the model
   if (!bytes.ok()) return bytes.status();
   std::string id = requested_id.empty() ? image.record.id : requested_id;
-  if (!id.empty() && !IsValidSessionId(id)) return InvalidSessionId(id);
-  if (!from_store && !id.empty()) {
+  if (!BareSessionId(id).empty() && !IsValidScopedSessionId(id)) return InvalidSessionId(std::string(BareSessionId(id)));
+  if (!from_store && !BareSessionId(id).empty()) {
     bool in_memory;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -494,11 +493,11 @@ absl::StatusOr<SessionSnapshot> SessionManager::Insert(SessionImage image, const
     }
   }
   std::lock_guard<std::mutex> lock(mu_);
-  if (id.empty()) id = NewId();
+  if (BareSessionId(id).empty()) id = NewId(id);
   std::shared_ptr<Session> old;
   if (auto it = sessions_.find(id); it != sessions_.end()) {
     if (!replace) {
-      return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists; import with replace to overwrite it"));
+      return absl::AlreadyExistsError(absl::StrCat(SessionRef(id), " already exists; import with replace to overwrite it"));
     }
     if (it->second->held()) return HeldError(id);
     old = it->second;
@@ -551,7 +550,7 @@ absl::StatusOr<SessionSnapshot> SessionManager::Restore(const std::string& id, T
     std::lock_guard<std::mutex> lock(mu_);
     return NotFound(id);
   };
-  if (!writer_ || !IsValidSessionId(id)) return not_found();
+  if (!writer_ || !IsValidScopedSessionId(id)) return not_found();
   const auto start = std::chrono::steady_clock::now();
   // A shared store: only the owner may bring it into memory (UNAVAILABLE while another replica holds it).
   if (absl::Status claimed = persistence_.store->Claim(id); !claimed.ok()) return claimed;
@@ -567,14 +566,14 @@ absl::StatusOr<SessionSnapshot> SessionManager::Restore(const std::string& id, T
     if (absl::IsNotFound(blob.status())) return not_found();
     if (!blob.ok()) {
       if (metrics_) metrics_->RestoreFailed("store");
-      return absl::UnavailableError(absl::StrCat("session '", id, "' could not be read from the state store (",
+      return absl::UnavailableError(absl::StrCat(SessionRef(id), " could not be read from the state store (",
                                                  writer_->store()->Describe(), "): ", blob.status().message()));
     }
     absl::StatusOr<SessionImage> decoded = DecodeImage(*blob);
     if (!decoded.ok()) {
       if (metrics_) metrics_->RestoreFailed(absl::IsFailedPrecondition(decoded.status()) ? "wrong_model" : "data_loss");
       LogError("a stored session cannot be restored", {{"session", id}, {"error", std::string(decoded.status().message())}});
-      return absl::Status(decoded.status().code(), absl::StrCat("session '", id, "' cannot be restored from the state store: ",
+      return absl::Status(decoded.status().code(), absl::StrCat(SessionRef(id), " cannot be restored from the state store: ",
                                                                 decoded.status().message()));
     }
     image = *std::move(decoded);
@@ -584,7 +583,7 @@ absl::StatusOr<SessionSnapshot> SessionManager::Restore(const std::string& id, T
   if (!inserted.ok()) {
     if (metrics_) metrics_->RestoreFailed("no_room");
     return absl::Status(inserted.status().code(),
-                        absl::StrCat("session '", id, "' cannot be restored: ", inserted.status().message()));
+                        absl::StrCat(SessionRef(id), " cannot be restored: ", inserted.status().message()));
   }
   if (metrics_) metrics_->SessionRestored(source, SecondsSince(start));
   LogInfo("restored a session", {{"session", id}, {"from", source}});

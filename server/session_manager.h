@@ -4,6 +4,9 @@
 //
 // Ownership: a Session's `stream` and call state are touched only by the call that holds the session
 // (Acquire .. Release); everything else is guarded by the manager's mutex.
+//
+// Every id here is a scoped id (server/session_id.h: "TENANT+ID" with --auth_keys, the bare id without);
+// the protocol layer scopes what clients send and strips what they get back.
 #pragma once
 
 #include <atomic>
@@ -22,6 +25,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "engine/engine.h"
 #include "server/server_options.h"
 #include "server/session.h"
@@ -115,7 +119,8 @@ class SessionManager {
   absl::StatusOr<SessionSnapshot> Restore(const std::string& id, Taken* take);
   static constexpr int kRestoreAttempts = 4;
   absl::StatusOr<std::shared_ptr<SessionImage>> ImageOf(const Session& s);  // mu_ held, s not used by a call
-  std::string NewId();                                                    // mu_ held
+  // A random id in the tenant of `scoped` (mu_ held).
+  std::string NewId(absl::string_view scoped);
   // With a store: ALREADY_EXISTS if it holds `id`, else claims it (a shared store). mu_ not held.
   absl::Status ClaimNew(const std::string& id);
   absl::StatusOr<SessionSnapshot> Insert(SessionImage image, const std::string& id, bool replace, bool from_store,

@@ -25,16 +25,18 @@ void RecordDone(const CallEnv* env, const char* method, const absl::Status& s, C
 
 class ExportCall final : public grpc::ServerWriteReactor<v1::SessionChunk> {
  public:
-  ExportCall(const CallEnv* env, grpc::CallbackServerContext* ctx, const v1::ExportSessionRequest* req)
+  ExportCall(const CallEnv* env, grpc::CallbackServerContext* ctx, const v1::ExportSessionRequest* req,
+             const std::string& tenant)
       : env_(env), start_(Clock::now()) {
     env_->calls->Started();
-    absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id());
+    absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id(), tenant);
     if (!id.ok()) {
       End(id.status());
       return;
     }
     env_->sessions->ExportImage(*id, [this](absl::StatusOr<SessionImage> image) {
       if (!image.ok()) return End(image.status());
+      image->record.id = std::string(BareSessionId(image->record.id));  // the blob names no tenant
       absl::StatusOr<std::string> blob = env_->sessions->EncodeImage(*image);
       if (!blob.ok()) return End(blob.status());
       blob_ = *std::move(blob);
@@ -72,8 +74,8 @@ class ExportCall final : public grpc::ServerWriteReactor<v1::SessionChunk> {
 
 class ImportCall final : public grpc::ServerReadReactor<v1::ImportSessionRequest> {
  public:
-  ImportCall(const CallEnv* env, grpc::CallbackServerContext* ctx, v1::Session* resp)
-      : env_(env), ctx_(ctx), resp_(resp), start_(Clock::now()),
+  ImportCall(const CallEnv* env, grpc::CallbackServerContext* ctx, v1::Session* resp, std::string tenant)
+      : env_(env), ctx_(ctx), resp_(resp), tenant_(std::move(tenant)), start_(Clock::now()),
         max_bytes_(static_cast<size_t>(env->options->limits.memory_budget_bytes) + (size_t{64} << 20)) {
     env_->calls->Started();
     if (env_->calls->draining()) {
@@ -89,6 +91,7 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportSessionRequest
     if (first_) {
       first_ = false;
       id_ = req_.session_id().empty() ? SessionIdHeader(ctx_) : req_.session_id();
+      if (!id_.empty() && !IsValidSessionId(id_)) return End(InvalidSessionId(id_));
       replace_ = req_.replace();
     } else if (!req_.session_id().empty() || req_.replace()) {
       return End(absl::InvalidArgumentError("session_id and replace belong in the first message only"));
@@ -108,7 +111,9 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportSessionRequest
     absl::StatusOr<SessionImage> image = env_->sessions->DecodeImage(blob_);
     blob_.clear();
     if (!image.ok()) return End(image.status());
-    absl::StatusOr<SessionSnapshot> s = env_->sessions->Insert(*std::move(image), id_, replace_);
+    // Into the caller's tenant, whoever exported it: under the id asked for, else the snapshot's own.
+    const std::string id = ScopedSessionId(tenant_, id_.empty() ? BareSessionId(image->record.id) : id_);
+    absl::StatusOr<SessionSnapshot> s = env_->sessions->Insert(*std::move(image), id, replace_);
     if (!s.ok()) return End(s.status());
     if (env_->metrics) env_->metrics->SessionRestored("import", std::chrono::duration<double>(Clock::now() - start_).count());
     ToProto(*s, resp_);
@@ -122,6 +127,7 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportSessionRequest
   const CallEnv* env_;
   grpc::CallbackServerContext* ctx_;
   v1::Session* resp_;
+  const std::string tenant_;
   Clock::time_point start_;
   const size_t max_bytes_;
   v1::ImportSessionRequest req_;
@@ -134,13 +140,13 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportSessionRequest
 }  // namespace
 
 grpc::ServerWriteReactor<v1::SessionChunk>* StartExportCall(const CallEnv* env, grpc::CallbackServerContext* ctx,
-                                                            const v1::ExportSessionRequest* req) {
-  return new ExportCall(env, ctx, req);
+                                                            const v1::ExportSessionRequest* req, std::string tenant) {
+  return new ExportCall(env, ctx, req, tenant);
 }
 
 grpc::ServerReadReactor<v1::ImportSessionRequest>* StartImportCall(const CallEnv* env, grpc::CallbackServerContext* ctx,
-                                                                   v1::Session* resp) {
-  return new ImportCall(env, ctx, resp);
+                                                                   v1::Session* resp, std::string tenant) {
+  return new ImportCall(env, ctx, resp, std::move(tenant));
 }
 
 }  // namespace trams::server

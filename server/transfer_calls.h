@@ -5,6 +5,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <string>
+
 #include "server/call_env.h"
 #include "trams/v1/trams.grpc.pb.h"
 
@@ -14,8 +16,8 @@ namespace trams::server {
 inline constexpr size_t kSnapshotChunkBytes = size_t{1} << 20;
 
 grpc::ServerWriteReactor<v1::SessionChunk>* StartExportCall(const CallEnv* env, grpc::CallbackServerContext* ctx,
-                                                            const v1::ExportSessionRequest* req);
+                                                            const v1::ExportSessionRequest* req, std::string tenant);
 grpc::ServerReadReactor<v1::ImportSessionRequest>* StartImportCall(const CallEnv* env, grpc::CallbackServerContext* ctx,
-                                                                   v1::Session* resp);
+                                                                   v1::Session* resp, std::string tenant);
 
 }  // namespace trams::server

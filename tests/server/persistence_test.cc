@@ -17,60 +17,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Exported {
-  grpc::Status status;
-  std::string blob;
-  int chunks = 0;
-};
-
-Exported Export(v1::TramsService::Stub* stub, const std::string& id) {
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  v1::ExportSessionRequest req;
-  req.set_session_id(id);
-  auto reader = stub->ExportSession(&ctx, req);
-  Exported out;
-  v1::SessionChunk chunk;
-  while (reader->Read(&chunk)) {
-    out.blob += chunk.data();
-    ++out.chunks;
-    EXPECT_GT(chunk.total_bytes(), 0);
-  }
-  out.status = reader->Finish();
-  return out;
-}
-
-grpc::Status Import(v1::TramsService::Stub* stub, const std::string& blob, const std::string& id, bool replace = false,
-                    v1::Session* out = nullptr, size_t chunk = 100000) {
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  v1::Session resp;
-  auto writer = stub->ImportSession(&ctx, &resp);
-  for (size_t at = 0; at < blob.size() || at == 0; at += chunk) {
-    v1::ImportSessionRequest req;
-    if (at == 0) {
-      req.set_session_id(id);
-      req.set_replace(replace);
-    }
-    req.set_data(blob.substr(at, chunk));
-    if (!writer->Write(req)) break;
-    if (blob.empty()) break;
-  }
-  writer->WritesDone();
-  grpc::Status st = writer->Finish();
-  if (out) *out = resp;
-  return st;
-}
-
-grpc::Status Fork(v1::TramsService::Stub* stub, const std::string& id, const std::string& new_id, v1::Session* out) {
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  v1::ForkSessionRequest req;
-  req.set_session_id(id);
-  req.set_new_session_id(new_id);
-  return stub->ForkSession(&ctx, req, out);
-}
-
 // The text of the test, in calls of uneven lengths (each leaves a provisional tail: 8 does not divide them).
 const std::vector<std::string>& Parts() {
   static const std::vector<std::string> parts = {Text(0, 203), Text(203, 77), Text(280, 141), Text(421, 95)};
