@@ -10,8 +10,10 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "engine/echo.h"
 
 namespace trams::server {
 namespace {
@@ -59,9 +61,10 @@ absl::StatusOr<AuthKeys> AuthKeys::Parse(absl::string_view text) {
     std::vector<absl::string_view> fields = absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
     auto bad = [&](absl::string_view why) {
       return absl::InvalidArgumentError(absl::StrCat("--auth_keys line ", line_no, ": ", why,
-                                                     " (each line: TENANT sha256:<64 hex digits of the key's SHA-256>)"));
+                                                     " (each line: TENANT sha256:<64 hex digits of the key's SHA-256>",
+                                                     " [QUOTA=N ...])"));
     };
-    if (fields.size() != 2) return bad(absl::StrCat(fields.size(), " fields"));
+    if (fields.size() < 2) return bad(absl::StrCat(fields.size(), " fields"));
     if (!IsValidTenantName(fields[0])) return bad("a tenant name is 1-64 characters from [A-Za-z0-9_.-]");
     if (!absl::StartsWith(fields[1], "sha256:") || fields[1].size() != 7 + 64) return bad("not a sha256: hash");
     Entry e;
@@ -73,6 +76,28 @@ absl::StatusOr<AuthKeys> AuthKeys::Parse(absl::string_view text) {
     }
     for (const Entry& other : keys.entries_) {
       if (std::memcmp(other.hash, e.hash, sizeof(e.hash)) == 0) return bad("the same key hash is listed twice");
+    }
+    TenantQuota& quota = keys.quotas_[e.tenant];
+    for (size_t f = 2; f < fields.size(); ++f) {
+      const size_t eq = fields[f].find('=');
+      const absl::string_view name = fields[f].substr(0, eq);
+      int64_t* slot = name == "max_sessions"           ? &quota.max_sessions
+                      : name == "max_pool_bytes"       ? &quota.max_pool_bytes
+                      : name == "tokens_per_second"    ? &quota.tokens_per_second
+                      : name == "max_concurrent_calls" ? &quota.max_concurrent_calls
+                                                       : nullptr;
+      if (slot == nullptr || eq == absl::string_view::npos) {
+        return bad(absl::StrCat("'", engine::EchoForError(std::string_view(fields[f].data(), fields[f].size())), "' is not a quota (max_sessions, max_pool_bytes, ",
+                                "tokens_per_second or max_concurrent_calls, as NAME=N)"));
+      }
+      int64_t value = 0;
+      if (!absl::SimpleAtoi(fields[f].substr(eq + 1), &value) || value < 0) {
+        return bad(absl::StrCat("quota ", name, " must be a whole number from 0 up"));
+      }
+      if (*slot != 0 && *slot != value) {
+        return bad(absl::StrCat("tenant ", e.tenant, "'s ", name, " was given as ", *slot, " on an earlier line"));
+      }
+      *slot = value;
     }
     keys.entries_.push_back(std::move(e));
   }

@@ -11,6 +11,7 @@
 #include "server/scheduler.h"
 #include "server/server_options.h"
 #include "server/session_manager.h"
+#include "server/tenant_limiter.h"
 #include "server/text_codec.h"
 
 namespace trams::server {
@@ -48,6 +49,7 @@ struct CallEnv {
   const ServerOptions* options = nullptr;
   CallTracker* calls = nullptr;
   MemoryShareSampler* share = nullptr;
+  TenantLimiter* tenants = nullptr;  // with --auth_keys: running calls and tokens per tenant
 
   // Output options for a segment: TRAMS selections (and sometimes the memory share) on TRAMS sessions.
   engine::OutputOptions SegmentOptions(const Session& s, engine::OutputOptions o, bool selections = true) const {

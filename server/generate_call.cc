@@ -37,6 +37,7 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
  private:
   absl::Status Prepare() {
     if (env_->calls->draining()) return absl::UnavailableError("the server is shutting down; retry on another replica");
+    if (!slot_.ok()) return slot_;  // the tenant's max_concurrent_calls
     absl::StatusOr<std::string> id = SessionIdOf(ctx_, req_.session_id(), tenant_);
     if (!id.ok()) return id.status();
     session_id_ = *id;

@@ -86,6 +86,13 @@ LmService::LmService(engine::Engine* model, absl::StatusOr<std::unique_ptr<engin
   env_.share = &share_;
 }
 
+void LmService::RequireKeys(AuthKeys keys) {
+  limiter_ = std::make_unique<TenantLimiter>(keys.quotas(), metrics_);
+  env_.tenants = limiter_.get();
+  sessions_->SetTenantQuotas(keys.quotas());
+  keys_ = std::move(keys);
+}
+
 absl::StatusOr<std::string> LmService::Authenticate(const grpc::CallbackServerContext* ctx) const {
   if (!keys_.has_value()) return std::string();
   const auto& md = ctx->client_metadata();

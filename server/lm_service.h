@@ -18,6 +18,7 @@
 #include "server/scheduler.h"
 #include "server/server_options.h"
 #include "server/session_manager.h"
+#include "server/tenant_limiter.h"
 #include "server/text_codec.h"
 #include "trams/v1/trams.grpc.pb.h"
 
@@ -30,8 +31,9 @@ class LmService final : public v1::TramsService::CallbackService {
   LmService(engine::Engine* model, absl::StatusOr<std::unique_ptr<engine::Tokenizer>> tokenizer,
             SessionManager* sessions, Scheduler* scheduler, Metrics* metrics, const ServerOptions& options);
 
-  // From now on every RPC needs a key of `keys` (before Start serves: not thread-safe against calls).
-  void RequireKeys(AuthKeys keys) { keys_ = std::move(keys); }
+  // From now on every RPC needs a key of `keys`, and its tenant's quotas hold (before Start serves: not
+  // thread-safe against calls).
+  void RequireKeys(AuthKeys keys);
 
   // New calls get UNAVAILABLE from now on; running calls continue.
   void StartDraining() { calls_.StartDraining(); }
@@ -66,6 +68,7 @@ class LmService final : public v1::TramsService::CallbackService {
 
   engine::Engine* model_;
   std::optional<AuthKeys> keys_;
+  std::unique_ptr<TenantLimiter> limiter_;  // with keys
   TextCodec codec_;
   SessionManager* sessions_;
   Metrics* metrics_;

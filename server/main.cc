@@ -38,7 +38,8 @@ ABSL_FLAG(std::optional<bool>, reflection, std::nullopt,
           "--auth_keys, off with it");
 ABSL_FLAG(std::string, auth_keys, "",
           "API keys file: every call must send 'authorization: Bearer <key>' with a key listed there (one line "
-          "per key: TENANT sha256:<hex of the key's SHA-256>); empty: no authentication");
+          "per key: TENANT sha256:<hex of the key's SHA-256> [QUOTA=N ...], quotas max_sessions, max_pool_bytes, "
+          "max_concurrent_calls, tokens_per_second); sessions belong to their tenant; empty: no authentication");
 ABSL_FLAG(std::string, port_file, "", "write '<grpc port> <metrics port>' here once serving");
 ABSL_FLAG(int, threads, 0, "host engine threads (0: one per core)");
 ABSL_FLAG(std::string, device, "auto",

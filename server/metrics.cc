@@ -102,6 +102,14 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                            .Help("Idle sessions moved from memory to the store to make room (restored on next use)")
                            .Register(*registry_)
                            .Add({});
+  quota_refusals_ = &BuildCounter()
+                        .Name("trams_quota_refusals_total")
+                        .Help("Requests refused by a tenant quota of --auth_keys, by tenant and quota")
+                        .Register(*registry_);
+  throttled_seconds_ = &BuildCounter()
+                           .Name("trams_throttled_seconds_total")
+                           .Help("Seconds segments waited for their tenant's tokens_per_second quota, by tenant")
+                           .Register(*registry_);
   snapshot_bytes_ = &BuildHistogram()
                          .Name("trams_snapshot_bytes")
                          .Help("Size of one written session snapshot")
@@ -251,6 +259,12 @@ void Metrics::SessionRestored(const std::string& source, double seconds) {
 }
 void Metrics::RestoreFailed(const std::string& reason) { restores_failed_->Add({{"reason", reason}}).Increment(); }
 void Metrics::SessionSpilled() { sessions_spilled_->Increment(); }
+void Metrics::QuotaRefused(const std::string& tenant, const std::string& quota) {
+  quota_refusals_->Add({{"tenant", tenant}, {"quota", quota}}).Increment();
+}
+void Metrics::Throttled(const std::string& tenant, double seconds) {
+  throttled_seconds_->Add({{"tenant", tenant}}).Increment(seconds);
+}
 void Metrics::SelectionShare(double selected_share, double recent_share) {
   selected_share_->Observe(selected_share);
   recent_share_->Observe(recent_share);

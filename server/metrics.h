@@ -65,6 +65,10 @@ class Metrics {
   void SessionRestored(const std::string& source, double seconds);
   void RestoreFailed(const std::string& reason);
   void SessionSpilled();
+  // Tenant quotas (--auth_keys): refusals by tenant and quota, and seconds calls were held back by the
+  // tokens_per_second bucket.
+  void QuotaRefused(const std::string& tenant, const std::string& quota);
+  void Throttled(const std::string& tenant, double seconds);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -99,6 +103,8 @@ class Metrics {
   prometheus::Family<prometheus::Counter>* sessions_restored_;
   prometheus::Family<prometheus::Counter>* restores_failed_;
   prometheus::Counter* sessions_spilled_;
+  prometheus::Family<prometheus::Counter>* quota_refusals_;
+  prometheus::Family<prometheus::Counter>* throttled_seconds_;
   prometheus::Histogram* snapshot_bytes_;
   prometheus::Histogram* snapshot_seconds_;
   prometheus::Histogram* restore_seconds_;

@@ -26,12 +26,17 @@ absl::Status Scheduler::Submit(SegmentJob job) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return absl::UnavailableError("the server is shutting down");
-    if (static_cast<int>(queue_.size()) >= options_.max_queue) {
+    if (static_cast<int>(queue_.size() + waiting_.size()) >= options_.max_queue) {
       return absl::ResourceExhaustedError(
           absl::StrCat("the engine queue is full (", options_.max_queue, " segments); retry with backoff"));
     }
     job.enqueued = Clock::now();
-    queue_.push_back(std::move(job));
+    if (job.not_before > job.enqueued) {
+      const Clock::time_point at = job.not_before;
+      waiting_.emplace(at, std::move(job));
+    } else {
+      queue_.push_back(std::move(job));
+    }
     if (metrics_) metrics_->QueueLength(static_cast<int64_t>(queue_.size()));
   }
   cv_.notify_one();
@@ -66,7 +71,15 @@ void Scheduler::Run() {
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      for (;;) {
+        PromoteDue(stopping_ ? Clock::time_point::max() : Clock::now());
+        if (!queue_.empty() || stopping_) break;
+        if (waiting_.empty()) {
+          cv_.wait(lock);
+        } else {
+          cv_.wait_until(lock, waiting_.begin()->first);
+        }
+      }
       if (queue_.empty()) return;  // stopping and drained
       // Calls that just got a result usually submit their next segment within microseconds: give
       // them a moment to join, so that N busy sessions make one batch of N rather than N batches.
@@ -83,6 +96,14 @@ void Scheduler::Run() {
       if (metrics_) metrics_->QueueLength(static_cast<int64_t>(queue_.size()));
     }
     RunBatch(batch);
+  }
+}
+
+void Scheduler::PromoteDue(Clock::time_point now) {
+  while (!waiting_.empty() && waiting_.begin()->first <= now) {
+    queue_.push_back(std::move(waiting_.begin()->second));
+    queue_.back().enqueued = Clock::now();  // queue wait counts from here: the wait before was the tenant's
+    waiting_.erase(waiting_.begin());
   }
 }
 

@@ -4,12 +4,15 @@
 //
 // Contract: a job's `stream` belongs to the submitting call until `done` runs (on the worker thread);
 // the call submits its next segment only after that, so a session never has two jobs queued.
+// A job may carry a `not_before` time (its tenant's tokens_per_second): it waits aside until then; a
+// stopping scheduler runs waiting jobs at once.
 #pragma once
 
 #include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -29,6 +32,7 @@ struct SegmentJob {
   bool commit = true;  // false: provisional (see SegmentInput::commit)
   std::function<void(absl::StatusOr<engine::SegmentOutput>)> done;
   std::chrono::steady_clock::time_point enqueued;
+  std::chrono::steady_clock::time_point not_before;  // default: at once
 };
 
 class Scheduler {
@@ -47,6 +51,7 @@ class Scheduler {
  private:
   void Run();
   void RunBatch(std::vector<SegmentJob>& batch);
+  void PromoteDue(std::chrono::steady_clock::time_point now);  // mu_ held: waiting jobs now due to the queue
 
   engine::Engine* model_;
   SchedulerOptions options_;
@@ -54,6 +59,7 @@ class Scheduler {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<SegmentJob> queue_;
+  std::multimap<std::chrono::steady_clock::time_point, SegmentJob> waiting_;  // by not_before
   int active_calls_ = 0;
   bool stopping_ = false;
   std::thread worker_;

@@ -48,6 +48,9 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
       if (env_->calls->draining()) {
         EndWith(absl::UnavailableError("the server is shutting down; retry on another replica"));
         MaybeFinish(a);
+      } else if (!slot_.ok()) {
+        EndWith(slot_);  // the tenant's max_concurrent_calls
+        MaybeFinish(a);
       } else {
         reading_ = true;
         a.read = true;

@@ -42,8 +42,12 @@ class SessionCall : public Reactor {
   SessionCall(const CallEnv* env, grpc::CallbackServerContext* ctx, const char* method, std::string tenant)
       : env_(env), ctx_(ctx), method_(method), tenant_(std::move(tenant)), start_(Clock::now()) {
     env_->calls->Started();
+    if (env_->tenants) slot_ = env_->tenants->StartCall(tenant_);
   }
-  ~SessionCall() override { env_->calls->Ended(); }
+  ~SessionCall() override {
+    if (env_->tenants && slot_.ok()) env_->tenants->EndCall(tenant_);
+    env_->calls->Ended();
+  }
 
   // Hooks for the concrete call (mutex held).
   virtual void OnSessionTaken(Actions& a) = 0;        // the session is ours and the transaction open
@@ -126,6 +130,11 @@ class SessionCall : public Reactor {
       env_->sessions->Acquire(*a.acquire, [this](absl::StatusOr<std::shared_ptr<Session>> r) { Taken(std::move(r)); });
     }
     if (a.submit) {
+      // The tenant's tokens_per_second: a segment it cannot pay for yet waits in the scheduler.
+      if (env_->tenants != nullptr) {
+        const Clock::time_point now = Clock::now();
+        a.submit->not_before = now + env_->tenants->Reserve(tenant_, static_cast<int64_t>(a.submit->tokens.size()), now);
+      }
       absl::Status s = env_->scheduler->Submit(std::move(*a.submit));
       if (!s.ok()) {
         Actions next;
@@ -194,6 +203,7 @@ class SessionCall : public Reactor {
   grpc::CallbackServerContext* ctx_;
   const char* method_;
   const std::string tenant_;  // the caller's (LmService::Authenticate): its session ids are scoped in it
+  absl::Status slot_;         // the tenant's running-call slot (max_concurrent_calls), or why there is none
   using Clock = std::chrono::steady_clock;
   Clock::time_point start_;
   std::mutex mu_;

@@ -145,6 +145,9 @@ void SessionManager::Admit(const std::shared_ptr<Session>& s) {
   s->pool_bytes = s->stream->bytes();
   bytes_in_use_ += s->pool_bytes;
   pool_bytes_ += s->pool_bytes;
+  TenantUsage& use = usage_[std::string(TenantOfSessionId(s->id))];
+  ++use.sessions;
+  use.pool_bytes += s->pool_bytes;
   idle_lru_.push_back(s->id);
   s->lru = std::prev(idle_lru_.end());
   sessions_[s->id] = s;
@@ -158,6 +161,10 @@ void SessionManager::Remove(std::shared_ptr<Session> s, const std::string& reaso
   s->state = SessionState::kRemoved;
   bytes_in_use_ -= s->pool_bytes;
   pool_bytes_ -= s->pool_bytes;
+  if (auto use = usage_.find(TenantOfSessionId(s->id)); use != usage_.end()) {
+    use->second.pool_bytes -= s->pool_bytes;
+    if (--use->second.sessions == 0) usage_.erase(use);
+  }
   sessions_.erase(s->id);
   if (!reason.empty()) {
     tombstones_[s->id] = reason;
@@ -170,32 +177,56 @@ void SessionManager::Remove(std::shared_ptr<Session> s, const std::string& reaso
   PublishGauges();
 }
 
-absl::Status SessionManager::MakeRoom(int64_t bytes, bool new_session) {
-  const bool count_limited = new_session;
-  auto fits = [&](int64_t in_use, size_t count) {
-    return in_use + bytes <= limits_.memory_budget_bytes &&
-           (!count_limited || static_cast<int64_t>(count) < limits_.max_sessions);
+absl::Status SessionManager::MakeRoom(int64_t bytes, bool new_session, const std::string& id, bool pool) {
+  const absl::string_view tenant = TenantOfSessionId(id);
+  TenantQuota quota;
+  if (auto q = quotas_.find(tenant); q != quotas_.end()) quota = q->second;
+  TenantUsage use;
+  if (auto u = usage_.find(tenant); u != usage_.end()) use = u->second;
+  const int64_t grow = pool ? bytes : 0;
+  struct Held {
+    int64_t in_use, count, tenant_bytes, tenant_count;
   };
-  if (fits(bytes_in_use_, sessions_.size())) return absl::OkStatus();
-  // Decide before evicting: find the fewest least-recently-used idle sessions whose removal makes the
-  // request fit. If even all of them would not do, evict nobody (a request that cannot fit must not
-  // wipe the idle sessions on its way to failing).
-  size_t victims = 0;
+  auto server_fits = [&](const Held& h) {
+    return h.in_use + bytes <= limits_.memory_budget_bytes && (!new_session || h.count < limits_.max_sessions);
+  };
+  auto quota_fits = [&](const Held& h) {
+    return (grow == 0 || quota.max_pool_bytes == 0 || h.tenant_bytes + grow <= quota.max_pool_bytes) &&
+           (!new_session || quota.max_sessions == 0 || h.tenant_count < quota.max_sessions);
+  };
+  Held held{bytes_in_use_, static_cast<int64_t>(sessions_.size()), use.pool_bytes, use.sessions};
+  if (server_fits(held) && quota_fits(held)) return absl::OkStatus();
+  // Decide before evicting: find the fewest least-recently-used idle sessions of the caller's tenant whose
+  // removal makes the request fit. If even all of them would not do, evict nobody (a request that cannot
+  // fit must not wipe the idle sessions on its way to failing). Other tenants' sessions are never taken.
+  std::vector<std::string> victims;
   if (limits_.eviction == EvictionPolicy::kLeastRecentlyUsed) {
-    int64_t in_use = bytes_in_use_;
-    size_t count = sessions_.size();
-    for (auto it = idle_lru_.begin(); it != idle_lru_.end() && !fits(in_use, count); ++it) {
-      in_use -= sessions_.at(*it)->pool_bytes;
-      --count;
-      ++victims;
+    for (auto it = idle_lru_.begin(); it != idle_lru_.end() && !(server_fits(held) && quota_fits(held)); ++it) {
+      if (TenantOfSessionId(*it) != tenant) continue;
+      const int64_t b = sessions_.at(*it)->pool_bytes;
+      held = {held.in_use - b, held.count - 1, held.tenant_bytes - b, held.tenant_count - 1};
+      victims.push_back(*it);
     }
-    if (!fits(in_use, count)) victims = 0;
   }
-  if (victims == 0) {
+  if (!(server_fits(held) && quota_fits(held))) {
     if (bytes > limits_.memory_budget_bytes) {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "%d bytes needed, more than the whole memory budget of %d bytes: use a smaller mem_len", bytes,
           limits_.memory_budget_bytes));
+    }
+    if (!quota_fits(held)) {
+      const bool bytes_quota = grow > 0 && quota.max_pool_bytes > 0 && held.tenant_bytes + grow > quota.max_pool_bytes;
+      if (metrics_) metrics_->QuotaRefused(std::string(tenant), bytes_quota ? "max_pool_bytes" : "max_sessions");
+      if (bytes_quota) {
+        return absl::ResourceExhaustedError(absl::StrFormat(
+            "tenant '%s' holds %d pool bytes in sessions; %d more would pass its quota max_pool_bytes=%d (its idle "
+            "sessions would not make room): delete one of its sessions or use a smaller mem_len",
+            tenant, use.pool_bytes, grow, quota.max_pool_bytes));
+      }
+      return absl::ResourceExhaustedError(absl::StrCat("tenant '", tenant, "' holds its quota of max_sessions=",
+                                                       quota.max_sessions, " sessions, none of them idle",
+                                                       limits_.eviction == EvictionPolicy::kRefuse ? " (eviction is off)" : "",
+                                                       ": delete one or retry later"));
     }
     if (new_session && static_cast<int64_t>(sessions_.size()) >= limits_.max_sessions &&
         bytes_in_use_ + bytes <= limits_.memory_budget_bytes) {
@@ -203,19 +234,26 @@ absl::Status SessionManager::MakeRoom(int64_t bytes, bool new_session) {
                                                        " sessions; delete one or retry later"));
     }
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "memory budget exhausted: %d bytes needed, %d of %d in use%s", bytes, bytes_in_use_,
+        "memory budget exhausted: %d bytes needed, %d of %d in use%s%s", bytes, bytes_in_use_,
         limits_.memory_budget_bytes,
         limits_.eviction == EvictionPolicy::kRefuse ? " (eviction is off)"
-                                                    : ", and evicting every idle session would not make room"));
+                                                    : ", and evicting every idle session would not make room",
+        tenant.empty() ? "" : " (only the caller's own sessions are evicted for it)"));
   }
-  for (size_t i = 0; i < victims; ++i) {
-    const std::string victim = idle_lru_.front();
+  for (const std::string& victim : victims) {
     const bool for_memory = bytes_in_use_ + bytes > limits_.memory_budget_bytes;
-    const char* why = for_memory ? "memory_budget" : "max_sessions";
+    const bool for_count = new_session && static_cast<int64_t>(sessions_.size()) >= limits_.max_sessions;
+    const char* why = for_memory ? "memory_budget" : for_count ? "max_sessions" : "tenant_quota";
     LeaveMemory(sessions_.at(victim),
                 absl::StrCat("evicted (least recently used) to make room, reason ", why, ", at unix ms ", NowMs()), why);
   }
   return absl::OkStatus();
+}
+
+void SessionManager::SetTenantQuotas(const std::map<std::string, TenantQuota>& quotas) {
+  std::lock_guard<std::mutex> lock(mu_);
+  quotas_.clear();
+  quotas_.insert(quotas.begin(), quotas.end());
 }
 
 absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const engine::TramsSettings& memory, int segment_len) {
@@ -241,7 +279,7 @@ absl::StatusOr<SessionSnapshot> SessionManager::Create(std::string id, const eng
   } else if (sessions_.count(id)) {
     return absl::AlreadyExistsError(absl::StrCat(SessionRef(id), " already exists"));
   }
-  absl::Status room = MakeRoom(bytes, /*new_session=*/true);
+  absl::Status room = MakeRoom(bytes, /*new_session=*/true, id);
   if (!room.ok()) return room;
   absl::StatusOr<std::unique_ptr<engine::EngineStream>> stream = model_->NewStream(memory);  // only after the check
   if (!stream.ok()) return stream.status();
@@ -358,7 +396,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Take(const std::shared_
   const int64_t undo = reserve_undo ? s->pool_bytes : 0;
   idle_lru_.erase(s->lru);  // it is idle here (Acquire, or Release's hand-over)
   s->state = SessionState::kRunning;  // off the eviction list while making room
-  absl::Status room = MakeRoom(undo, /*new_session=*/false);
+  absl::Status room = MakeRoom(undo, /*new_session=*/false, s->id, /*pool=*/false);
   if (!room.ok()) {
     s->state = SessionState::kIdle;
     idle_lru_.push_back(s->id);
@@ -510,7 +548,7 @@ absl::StatusOr<SessionSnapshot> SessionManager::Insert(SessionImage image, const
     idle_lru_.push_back(id);
     old->lru = std::prev(idle_lru_.end());
   };
-  if (absl::Status room = MakeRoom(*bytes, /*new_session=*/old == nullptr); !room.ok()) {
+  if (absl::Status room = MakeRoom(*bytes, /*new_session=*/old == nullptr, id); !room.ok()) {
     put_back();
     return room;
   }

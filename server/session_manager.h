@@ -27,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "engine/engine.h"
+#include "server/auth_keys.h"
 #include "server/server_options.h"
 #include "server/session.h"
 #include "server/session_snapshot.h"
@@ -52,6 +53,10 @@ class SessionManager {
   SessionManager(engine::Engine* model, const SessionLimits& limits, int64_t input_buffer_budget_bytes,
                  Metrics* metrics, SessionPersistence persistence = {});
   ~SessionManager();  // stops the reaper, then writes what the snapshot writer still holds
+
+  // Per-tenant quotas of sessions and pool bytes (--auth_keys). A tenant's new session, restore or call
+  // makes room by evicting (or spilling) only that tenant's own idle sessions, never another's.
+  void SetTenantQuotas(const std::map<std::string, TenantQuota>& quotas);
 
   absl::StatusOr<SessionSnapshot> Create(std::string id, const engine::TramsSettings& memory, int segment_len);
   absl::StatusOr<SessionSnapshot> Get(const std::string& id);
@@ -133,7 +138,9 @@ class SessionManager {
   static absl::Status HeldError(const std::string& id);  // FAILED_PRECONDITION: a call holds the session
 
  private:
-  absl::Status MakeRoom(int64_t bytes, bool new_session);        // mu_ held
+  // Room for `bytes` more in the budget (a new session's pool, or a call's undo log: `pool` false), for
+  // the tenant of `id`, evicting its least recently used idle sessions if that suffices. mu_ held.
+  absl::Status MakeRoom(int64_t bytes, bool new_session, const std::string& id, bool pool = true);
   void Admit(const std::shared_ptr<Session>& s);  // a new idle session into the map, budget and LRU; mu_ held
   void Remove(std::shared_ptr<Session> s, const std::string& reason);  // mu_ held
   absl::StatusOr<std::shared_ptr<Session>> Take(const std::shared_ptr<Session>& s, bool reserve_undo);  // mu_ held
@@ -149,6 +156,12 @@ class SessionManager {
   std::list<std::string> idle_lru_;  // idle sessions, least recently used first
   std::map<std::string, std::string> tombstones_;  // evicted id -> why (bounded)
   std::deque<std::string> tombstone_order_;
+  struct TenantUsage {
+    int64_t sessions = 0;
+    int64_t pool_bytes = 0;
+  };
+  std::map<std::string, TenantQuota, std::less<>> quotas_;
+  std::map<std::string, TenantUsage, std::less<>> usage_;  // tenants with sessions in memory
   int64_t bytes_in_use_ = 0;   // pools + undo reservations
   int64_t pool_bytes_ = 0;     // pools only
   const int64_t buffer_budget_;

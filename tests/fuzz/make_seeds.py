@@ -166,6 +166,8 @@ def main():
     write("fuzz_auth_keys", "match", "Bearer alice-key\n# tenants\nalice sha256:%s\nbob\tsha256:%s  # x\n"
           % (key_hash, hashlib.sha256(b"bob").hexdigest()))
     write("fuzz_auth_keys", "no_match", "Bearer nope\nalice sha256:%s\n" % key_hash)
+    write("fuzz_auth_keys", "quotas", "Bearer alice-key\nalice sha256:%s max_sessions=4 max_pool_bytes=1048576\n"
+          "bob sha256:%s tokens_per_second=500 max_concurrent_calls=2\n" % (key_hash, hashlib.sha256(b"bob").hexdigest()))
     write("fuzz_session_snapshot", "trams", session_sections())
     write("fuzz_session_snapshot", "xl_no_selection", session_sections("xl", selection=False))
     write("fuzz_session_snapshot", "no_memory", session_sections("none", size=0, position=3, tail=()))

@@ -300,3 +300,44 @@ test('TLS and mutual TLS (node @grpc/grpc-js)', async (t) => {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+// API keys and tenants (--auth_keys): keys in 'authorization: Bearer' metadata, sessions per tenant, a quota.
+test('API keys, tenants and quotas (node @grpc/grpc-js)', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'trams-keys-node-'));
+  const sha = (key) => require('node:crypto').createHash('sha256').update(key).digest('hex');
+  fs.writeFileSync(`${dir}/keys`, `alice sha256:${sha('alice-key')}\nbob sha256:${sha('bob-key')} max_sessions=1\n`);
+  const server = startServer(fs.mkdtempSync(path.join(dir, 'srv-')), ['--auth_keys', `${dir}/keys`, '--evict', 'refuse']);
+  const port = await server.ready;
+  const client = new v1.TramsService(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  const as = (key) => {
+    const m = new grpc.Metadata();
+    if (key) m.set('authorization', `Bearer ${key}`);
+    return m;
+  };
+  const call = (method, request, key) => new Promise((resolve, reject) =>
+    client[method](request, as(key), deadline(), (err, res) => (err ? reject(err) : resolve(res))));
+  const code = (c) => (err) => err.code === c;
+  try {
+    await t.test('without a key every call is UNAUTHENTICATED', async () => {
+      await assert.rejects(call('GetModelInfo', {}, ''), code(grpc.status.UNAUTHENTICATED));
+      await assert.rejects(call('ListSessions', {}, 'wrong-key'), code(grpc.status.UNAUTHENTICATED));
+    });
+    await t.test("another tenant's session is NOT_FOUND; one id in two tenants; bob's quota", async () => {
+      await call('CreateSession', { session_id: 'doc' }, 'alice-key');
+      await assert.rejects(call('GetSession', { session_id: 'doc' }, 'bob-key'),
+        (err) => err.code === grpc.status.NOT_FOUND && err.details === "session 'doc' does not exist");
+      assert.deepEqual((await call('ListSessions', {}, 'bob-key')).sessions, []);
+      assert.equal((await call('CreateSession', { session_id: 'doc' }, 'bob-key')).session_id, 'doc');
+      await assert.rejects(call('CreateSession', { session_id: 'two' }, 'bob-key'),
+        (err) => err.code === grpc.status.RESOURCE_EXHAUSTED && err.details.includes('max_sessions=1'));
+      const mine = (await call('ListSessions', {}, 'alice-key')).sessions.map((s) => s.session_id);
+      assert.deepEqual(mine, ['doc']);
+    });
+  } finally {
+    client.close();
+    server.proc.kill('SIGTERM');
+    const { code: exit } = await server.exited;
+    assert.equal(exit, 0, server.logTail());
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

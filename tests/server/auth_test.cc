@@ -43,11 +43,34 @@ TEST(AuthKeysTest, ParsesTheFileAndAuthenticatesBearerKeys) {
   }
 }
 
+TEST(AuthKeysTest, QuotasFollowTheHashAndBelongToTheTenant) {
+  const std::string text = "alice sha256:" + AuthKeys::Sha256Hex("a1") + " max_sessions=4 max_pool_bytes=1000000\n" +
+                           "alice sha256:" + AuthKeys::Sha256Hex("a2") + " tokens_per_second=500 max_sessions=4\n" +
+                           "bob sha256:" + AuthKeys::Sha256Hex("b1") + "\n" +
+                           "carol sha256:" + AuthKeys::Sha256Hex("c1") + " max_concurrent_calls=2\n";
+  absl::StatusOr<AuthKeys> keys = AuthKeys::Parse(text);
+  ASSERT_TRUE(keys.ok()) << keys.status();
+  ASSERT_EQ(keys->quotas().size(), 3u) << "every tenant is listed, also one without quotas";
+  const TenantQuota& alice = keys->quotas().at("alice");
+  EXPECT_EQ(alice.max_sessions, 4);
+  EXPECT_EQ(alice.max_pool_bytes, 1000000);
+  EXPECT_EQ(alice.tokens_per_second, 500) << "a tenant's quotas come from all its lines";
+  EXPECT_EQ(alice.max_concurrent_calls, 0);
+  const TenantQuota& bob = keys->quotas().at("bob");
+  EXPECT_EQ(bob.max_sessions + bob.max_pool_bytes + bob.tokens_per_second + bob.max_concurrent_calls, 0);
+  EXPECT_EQ(keys->quotas().at("carol").max_concurrent_calls, 2);
+}
+
 TEST(AuthKeysTest, BadFilesNameTheLine) {
   const std::string h = AuthKeys::Sha256Hex("k");
   const std::pair<std::string, std::string> cases[] = {
       {"alice\n", "line 1: 1 fields"},
-      {"alice sha256:" + h + " extra\n", "line 1: 3 fields"},
+      {"alice sha256:" + h + " extra\n", "line 1: 'extra' is not a quota"},
+      {"alice sha256:" + h + " max_sessions=-1\n", "line 1: quota max_sessions must be a whole number"},
+      {"alice sha256:" + h + " max_sessions=2.5\n", "must be a whole number"},
+      {"alice sha256:" + h + " tokens_per_second=99999999999999999999\n", "must be a whole number"},
+      {"alice sha256:" + h + " max_sessions=2\nalice sha256:" + AuthKeys::Sha256Hex("k2") + " max_sessions=3\n",
+       "line 2: tenant alice's max_sessions was given as 2"},
       {"\n\nal/ice sha256:" + h + "\n", "line 3: a tenant name"},
       {"alice sha1:" + h + "\n", "not a sha256"},
       {"alice sha256:" + h.substr(1) + "\n", "not a sha256"},
