@@ -26,7 +26,9 @@ absl::Status CheckStreamImage(const ModelConfig& config, const StreamImage& imag
     return absl::InvalidArgumentError(
         absl::StrCat("the pool holds ", image.size, " tokens but its capacity is ", image.settings.mem_len));
   }
-  if (image.position < 0) return absl::InvalidArgumentError(absl::StrCat("negative position ", image.position));
+  if (image.position < 0 || image.position > kMaxStreamPosition) {
+    return absl::InvalidArgumentError(absl::StrCat("position ", image.position, " is outside [0, 2^62]"));
+  }
   const size_t hidden = image.position == 0 ? 0 : static_cast<size_t>(config.d_model);
   if (image.last_hidden.size() != hidden) {
     return absl::InvalidArgumentError(absl::StrCat("the hidden state has ", image.last_hidden.size(),

@@ -14,11 +14,15 @@
 
 namespace trams::engine {
 
+// The furthest a stream can be (2^62 tokens): positions and counts read from a snapshot stay below it, so
+// their sums and differences cannot overflow int64.
+inline constexpr int64_t kMaxStreamPosition = int64_t{1} << 62;
+
 struct StreamImage {
   TramsSettings settings;
   PoolDType pool_dtype = PoolDType::kF32;
   int size = 0;          // tokens in the pool
-  int64_t position = 0;  // tokens consumed
+  int64_t position = 0;  // tokens consumed, at most kMaxStreamPosition
   // The last consumed token's final hidden state (d_model floats); empty before the first token.
   std::vector<float> last_hidden;
   // Every layer's rows in pool order (0 = oldest), layer after layer: [n_layer][size][H * Dh] elements as the

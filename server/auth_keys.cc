@@ -52,6 +52,7 @@ std::string AuthKeys::Sha256Hex(absl::string_view data) {
 
 absl::StatusOr<AuthKeys> AuthKeys::Parse(absl::string_view text) {
   AuthKeys keys;
+  std::map<std::string, std::map<std::string, int64_t>> given;  // tenant -> quota -> value, as written
   int line_no = 0;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_no;
@@ -90,12 +91,15 @@ absl::StatusOr<AuthKeys> AuthKeys::Parse(absl::string_view text) {
         return bad(absl::StrCat("'", engine::EchoForError(std::string_view(fields[f].data(), fields[f].size())), "' is not a quota (max_sessions, max_pool_bytes, ",
                                 "tokens_per_second or max_concurrent_calls, as NAME=N)"));
       }
+      const absl::string_view digits = fields[f].substr(eq + 1);
       int64_t value = 0;
-      if (!absl::SimpleAtoi(fields[f].substr(eq + 1), &value) || value < 0) {
+      if (digits.empty() || digits.find_first_not_of("0123456789") != absl::string_view::npos ||
+          !absl::SimpleAtoi(digits, &value)) {
         return bad(absl::StrCat("quota ", name, " must be a whole number from 0 up"));
       }
-      if (*slot != 0 && *slot != value) {
-        return bad(absl::StrCat("tenant ", e.tenant, "'s ", name, " was given as ", *slot, " on an earlier line"));
+      auto [it, added] = given[e.tenant].emplace(std::string(name), value);
+      if (!added && it->second != value) {
+        return bad(absl::StrCat("tenant ", e.tenant, "'s ", name, " was given as ", it->second, " already"));
       }
       *slot = value;
     }

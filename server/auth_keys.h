@@ -25,7 +25,7 @@ namespace trams::server {
 bool IsValidTenantName(absl::string_view tenant);
 
 // What one tenant may hold and use; 0 is no quota. Sessions and pool bytes count the sessions in memory
-// (SessionManager), calls and tokens the running Score/Generate calls (TenantLimiter).
+// (SessionManager), calls and tokens the running Score, Generate, Export and Import calls (TenantLimiter).
 struct TenantQuota {
   int64_t max_sessions = 0;
   int64_t max_pool_bytes = 0;

@@ -5,6 +5,8 @@
 #include <grpcpp/alarm.h>
 
 #include <chrono>
+#include <memory>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "server/generate_call.h"
@@ -94,9 +96,18 @@ void LmService::RequireKeys(AuthKeys keys) {
 }
 
 absl::StatusOr<std::string> LmService::Authenticate(const grpc::CallbackServerContext* ctx) const {
-  if (!keys_.has_value()) return std::string();
   const auto& md = ctx->client_metadata();
   auto it = md.find("authorization");
+  if (cert_tenants_ && it == md.end()) {
+    const std::shared_ptr<const grpc::AuthContext> auth = ctx->auth_context();
+    const std::vector<grpc::string_ref> cn = auth ? auth->FindPropertyValues("x509_common_name")
+                                                  : std::vector<grpc::string_ref>();
+    const absl::string_view name = cn.size() == 1 ? absl::string_view(cn[0].data(), cn[0].size()) : absl::string_view();
+    if (IsValidTenantName(name)) return std::string(name);
+    return absl::UnauthenticatedError(
+        "no API key, and the client certificate's subject CN is not a tenant name (1-64 of [A-Za-z0-9_.-])");
+  }
+  if (!keys_.has_value()) return std::string();
   const absl::string_view value = it == md.end() ? absl::string_view() : absl::string_view(it->second.data(), it->second.size());
   return keys_->Authenticate(value);
 }

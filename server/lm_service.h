@@ -34,6 +34,9 @@ class LmService final : public v1::TramsService::CallbackService {
   // From now on every RPC needs a key of `keys`, and its tenant's quotas hold (before Start serves: not
   // thread-safe against calls).
   void RequireKeys(AuthKeys keys);
+  // From now on a call without an API key is the tenant its verified client certificate's CN names
+  // (mutual TLS: the client CA vouches for the name); one without a usable CN is UNAUTHENTICATED.
+  void TenantsFromCertificates() { cert_tenants_ = true; }
 
   // New calls get UNAVAILABLE from now on; running calls continue.
   void StartDraining() { calls_.StartDraining(); }
@@ -63,11 +66,13 @@ class LmService final : public v1::TramsService::CallbackService {
                                         v1::Session* resp) override;
 
  private:
-  // The caller's tenant ("" without --auth_keys), or UNAUTHENTICATED: the first thing every RPC does.
+  // The caller's tenant (its API key's, else its certificate's with TenantsFromCertificates; "" with
+  // neither configured), or UNAUTHENTICATED: the first thing every RPC does.
   absl::StatusOr<std::string> Authenticate(const grpc::CallbackServerContext* ctx) const;
 
   engine::Engine* model_;
   std::optional<AuthKeys> keys_;
+  bool cert_tenants_ = false;
   std::unique_ptr<TenantLimiter> limiter_;  // with keys
   TextCodec codec_;
   SessionManager* sessions_;

@@ -25,6 +25,9 @@ ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: the gRPC port speak
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle: clients must present a certificate it signed (mutual TLS); needs --tls_cert");
+ABSL_FLAG(bool, tls_client_tenants, false,
+          "with --tls_client_ca: a call without an API key belongs to the tenant its client certificate's subject "
+          "CN names (1-64 of [A-Za-z0-9_.-]; quotas from --auth_keys when it lists that tenant)");
 ABSL_FLAG(int, tls_reload_seconds, 60,
           "how often the TLS files are re-read: replace them (atomically) to rotate certificates without a "
           "restart; sessions and connections stay");
@@ -35,7 +38,7 @@ ABSL_FLAG(int, keepalive_seconds, 120,
           "ping connections this often; one that does not answer within 20 s is dropped (0: no pings)");
 ABSL_FLAG(std::optional<bool>, reflection, std::nullopt,
           "serve grpc.reflection.v1alpha (lets tools such as grpcurl list the API); default: on without "
-          "--auth_keys, off with it");
+          "--auth_keys or --tls_client_tenants, off with either");
 ABSL_FLAG(std::string, auth_keys, "",
           "API keys file: every call must send 'authorization: Bearer <key>' with a key listed there (one line "
           "per key: TENANT sha256:<hex of the key's SHA-256> [QUOTA=N ...], quotas max_sessions, max_pool_bytes, "
@@ -84,6 +87,8 @@ ABSL_FLAG(std::string, state_store, "",
 ABSL_FLAG(int, state_lease_seconds, 10,
           "--state_store: a replica's claim on its sessions, renewed every second; after a crash its sessions "
           "move to another replica once this has passed");
+ABSL_FLAG(std::string, state_store_password_file, "",
+          "--state_store: a file whose first line is the Redis password (sent with AUTH; kept out of argv)");
 ABSL_FLAG(std::string, replica_id, "", "--state_store: this replica's name in lease keys (empty: host-pid-random)");
 ABSL_FLAG(int, snapshot_interval_seconds, 0,
           "with --state_dir: write sessions changed since their last snapshot this often, so SIGKILL loses at "
@@ -109,6 +114,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.tls.key = absl::GetFlag(FLAGS_tls_key);
   o.tls.client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   o.tls.reload_seconds = absl::GetFlag(FLAGS_tls_reload_seconds);
+  o.tls.client_tenants = absl::GetFlag(FLAGS_tls_client_tenants);
   o.port_file = absl::GetFlag(FLAGS_port_file);
   o.device.threads = absl::GetFlag(FLAGS_threads);
   o.device.device = absl::GetFlag(FLAGS_device);
@@ -140,6 +146,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.limits.idle_ttl_seconds = absl::GetFlag(FLAGS_idle_ttl_seconds);
   o.persistence.state_dir = absl::GetFlag(FLAGS_state_dir);
   o.persistence.state_store = absl::GetFlag(FLAGS_state_store);
+  o.persistence.state_store_password_file = absl::GetFlag(FLAGS_state_store_password_file);
   o.persistence.lease_seconds = absl::GetFlag(FLAGS_state_lease_seconds);
   o.persistence.replica_id = absl::GetFlag(FLAGS_replica_id);
   o.persistence.snapshot_interval_seconds = absl::GetFlag(FLAGS_snapshot_interval_seconds);

@@ -57,10 +57,10 @@ absl::StatusOr<RedisAddress> ParseRedisUrl(const std::string& url) {
 }
 
 absl::StatusOr<std::unique_ptr<RedisStore>> RedisStore::Open(const std::string& url, std::string replica,
-                                                             std::chrono::milliseconds lease) {
+                                                             std::chrono::milliseconds lease, std::string password) {
   absl::StatusOr<RedisAddress> address = ParseRedisUrl(url);
   if (!address.ok()) return address.status();
-  std::unique_ptr<RedisStore> store(new RedisStore(url, *address, std::move(replica), lease));
+  std::unique_ptr<RedisStore> store(new RedisStore(url, *address, std::move(replica), lease, std::move(password)));
   std::lock_guard<std::mutex> lock(store->mu_);
   if (absl::Status s = store->Connect(); !s.ok()) return s;
   return store;
@@ -84,13 +84,29 @@ absl::Status RedisStore::Connect() {
     return absl::UnavailableError(absl::StrCat("cannot reach the state store ", url_, ": ", why));
   }
   redisSetTimeout(ctx_, timeout);
-  if (address_.db != 0) {
-    auto* r = static_cast<redisReply*>(redisCommand(ctx_, "SELECT %d", address_.db));
-    const bool ok = r != nullptr && r->type == REDIS_REPLY_STATUS;
+  // AUTH first (a password-protected Redis answers every other command NOAUTH), then SELECT, then a PING
+  // so that a missing password is a failed start here rather than a failing write later.
+  auto run = [&](redisReply* r, const char* what) -> absl::Status {
+    const std::string error = r == nullptr ? std::string(ctx_->errstr)
+                              : r->type == REDIS_REPLY_ERROR ? std::string(r->str, r->len) : std::string();
     if (r != nullptr) freeReplyObject(r);
-    if (!ok) return absl::UnavailableError(absl::StrCat("the state store ", url_, " refused SELECT ", address_.db));
+    if (error.empty()) return absl::OkStatus();
+    if (error.rfind("NOAUTH", 0) == 0 || error.rfind("WRONGPASS", 0) == 0 || error.find("invalid password") != std::string::npos) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "the state store ", url_, " refused ", what, ": ", error.substr(0, 200),
+          password_.empty() ? " (it wants a password: --state_store_password_file)" : " (check --state_store_password_file)"));
+    }
+    return absl::UnavailableError(absl::StrCat("the state store ", url_, " refused ", what, ": ", error.substr(0, 200)));
+  };
+  if (!password_.empty()) {
+    absl::Status s = run(static_cast<redisReply*>(redisCommand(ctx_, "AUTH %b", password_.data(), password_.size())), "AUTH");
+    if (!s.ok()) return s;
   }
-  return absl::OkStatus();
+  if (address_.db != 0) {
+    absl::Status s = run(static_cast<redisReply*>(redisCommand(ctx_, "SELECT %d", address_.db)), "SELECT");
+    if (!s.ok()) return s;
+  }
+  return run(static_cast<redisReply*>(redisCommand(ctx_, "PING")), "PING");
 }
 
 template <class Read>

@@ -29,10 +29,11 @@ absl::StatusOr<RedisAddress> ParseRedisUrl(const std::string& url);
 
 class RedisStore final : public SessionStore {
  public:
-  // Connects (UNAVAILABLE, saying why, when Redis does not answer). `replica` names this process in the
-  // lease keys; `lease` is how long a claim lasts without renewal.
+  // Connects (UNAVAILABLE, saying why, when Redis does not answer; PERMISSION_DENIED when it wants a
+  // password or refuses this one). `replica` names this process in the lease keys; `lease` is how long a
+  // claim lasts without renewal; `password` (if any) is sent with AUTH on every connection.
   static absl::StatusOr<std::unique_ptr<RedisStore>> Open(const std::string& url, std::string replica,
-                                                          std::chrono::milliseconds lease);
+                                                          std::chrono::milliseconds lease, std::string password = "");
   ~RedisStore() override;
 
   std::string Describe() const override { return url_; }
@@ -47,8 +48,10 @@ class RedisStore final : public SessionStore {
   const std::string& replica() const { return replica_; }
 
  private:
-  RedisStore(std::string url, RedisAddress address, std::string replica, std::chrono::milliseconds lease)
-      : url_(std::move(url)), address_(std::move(address)), replica_(std::move(replica)), lease_(lease) {}
+  RedisStore(std::string url, RedisAddress address, std::string replica, std::chrono::milliseconds lease,
+             std::string password)
+      : url_(std::move(url)), address_(std::move(address)), replica_(std::move(replica)), lease_(lease),
+        password_(std::move(password)) {}
   absl::Status Connect();  // mu_ held
   // Runs one command (argv form, binary-safe) and hands its reply to `read`; reconnects once on failure.
   template <class Read>
@@ -58,6 +61,7 @@ class RedisStore final : public SessionStore {
   const RedisAddress address_;
   const std::string replica_;
   const std::chrono::milliseconds lease_;
+  const std::string password_;
   std::mutex mu_;
   redisContext* ctx_ = nullptr;
 };

@@ -26,7 +26,7 @@ absl::Status Scheduler::Submit(SegmentJob job) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return absl::UnavailableError("the server is shutting down");
-    if (static_cast<int>(queue_.size() + waiting_.size()) >= options_.max_queue) {
+    if (static_cast<int>(queue_.size()) >= options_.max_queue) {
       return absl::ResourceExhaustedError(
           absl::StrCat("the engine queue is full (", options_.max_queue, " segments); retry with backoff"));
     }
@@ -52,6 +52,27 @@ void Scheduler::RemoveActiveCall() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     --active_calls_;
+  }
+  cv_.notify_one();
+}
+
+void Scheduler::Expedite(const engine::EngineStream* stream) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+      if (it->second.stream != stream) continue;
+      queue_.push_back(std::move(it->second));
+      waiting_.erase(it);
+      break;  // a session has at most one job
+    }
+  }
+  cv_.notify_one();
+}
+
+void Scheduler::ReleaseWaiting() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    PromoteDue(Clock::time_point::max());
   }
   cv_.notify_one();
 }
@@ -85,7 +106,9 @@ void Scheduler::Run() {
       // them a moment to join, so that N busy sessions make one batch of N rather than N batches.
       const auto deadline = Clock::now() + std::chrono::microseconds(options_.batch_wait_us);
       cv_.wait_until(lock, deadline, [&] {
-        return stopping_ || static_cast<int>(queue_.size()) >= std::min(active_calls_, options_.max_batch);
+        // Calls whose job waits for its tenant's rate will not join this batch.
+        const int ready_calls = active_calls_ - static_cast<int>(waiting_.size());
+        return stopping_ || static_cast<int>(queue_.size()) >= std::min(ready_calls, options_.max_batch);
       });
       const size_t take = std::min<size_t>(queue_.size(), static_cast<size_t>(options_.max_batch));
       batch.clear();

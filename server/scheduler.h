@@ -4,8 +4,9 @@
 //
 // Contract: a job's `stream` belongs to the submitting call until `done` runs (on the worker thread);
 // the call submits its next segment only after that, so a session never has two jobs queued.
-// A job may carry a `not_before` time (its tenant's tokens_per_second): it waits aside until then; a
-// stopping scheduler runs waiting jobs at once.
+// A job may carry a `not_before` time (its tenant's tokens_per_second): it waits aside until then, outside
+// the queue's bound (each call has at most one job, so calls bound them). Expedite (a cancelled call),
+// ReleaseWaiting (a drain) and a stopping scheduler run waiting jobs at once.
 #pragma once
 
 #include <chrono>
@@ -44,6 +45,10 @@ class Scheduler {
   absl::Status Submit(SegmentJob job);
   // Finishes queued jobs, then joins the worker.
   void Stop();
+  // The waiting job of `stream` (if any) runs now: its call was cancelled and must not wait to end.
+  void Expedite(const engine::EngineStream* stream);
+  // Every waiting job runs now (the server drains: no call may outwait the drain).
+  void ReleaseWaiting();
   // Calls with work in flight (the worker waits briefly for them to join a batch).
   void AddActiveCall();
   void RemoveActiveCall();

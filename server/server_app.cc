@@ -29,6 +29,17 @@ std::string DefaultReplicaId() {
   return absl::StrFormat("%s-%d-%08x", host, ::getpid(), std::random_device{}());
 }
 
+// A secret's file (its first line, without the newline): FAILED_PRECONDITION naming the flag when it is
+// missing, unreadable or empty.
+absl::StatusOr<std::string> ReadSecretFile(const std::string& path, const char* flag) {
+  std::ifstream in(path);
+  std::string line;
+  if (!in || !std::getline(in, line) || line.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(flag, " ", path, ": cannot read a secret from its first line"));
+  }
+  return line;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions& options,
@@ -97,9 +108,15 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
     return absl::InvalidArgumentError(absl::StrCat("--state_lease_seconds must be in [1, 3600], got ", p.lease_seconds));
   }
   if (!p.state_store.empty()) {
+    std::string password;
+    if (!p.state_store_password_file.empty()) {
+      absl::StatusOr<std::string> read = ReadSecretFile(p.state_store_password_file, "--state_store_password_file");
+      if (!read.ok()) return read.status();
+      password = *std::move(read);
+    }
     absl::StatusOr<std::unique_ptr<RedisStore>> store =
         RedisStore::Open(p.state_store, p.replica_id.empty() ? DefaultReplicaId() : p.replica_id,
-                         std::chrono::seconds(p.lease_seconds));
+                         std::chrono::seconds(p.lease_seconds), std::move(password));
     if (!store.ok()) return store.status();
     LogInfo("replica", {{"id", (*store)->replica()}, {"lease_seconds", std::to_string(p.lease_seconds)}});
     app->store_ = *std::move(store);
@@ -126,13 +143,32 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
     absl::StatusOr<AuthKeys> keys = AuthKeys::Load(options.auth_keys);
     if (!keys.ok()) return keys.status();
     LogInfo("authentication on", {{"keys", std::to_string(keys->size())}, {"file", options.auth_keys}});
+    // A tenant is made room for only by evicting its own idle sessions: quotas must share the budget out.
+    std::string unbounded;
+    int64_t quota_sum = 0;
+    for (const auto& [tenant, quota] : keys->quotas()) {
+      if (quota.max_pool_bytes == 0) absl::StrAppend(&unbounded, unbounded.empty() ? "" : ",", tenant);
+      quota_sum += std::min<int64_t>(quota.max_pool_bytes, int64_t{1} << 50);
+    }
+    if (!unbounded.empty() || quota_sum > options.limits.memory_budget_bytes) {
+      LogInfo("warning: the tenants' max_pool_bytes do not share out the memory budget; a tenant that fills it "
+              "leaves the others unable to make room (only their own idle sessions are evicted for them)",
+              {{"tenants_without_max_pool_bytes", unbounded},
+               {"sum_of_max_pool_bytes", std::to_string(quota_sum)},
+               {"memory_budget_bytes", std::to_string(options.limits.memory_budget_bytes)}});
+    }
     app->service_->RequireKeys(*std::move(keys));
-  } else {
+  } else if (!options.tls.client_tenants) {
     LogInfo("no authentication configured (--auth_keys): every client that can connect can use every session");
+  }
+  if (options.tls.client_tenants) {
+    LogInfo("tenants from client certificates: a call without an API key is its certificate's subject CN");
+    app->service_->TenantsFromCertificates();
   }
 
   grpc::EnableDefaultHealthCheckService(true);
-  if (options.reflection.value_or(options.auth_keys.empty())) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  const bool authenticated = !options.auth_keys.empty() || options.tls.client_tenants;
+  if (options.reflection.value_or(!authenticated)) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   // No SO_REUSEPORT: a second server on a busy port must fail, not split the traffic (and the sessions)
   // with the first one.
@@ -159,7 +195,7 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
         absl::StrCat("cannot listen on ", options.listen, ": the address is in use or not local to this machine"));
   }
   app->server_->GetHealthCheckService()->SetServingStatus("trams.v1.TramsService", true);
-  if (!IsLoopbackAddress(options.listen) && options.auth_keys.empty()) {
+  if (!IsLoopbackAddress(options.listen) && !authenticated) {
     LogInfo("serving other machines without authentication: every client can use every session "
             "(listen on 127.0.0.1, or put an authenticating proxy in front)",
             {{"listen", options.listen}});
@@ -213,6 +249,7 @@ void ServerApp::Shutdown(std::chrono::milliseconds drain, std::chrono::milliseco
   shut_down_ = true;
   // Start() may have failed half way: stop only what was built.
   if (service_) service_->StartDraining();  // new streaming calls and sessions: UNAVAILABLE
+  if (scheduler_) scheduler_->ReleaseWaiting();  // no call outwaits the drain on its tenant's rate
   if (server_) {
     using Clock = std::chrono::steady_clock;
     server_->GetHealthCheckService()->SetServingStatus(false);

@@ -64,6 +64,8 @@ struct TlsOptions {
   std::string key;        // PEM private key
   std::string client_ca;  // PEM CA bundle: clients must present a certificate it signed (mTLS)
   int reload_seconds = 60;  // how often the files are checked for new contents (rotation without a restart)
+  // With client_ca: a call without an API key is the tenant its certificate's subject CN names.
+  bool client_tenants = false;
   bool enabled() const { return !cert.empty() || !key.empty(); }
 };
 
@@ -73,6 +75,7 @@ struct PersistenceOptions {
   std::string state_store;             // redis://HOST:PORT[/DB]: shared by replicas (exclusive with state_dir)
   int lease_seconds = 10;              // a replica's claim on a session in a shared store, renewed every second
   std::string replica_id;              // in the lease keys; empty: <hostname>-<pid>-<random>
+  std::string state_store_password_file;  // Redis AUTH password, from a file (never argv: `ps` shows argv)
   int snapshot_interval_seconds = 0;   // > 0: changed sessions are written this often (SIGKILL loses at most that)
   std::string snapshot_compression = "none";  // none | zstd (bench/README.md, "Snapshots")
 };

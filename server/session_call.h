@@ -45,8 +45,13 @@ class SessionCall : public Reactor {
     if (env_->tenants) slot_ = env_->tenants->StartCall(tenant_);
   }
   ~SessionCall() override {
-    if (env_->tenants && slot_.ok()) env_->tenants->EndCall(tenant_);
+    ReleaseSlot();
     env_->calls->Ended();
+  }
+  // Gives the tenant's running-call slot back, once (Finish is issued once, and the destructor follows it).
+  void ReleaseSlot() {
+    if (env_->tenants && slot_.ok() && !slot_released_) env_->tenants->EndCall(tenant_);
+    slot_released_ = true;
   }
 
   // Hooks for the concrete call (mutex held).
@@ -130,13 +135,23 @@ class SessionCall : public Reactor {
       env_->sessions->Acquire(*a.acquire, [this](absl::StatusOr<std::shared_ptr<Session>> r) { Taken(std::move(r)); });
     }
     if (a.submit) {
-      // The tenant's tokens_per_second: a segment it cannot pay for yet waits in the scheduler.
+      // The tenant's tokens_per_second: a segment it cannot pay for yet waits in the scheduler (not once
+      // the call is cancelled or the server drains: neither may wait on a tenant's rate).
+      const engine::EngineStream* stream = a.submit->stream;
+      const int64_t tokens = static_cast<int64_t>(a.submit->tokens.size());
+      bool delayed = false;
       if (env_->tenants != nullptr) {
         const Clock::time_point now = Clock::now();
-        a.submit->not_before = now + env_->tenants->Reserve(tenant_, static_cast<int64_t>(a.submit->tokens.size()), now);
+        const Clock::duration wait = env_->tenants->Reserve(tenant_, tokens, now);
+        if (wait > Clock::duration::zero() && !ctx_->IsCancelled() && !env_->calls->draining()) {
+          a.submit->not_before = now + wait;
+          delayed = true;
+        }
       }
       absl::Status s = env_->scheduler->Submit(std::move(*a.submit));
+      if (s.ok() && delayed && ctx_->IsCancelled()) env_->scheduler->Expedite(stream);  // cancelled meanwhile
       if (!s.ok()) {
+        if (env_->tenants != nullptr) env_->tenants->Refund(tenant_, tokens);
         Actions next;
         {
           std::lock_guard<std::mutex> lock(mu_);
@@ -160,7 +175,10 @@ class SessionCall : public Reactor {
         finish = finish_status_;
       }
     }
-    if (finish) this->Finish(*finish);  // may delete this (OnDone): nothing after it
+    if (finish) {
+      ReleaseSlot();  // before the client sees the status: its next call may take the slot at once
+      this->Finish(*finish);  // may delete this (OnDone): nothing after it
+    }
   }
 
   virtual void StartReadHook() {}
@@ -185,12 +203,15 @@ class SessionCall : public Reactor {
 
   void OnCancel() override {
     Actions a;
+    const engine::EngineStream* stream = nullptr;
     {
       std::lock_guard<std::mutex> lock(mu_);
       EndWith(absl::CancelledError("the call was cancelled (client cancel or deadline); the session is unchanged"));
+      if (session_ && job_in_flight_) stream = session_->stream.get();
       MaybeFinish(a);
       BeginPerform();
     }
+    if (stream != nullptr) env_->scheduler->Expedite(stream);  // a segment waiting for the tenant's rate
     Perform(a);
   }
 
@@ -204,6 +225,7 @@ class SessionCall : public Reactor {
   const char* method_;
   const std::string tenant_;  // the caller's (LmService::Authenticate): its session ids are scoped in it
   absl::Status slot_;         // the tenant's running-call slot (max_concurrent_calls), or why there is none
+  bool slot_released_ = false;
   using Clock = std::chrono::steady_clock;
   Clock::time_point start_;
   std::mutex mu_;

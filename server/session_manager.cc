@@ -177,7 +177,8 @@ void SessionManager::Remove(std::shared_ptr<Session> s, const std::string& reaso
   PublishGauges();
 }
 
-absl::Status SessionManager::MakeRoom(int64_t bytes, bool new_session, const std::string& id, bool pool) {
+absl::Status SessionManager::MakeRoom(int64_t bytes, bool new_session, const std::string& id, bool pool,
+                                      int64_t freed) {
   const absl::string_view tenant = TenantOfSessionId(id);
   TenantQuota quota;
   if (auto q = quotas_.find(tenant); q != quotas_.end()) quota = q->second;
@@ -194,7 +195,7 @@ absl::Status SessionManager::MakeRoom(int64_t bytes, bool new_session, const std
     return (grow == 0 || quota.max_pool_bytes == 0 || h.tenant_bytes + grow <= quota.max_pool_bytes) &&
            (!new_session || quota.max_sessions == 0 || h.tenant_count < quota.max_sessions);
   };
-  Held held{bytes_in_use_, static_cast<int64_t>(sessions_.size()), use.pool_bytes, use.sessions};
+  Held held{bytes_in_use_ - freed, static_cast<int64_t>(sessions_.size()), use.pool_bytes - freed, use.sessions};
   if (server_fits(held) && quota_fits(held)) return absl::OkStatus();
   // Decide before evicting: find the fewest least-recently-used idle sessions of the caller's tenant whose
   // removal makes the request fit. If even all of them would not do, evict nobody (a request that cannot
@@ -233,15 +234,19 @@ absl::Status SessionManager::MakeRoom(int64_t bytes, bool new_session, const std
       return absl::ResourceExhaustedError(absl::StrCat("the server holds its maximum of ", limits_.max_sessions,
                                                        " sessions; delete one or retry later"));
     }
+    if (!tenant.empty()) {  // the server's totals are other tenants' business
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "memory budget exhausted: %d bytes needed, and only the caller's own idle sessions are evicted for it%s",
+          bytes, limits_.eviction == EvictionPolicy::kRefuse ? " (eviction is off)" : ""));
+    }
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "memory budget exhausted: %d bytes needed, %d of %d in use%s%s", bytes, bytes_in_use_,
+        "memory budget exhausted: %d bytes needed, %d of %d in use%s", bytes, bytes_in_use_,
         limits_.memory_budget_bytes,
         limits_.eviction == EvictionPolicy::kRefuse ? " (eviction is off)"
-                                                    : ", and evicting every idle session would not make room",
-        tenant.empty() ? "" : " (only the caller's own sessions are evicted for it)"));
+                                                    : ", and evicting every idle session would not make room"));
   }
   for (const std::string& victim : victims) {
-    const bool for_memory = bytes_in_use_ + bytes > limits_.memory_budget_bytes;
+    const bool for_memory = bytes_in_use_ - freed + bytes > limits_.memory_budget_bytes;
     const bool for_count = new_session && static_cast<int64_t>(sessions_.size()) >= limits_.max_sessions;
     const char* why = for_memory ? "memory_budget" : for_count ? "max_sessions" : "tenant_quota";
     LeaveMemory(sessions_.at(victim),
@@ -548,7 +553,9 @@ absl::StatusOr<SessionSnapshot> SessionManager::Insert(SessionImage image, const
     idle_lru_.push_back(id);
     old->lru = std::prev(idle_lru_.end());
   };
-  if (absl::Status room = MakeRoom(*bytes, /*new_session=*/old == nullptr, id); !room.ok()) {
+  if (absl::Status room = MakeRoom(*bytes, /*new_session=*/old == nullptr, id, /*pool=*/true,
+                                   /*freed=*/old ? old->pool_bytes : 0);
+      !room.ok()) {
     put_back();
     return room;
   }

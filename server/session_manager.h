@@ -139,8 +139,9 @@ class SessionManager {
 
  private:
   // Room for `bytes` more in the budget (a new session's pool, or a call's undo log: `pool` false), for
-  // the tenant of `id`, evicting its least recently used idle sessions if that suffices. mu_ held.
-  absl::Status MakeRoom(int64_t bytes, bool new_session, const std::string& id, bool pool = true);
+  // the tenant of `id`, evicting its least recently used idle sessions if that suffices; `freed` bytes of
+  // the tenant's go at the same time (a replaced session). mu_ held.
+  absl::Status MakeRoom(int64_t bytes, bool new_session, const std::string& id, bool pool = true, int64_t freed = 0);
   void Admit(const std::shared_ptr<Session>& s);  // a new idle session into the map, budget and LRU; mu_ held
   void Remove(std::shared_ptr<Session> s, const std::string& reason);  // mu_ held
   absl::StatusOr<std::shared_ptr<Session>> Take(const std::shared_ptr<Session>& s, bool reserve_undo);  // mu_ held

@@ -178,8 +178,18 @@ absl::StatusOr<SessionImage> SessionImageFromSections(std::vector<engine::Snapsh
   if (!image.ok()) return image.status();
   d.image = *std::move(image);
   // What the server relies on: a tail inside one segment, its reported values beside it, ids in the
-  // vocabulary, counters that cannot be negative.
+  // vocabulary, counters and times in [0, 2^62] (so no sum or difference of them overflows).
   const int64_t vocab = config.vocab_size;
+  auto bounded = [](int64_t v, int64_t lo) { return v >= lo && v <= engine::kMaxStreamPosition; };
+  bool counters_ok = bounded(r.created_ms, 0) && bounded(r.last_used_ms, 0) && bounded(r.tokens_scored, 0) &&
+                     bounded(r.recent_first, 0) && bounded(r.recent_ids_kept, 0) &&
+                     bounded(r.last_selection.segment_start, -1) && bounded(r.last_selection.recent_from, 0);
+  for (const auto& layer : r.last_selection.selected) {
+    for (const auto& head : layer) {
+      for (int64_t p : head) counters_ok = counters_ok && bounded(p, 0);
+    }
+  }
+  if (!counters_ok) return absl::DataLossError("the session's counters, times or positions are outside [0, 2^62]");
   if (r.segment_len < 1 || static_cast<int64_t>(r.tail.size()) >= r.segment_len ||
       r.tail_logprobs.size() != r.tail.size() || r.tokens_scored < 0 || r.recent_first < 0 || r.recent_ids_kept < 0 ||
       static_cast<int64_t>(r.recent_ids.size()) > r.recent_ids_kept ||

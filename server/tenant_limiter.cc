@@ -27,7 +27,7 @@ absl::Status TenantLimiter::StartCall(const std::string& tenant) {
     if (metrics_) metrics_->QuotaRefused(tenant, "max_concurrent_calls");
     return absl::ResourceExhaustedError(absl::StrCat("tenant '", tenant, "' runs its quota of max_concurrent_calls=",
                                                      t.quota.max_concurrent_calls,
-                                                     " Score/Generate calls already: retry when one ends"));
+                                                     " running calls already: retry when one ends"));
   }
   ++t.running;
   return absl::OkStatus();
@@ -50,11 +50,19 @@ TenantLimiter::Clock::duration TenantLimiter::Reserve(const std::string& tenant,
     t.bucket = std::min(rate, t.bucket + elapsed * rate);
     t.refilled = now;
   }
-  t.bucket -= static_cast<double>(tokens);
+  t.bucket = std::max(t.bucket - static_cast<double>(tokens), -rate * kMaxDebtSeconds);
   if (t.bucket >= 0) return Clock::duration::zero();
   const double wait = -t.bucket / rate;
   if (metrics_) metrics_->Throttled(tenant, wait);
   return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(wait));
+}
+
+void TenantLimiter::Refund(const std::string& tenant, int64_t tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = tenants_.find(tenant);
+  if (it == tenants_.end() || it->second.quota.tokens_per_second == 0) return;
+  Tenant& t = it->second;
+  t.bucket = std::min(static_cast<double>(t.quota.tokens_per_second), t.bucket + static_cast<double>(tokens));
 }
 
 }  // namespace trams::server

@@ -1,6 +1,6 @@
 // Per-tenant limits on what running calls do (the quotas of --auth_keys, server/auth_keys.h): how many
-// Score/Generate calls a tenant runs at once (max_concurrent_calls), and how many tokens per second they
-// run through the model (tokens_per_second). Sessions and pool bytes are the session manager's.
+// Score, Generate, Export and Import calls a tenant runs at once (max_concurrent_calls), and how many
+// tokens per second they run through the model (tokens_per_second). Sessions and pool bytes are the session manager's.
 //
 // The rate is a token bucket holding one second's worth, charged before each segment runs. A segment the
 // bucket cannot pay for is delayed until the debt is repaid, never refused: a tenant's long calls slow
@@ -33,6 +33,10 @@ class TenantLimiter {
   // Charges `tokens` to the tenant's bucket; how long to wait before running them (zero while it holds
   // enough). `now` is for the tests.
   Clock::duration Reserve(const std::string& tenant, int64_t tokens, Clock::time_point now = Clock::now());
+  // Gives back what Reserve charged for tokens that never ran (their segment was refused).
+  void Refund(const std::string& tenant, int64_t tokens);
+  // The most a tenant can owe, in seconds of its rate (a bound on any one wait).
+  static constexpr double kMaxDebtSeconds = 3600;
 
  private:
   struct Tenant {

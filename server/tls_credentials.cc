@@ -31,6 +31,7 @@ absl::Status CheckPem(const char* flag, const std::string& path, const char* kin
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFor(const TlsOptions& tls) {
   if (!tls.enabled()) {
     if (!tls.client_ca.empty()) return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+    if (tls.client_tenants) return absl::InvalidArgumentError("--tls_client_tenants needs mutual TLS (--tls_client_ca)");
     return grpc::InsecureServerCredentials();
   }
   if (tls.cert.empty() || tls.key.empty()) {
@@ -38,6 +39,9 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFor(co
   }
   if (tls.reload_seconds < 1 || tls.reload_seconds > 86400) {
     return absl::InvalidArgumentError(absl::StrCat("--tls_reload_seconds must be in [1, 86400], got ", tls.reload_seconds));
+  }
+  if (tls.client_tenants && tls.client_ca.empty()) {
+    return absl::InvalidArgumentError("--tls_client_tenants needs mutual TLS (--tls_client_ca)");
   }
   if (absl::Status s = CheckPem("tls_cert", tls.cert, "CERTIFICATE"); !s.ok()) return s;
   if (absl::Status s = CheckPem("tls_key", tls.key, "PRIVATE KEY"); !s.ok()) return s;

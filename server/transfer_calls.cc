@@ -16,6 +16,21 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// The tenant's running-call slot (max_concurrent_calls) for the life of a transfer call.
+struct CallSlot {
+  CallSlot(const CallEnv* call_env, const std::string& caller) : env(call_env), tenant(caller) {
+    if (env->tenants != nullptr) status = env->tenants->StartCall(tenant);
+  }
+  ~CallSlot() {
+    if (env->tenants != nullptr && status.ok()) env->tenants->EndCall(tenant);
+  }
+  CallSlot(const CallSlot&) = delete;
+  CallSlot& operator=(const CallSlot&) = delete;
+  const CallEnv* env;
+  const std::string tenant;
+  absl::Status status;
+};
+
 void RecordDone(const CallEnv* env, const char* method, const absl::Status& s, Clock::time_point start) {
   if (env->metrics) {
     env->metrics->RequestDone(method, absl::StatusCodeToString(s.code()),
@@ -27,8 +42,12 @@ class ExportCall final : public grpc::ServerWriteReactor<v1::SessionChunk> {
  public:
   ExportCall(const CallEnv* env, grpc::CallbackServerContext* ctx, const v1::ExportSessionRequest* req,
              const std::string& tenant)
-      : env_(env), start_(Clock::now()) {
+      : env_(env), slot_(env, tenant), start_(Clock::now()) {
     env_->calls->Started();
+    if (!slot_.status.ok()) {
+      End(slot_.status);
+      return;
+    }
     absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id(), tenant);
     if (!id.ok()) {
       End(id.status());
@@ -66,6 +85,7 @@ class ExportCall final : public grpc::ServerWriteReactor<v1::SessionChunk> {
   }
 
   const CallEnv* env_;
+  const CallSlot slot_;
   Clock::time_point start_;
   std::string blob_;
   size_t sent_ = 0;
@@ -75,11 +95,15 @@ class ExportCall final : public grpc::ServerWriteReactor<v1::SessionChunk> {
 class ImportCall final : public grpc::ServerReadReactor<v1::ImportSessionRequest> {
  public:
   ImportCall(const CallEnv* env, grpc::CallbackServerContext* ctx, v1::Session* resp, std::string tenant)
-      : env_(env), ctx_(ctx), resp_(resp), tenant_(std::move(tenant)), start_(Clock::now()),
+      : env_(env), ctx_(ctx), resp_(resp), tenant_(std::move(tenant)), slot_(env, tenant_), start_(Clock::now()),
         max_bytes_(static_cast<size_t>(env->options->limits.memory_budget_bytes) + (size_t{64} << 20)) {
     env_->calls->Started();
     if (env_->calls->draining()) {
       End(absl::UnavailableError("the server is shutting down"));
+      return;
+    }
+    if (!slot_.status.ok()) {
+      End(slot_.status);
       return;
     }
     StartRead(&req_);
@@ -128,6 +152,7 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportSessionRequest
   grpc::CallbackServerContext* ctx_;
   v1::Session* resp_;
   const std::string tenant_;
+  const CallSlot slot_;
   Clock::time_point start_;
   const size_t max_bytes_;
   v1::ImportSessionRequest req_;

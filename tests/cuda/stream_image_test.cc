@@ -142,7 +142,9 @@ TEST_P(StreamImageTest, RestoredStreamContinuesBitIdentically) {
     SCOPED_TRACE(c.name);
     absl::StatusOr<std::unique_ptr<engine::EngineStream>> original = e.NewStream(c.settings);
     ASSERT_TRUE(original.ok()) << original.status();
-    if (c.zero_fill) ASSERT_TRUE(e.FillPoolWithZeroStates(original->get()).ok());
+    if (c.zero_fill) {
+      ASSERT_TRUE(e.FillPoolWithZeroStates(original->get()).ok());
+    }
     Feed(e, original->get(), c.tokens_before, 7);
 
     absl::StatusOr<engine::StreamImage> image = e.ExportStream(**original);

@@ -70,7 +70,7 @@ TEST(AuthKeysTest, BadFilesNameTheLine) {
       {"alice sha256:" + h + " max_sessions=2.5\n", "must be a whole number"},
       {"alice sha256:" + h + " tokens_per_second=99999999999999999999\n", "must be a whole number"},
       {"alice sha256:" + h + " max_sessions=2\nalice sha256:" + AuthKeys::Sha256Hex("k2") + " max_sessions=3\n",
-       "line 2: tenant alice's max_sessions was given as 2"},
+       "line 2: tenant alice's max_sessions was given as 2 already"},
       {"\n\nal/ice sha256:" + h + "\n", "line 3: a tenant name"},
       {"alice sha1:" + h + "\n", "not a sha256"},
       {"alice sha256:" + h.substr(1) + "\n", "not a sha256"},

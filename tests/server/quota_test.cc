@@ -81,6 +81,11 @@ class QuotaTest : public ::testing::Test {
     v1::Session s;
     return GetSession(stub, id, &s).ok();
   }
+  // Whether a call holds `id` now.
+  static bool IsBusy(v1::TramsService::Stub* stub, const std::string& id) {
+    v1::Session s;
+    return GetSession(stub, id, &s).ok() && s.busy();
+  }
   static int64_t PoolBytes() {
     static const int64_t bytes = ReportedPoolBytes(TestOptions(kModel), Trams(kM, kTopk, kRemain), kN);
     return bytes;
@@ -146,7 +151,7 @@ TEST_F(QuotaTest, TheServersBudgetNeverEvictsAnotherTenantsSession) {
   ASSERT_TRUE(Make(alice_.get(), "a3").ok());  // full again, all alice's
   const grpc::Status refused = Make(bob_.get(), "b3");
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_TRUE(Contains(refused.error_message(), "only the caller's own sessions are evicted")) << Describe(refused);
+  EXPECT_TRUE(Contains(refused.error_message(), "only the caller's own idle sessions are evicted")) << Describe(refused);
   EXPECT_TRUE(Exists(alice_.get(), "a1") && Exists(alice_.get(), "a2") && Exists(alice_.get(), "a3"));
 }
 
@@ -194,6 +199,32 @@ TEST_F(QuotaTest, TokensPerSecondSlowsTheTenantDownAndChangesNoResult) {
   // 1200 tokens (and more: each call's provisional tail runs again) against a full bucket of 400 at 400/s.
   EXPECT_GE(seconds, 1.9) << "the bucket did not slow bob down";
   ExpectSameLogProbs(paced.logprobs(), free.logprobs(), 0);
+}
+
+TEST_F(QuotaTest, ACancelledOrDrainedCallDoesNotWaitForItsTenantsRate) {
+  Start("tokens_per_second=10");
+  // One 64-token segment owes 54 tokens at 10/s: 5.4 s of waiting.
+  ASSERT_TRUE(CreateSession(bob_.get(), "doc", Trams(kM, kTopk, kRemain), 64).ok());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + milliseconds(800));
+  const ScoreResult cut = RunScore(bob_.get(), TextRequests("doc", Text(0, 200)), &ctx);
+  EXPECT_EQ(cut.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << Describe(cut.status);
+  const Clock::time_point after = Clock::now();
+  const v1::Session s = WaitIdle(bob_.get(), "doc");
+  EXPECT_LT(std::chrono::duration<double>(Clock::now() - after).count(), 3.0)
+      << "the waiting segment outwaited its call's deadline";
+  EXPECT_EQ(s.position(), 0) << "the cancelled call rolled back";
+
+  // A drain runs waiting segments at once: the call completes instead of holding the shutdown.
+  ScoreResult drained;
+  std::thread call([&] { drained = ScoreText(bob_.get(), "doc", Text(0, 300)); });
+  for (int i = 0; i < 2000 && !IsBusy(bob_.get(), "doc"); ++i) std::this_thread::sleep_for(milliseconds(1));
+  const Clock::time_point drain = Clock::now();
+  server_->app->Shutdown(std::chrono::seconds(30), milliseconds(0));
+  call.join();
+  EXPECT_LT(std::chrono::duration<double>(Clock::now() - drain).count(), 10.0) << "the drain waited on the rate";
+  EXPECT_TRUE(drained.status.ok()) << Describe(drained.status);
+  EXPECT_EQ(drained.tokens.size(), 300u);
 }
 
 TEST_F(QuotaTest, AFloodFromOneTenantIsHeldByItsQuotasWhileTheOtherIsServed) {

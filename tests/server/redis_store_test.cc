@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <string>
 #include <thread>
 
@@ -32,21 +33,23 @@ int FreePort() {
   return ntohs(a.sin_port);
 }
 
-// redis-server on 127.0.0.1:<free port>, no persistence of its own; stopped with the object.
+// redis-server on 127.0.0.1:<free port>, no persistence of its own (with `password`: --requirepass);
+// stopped with the object.
 class RedisProcess {
  public:
-  RedisProcess() : port_(FreePort()) {
+  explicit RedisProcess(const std::string& password = "") : port_(FreePort()) {
     if (::access("/usr/bin/redis-server", X_OK) != 0) return;
     pid_ = ::fork();
     if (pid_ == 0) {
       const std::string port = std::to_string(port_);
+      const char* pass_flag = password.empty() ? static_cast<char*>(nullptr) : "--requirepass";
       ::execl("/usr/bin/redis-server", "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1", "--save", "",
-              "--appendonly", "no", "--loglevel", "warning", static_cast<char*>(nullptr));
+              "--appendonly", "no", "--loglevel", "warning", pass_flag, password.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
     // Up once it answers.
     for (int i = 0; i < 200; ++i) {
-      if (RedisStore::Open(url(), "probe", std::chrono::seconds(1)).ok()) return;
+      if (RedisStore::Open(url(), "probe", std::chrono::seconds(1), password).ok()) return;
       std::this_thread::sleep_for(std::chrono::milliseconds(25));
     }
   }
@@ -138,6 +141,36 @@ TEST(RedisStoreTest, AStoreThatIsDownIsAFailedStartAndSaysWhere) {
   EXPECT_TRUE(Contains(std::string(app.status().message()), o.persistence.state_store));
   o.persistence.state_dir = "/tmp/x";
   EXPECT_EQ(ServerApp::Start(o).status().code(), absl::StatusCode::kInvalidArgument) << "both stores";
+}
+
+TEST(RedisStoreTest, APasswordProtectedStoreWantsItsPasswordAndSaysSo) {
+  RedisProcess redis("s3cret-pass");
+  SKIP_WITHOUT_REDIS(redis);
+  absl::StatusOr<std::unique_ptr<RedisStore>> none = RedisStore::Open(redis.url(), "r", std::chrono::seconds(5));
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kPermissionDenied) << none.status();
+  EXPECT_TRUE(Contains(std::string(none.status().message()), "--state_store_password_file")) << none.status();
+  absl::StatusOr<std::unique_ptr<RedisStore>> wrong = RedisStore::Open(redis.url(), "r", std::chrono::seconds(5), "nope");
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kPermissionDenied) << wrong.status();
+  EXPECT_EQ(std::string(wrong.status().message()).find("nope"), std::string::npos) << "the message shows no password";
+  absl::StatusOr<std::unique_ptr<RedisStore>> store =
+      RedisStore::Open(redis.url(), "r", std::chrono::seconds(5), "s3cret-pass");
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE((*store)->Put("doc", "blob").ok());
+  EXPECT_EQ(*(*store)->Get("doc"), "blob");
+  // The server reads the password from a file.
+  const std::string file = "/tmp/trams-redis-pass-" + std::to_string(::getpid());
+  std::ofstream(file) << "s3cret-pass\n";
+  ServerOptions o = TestOptions(kModel);
+  o.persistence.state_store = redis.url();
+  o.persistence.state_store_password_file = file;
+  absl::StatusOr<std::unique_ptr<ServerApp>> app = ServerApp::Start(o);
+  EXPECT_TRUE(app.ok()) << app.status();
+  app = absl::UnknownError("");  // stop it before the next start
+  o.persistence.state_store_password_file = file + ".missing";
+  const absl::Status missing = ServerApp::Start(o).status();
+  EXPECT_EQ(missing.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(Contains(std::string(missing.message()), "--state_store_password_file")) << missing;
+  ::unlink(file.c_str());
 }
 
 std::vector<float> ScoreAll(v1::TramsService::Stub* stub, const std::string& id, const std::vector<std::string>& parts) {

@@ -105,5 +105,17 @@ TEST_F(SessionSnapshotTest, StreamSizesMustBeIntegersThatFit) {
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("'layers' must be an integer")));
 }
 
+TEST_F(SessionSnapshotTest, CountersAndPositionsPastTwoToTheSixtyTwoAreDataLoss) {
+  // Each fits int64 but would overflow a sum or difference later (recent_first + ids, position - recent_first).
+  const auto outside = StatusIs(absl::StatusCode::kDataLoss, HasSubstr("outside [0, 2^62]"));
+  EXPECT_THAT(ReadEdited("session", [](nlohmann::json& m) { m["recent_first"] = INT64_MAX; }), outside);
+  EXPECT_THAT(ReadEdited("session", [](nlohmann::json& m) { m["created_ms"] = -1; }), outside);
+  EXPECT_THAT(ReadEdited("session", [](nlohmann::json& m) { m["last_used_ms"] = INT64_MIN; }), outside);
+  EXPECT_THAT(ReadEdited("session", [](nlohmann::json& m) { m["selection"]["selected"][0][0][0] = INT64_MIN; }),
+              outside);
+  EXPECT_THAT(ReadEdited("stream", [](nlohmann::json& m) { m["position"] = (int64_t{1} << 62) + 1; }),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("outside [0, 2^62]")));
+}
+
 }  // namespace
 }  // namespace trams::server

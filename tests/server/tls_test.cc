@@ -113,6 +113,43 @@ TEST(TlsTest, MutualTlsServesOnlyClientsWithACertificateFromTheClientCa) {
   EXPECT_NE(Probe(address, grpc::InsecureChannelCredentials()).error_code(), grpc::StatusCode::OK);
 }
 
+TEST(TlsTest, WithClientTenantsACertificatesCommonNameIsItsTenant) {
+  SKIP_WITHOUT_OPENSSL();
+  const std::string kNotATenant = "mallory@example";  // a CN that is no tenant name (@)
+  Pki pki("tenants");
+  ASSERT_TRUE(pki.MakeCa("ca") && pki.MakeCa("clients") && pki.MakeCert("server", "ca") &&
+              pki.MakeCert("alice", "clients") && pki.MakeCert("bob", "clients") &&
+              pki.MakeCert(kNotATenant, "clients"));
+  ServerOptions o = TestOptions(kModel);
+  o.tls.cert = pki.Path("server.pem");
+  o.tls.key = pki.Path("server.key");
+  o.tls.client_ca = pki.Path("clients.pem");
+  o.tls.client_tenants = true;
+  std::unique_ptr<ServerApp> app = *ServerApp::Start(o);
+  const std::string address = "127.0.0.1:" + std::to_string(app->grpc_port());
+  auto alice = v1::TramsService::NewStub(grpc::CreateChannel(address, Tls(pki, "ca", "alice")));
+  auto bob = v1::TramsService::NewStub(grpc::CreateChannel(address, Tls(pki, "ca", "bob")));
+  ASSERT_TRUE(CreateSession(alice.get(), "doc", Trams(kM, kTopk, kRemain), kN).ok());
+  ASSERT_TRUE(ScoreText(alice.get(), "doc", Text(0, 40)).status.ok());
+  v1::Session s;
+  EXPECT_TRUE(GetSession(alice.get(), "doc", &s).ok());
+  EXPECT_EQ(s.position(), 40);
+  const grpc::Status other = GetSession(bob.get(), "doc", &s);
+  EXPECT_EQ(other.error_code(), grpc::StatusCode::NOT_FOUND) << "bob's certificate is another tenant";
+  EXPECT_EQ(other.error_message(), "session 'doc' does not exist");
+  ASSERT_TRUE(CreateSession(bob.get(), "doc", Trams(kM, kTopk, kRemain), kN).ok()) << "his own doc";
+  EXPECT_EQ(ListCount(bob.get()), 1);
+  const grpc::Status unnamed = Probe(address, Tls(pki, "ca", kNotATenant));
+  EXPECT_EQ(unnamed.error_code(), grpc::StatusCode::UNAUTHENTICATED) << Describe(unnamed);
+  ServerOptions no_mtls = TestOptions(kModel);
+  no_mtls.tls.client_tenants = true;
+  EXPECT_EQ(ServerApp::Start(no_mtls).status().code(), absl::StatusCode::kInvalidArgument);
+  no_mtls.tls.cert = pki.Path("server.pem");
+  no_mtls.tls.key = pki.Path("server.key");
+  EXPECT_EQ(ServerApp::Start(no_mtls).status().code(), absl::StatusCode::kInvalidArgument)
+      << "tenants from certificates need a client CA";
+}
+
 TEST(TlsTest, ReplacedCertificatesAreServedAfterTheReloadAndSessionsStay) {
   SKIP_WITHOUT_OPENSSL();
   Pki pki("reload");
