@@ -98,7 +98,8 @@ void Scheduler::Run() {
         if (waiting_.empty()) {
           cv_.wait(lock);
         } else {
-          cv_.wait_until(lock, waiting_.begin()->first);
+          const Clock::time_point due = waiting_.begin()->first;  // a copy: the node may go while we wait
+          cv_.wait_until(lock, due);
         }
       }
       if (queue_.empty()) return;  // stopping and drained
