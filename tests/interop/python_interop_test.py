@@ -76,6 +76,14 @@ def generate_stubs(out_dir):
     sys.path.insert(0, gen)
 
 
+def load_stubs(out_dir):
+    """generate_stubs, then (grpc, trams_pb2, trams_pb2_grpc) for a test class to keep."""
+    generate_stubs(out_dir)
+    import grpc
+    from trams.v1 import trams_pb2, trams_pb2_grpc
+    return grpc, trams_pb2, trams_pb2_grpc
+
+
 class ServerProcess:
     """trams-server on 127.0.0.1:0; the ports come from --port_file."""
 

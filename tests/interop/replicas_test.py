@@ -86,10 +86,7 @@ class ReplicasTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.workdir = tempfile.mkdtemp(prefix="trams-replicas-")
-        base.generate_stubs(cls.workdir)
-        import grpc
-        from trams.v1 import trams_pb2, trams_pb2_grpc
-        cls.grpc, cls.pb, cls.pb_grpc = grpc, trams_pb2, trams_pb2_grpc
+        cls.grpc, cls.pb, cls.pb_grpc = base.load_stubs(cls.workdir)
         cls.procs = []
         redis_port = free_port()
         cls.redis = subprocess.Popen([REDIS, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
@@ -117,10 +114,10 @@ class ReplicasTest(unittest.TestCase):
         cls.ref_proc = subprocess.Popen([base.SERVER, "--model", base.MODEL, "--listen", f"127.0.0.1:{ref_port}"]
                                          + FLAGS, stdout=cls.ref_log, stderr=subprocess.STDOUT)
         wait_port(ref_port, cls.ref_proc, "reference trams-server")
-        cls.ref_channel = grpc.insecure_channel(f"127.0.0.1:{ref_port}")
-        cls.ref_stub = trams_pb2_grpc.TramsServiceStub(cls.ref_channel)
-        cls.channel = grpc.insecure_channel(f"127.0.0.1:{cls.listen}")
-        cls.stub = trams_pb2_grpc.TramsServiceStub(cls.channel)
+        cls.ref_channel = cls.grpc.insecure_channel(f"127.0.0.1:{ref_port}")
+        cls.ref_stub = cls.pb_grpc.TramsServiceStub(cls.ref_channel)
+        cls.channel = cls.grpc.insecure_channel(f"127.0.0.1:{cls.listen}")
+        cls.stub = cls.pb_grpc.TramsServiceStub(cls.channel)
         with open(base.SAMPLE, "rb") as f:
             cls.text = f.read()
 

@@ -28,10 +28,7 @@ class TenantInteropTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="trams-tenants-py-")
-        base.generate_stubs(cls.dir)
-        import grpc
-        from trams.v1 import trams_pb2, trams_pb2_grpc
-        cls.grpc, cls.pb = grpc, trams_pb2
+        cls.grpc, cls.pb, pb_grpc = base.load_stubs(cls.dir)
         with open(f"{cls.dir}/keys", "w") as f:
             f.write("# tenants of the test\n")
             f.write(f"alice sha256:{hashlib.sha256(KEYS['alice'].encode()).hexdigest()}\n")
@@ -41,8 +38,8 @@ class TenantInteropTest(unittest.TestCase):
                 f.write(key + "\n")
         base.SERVER_FLAGS.extend(["--auth_keys", f"{cls.dir}/keys", "--evict", "refuse"])
         cls.server = base.ServerProcess(cls.dir, "tenants")
-        cls.channel = grpc.insecure_channel(cls.server.target)
-        cls.stub = trams_pb2_grpc.TramsServiceStub(cls.channel)
+        cls.channel = cls.grpc.insecure_channel(cls.server.target)
+        cls.stub = pb_grpc.TramsServiceStub(cls.channel)
 
     @classmethod
     def tearDownClass(cls):

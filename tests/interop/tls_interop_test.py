@@ -50,10 +50,7 @@ class TlsInteropTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="trams-tls-py-")
-        base.generate_stubs(cls.dir)
-        import grpc
-        from trams.v1 import trams_pb2, trams_pb2_grpc
-        cls.grpc, cls.pb, cls.pb_grpc = grpc, trams_pb2, trams_pb2_grpc
+        cls.grpc, cls.pb, cls.pb_grpc = base.load_stubs(cls.dir)
         d = cls.dir
         for ca in ("ca", "clients", "other"):
             make_ca(d, ca)

@@ -19,10 +19,8 @@ TEST(ConnectionLimitsTest, ModelInfoReportsTheLimits) {
   o.limits.max_sessions = 45;
   std::unique_ptr<TestServer> server = StartServer(o);
   ASSERT_NE(server, nullptr);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
   v1::ModelInfo info;
-  ASSERT_TRUE(server->stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+  ASSERT_TRUE(GetModelInfo(server->stub.get(), &info).ok());
   EXPECT_EQ(info.max_connection_idle_seconds(), 77);
   EXPECT_EQ(info.max_connection_age_seconds(), 88);
   EXPECT_EQ(info.keepalive_seconds(), 99);
@@ -39,10 +37,8 @@ TEST(ConnectionLimitsTest, AnIdleConnectionIsClosedByTheServer) {
   o.connections.max_idle_seconds = 1;
   std::unique_ptr<TestServer> server = StartServer(o);
   ASSERT_NE(server, nullptr);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
   v1::ModelInfo info;
-  ASSERT_TRUE(server->stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+  ASSERT_TRUE(GetModelInfo(server->stub.get(), &info).ok());
   EXPECT_EQ(server->channel->GetState(false), GRPC_CHANNEL_READY);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
   while (server->channel->GetState(false) == GRPC_CHANNEL_READY && std::chrono::steady_clock::now() < deadline) {

@@ -202,10 +202,8 @@ TEST(ServerIdsOnlyModelTest, TextIsFailedPreconditionAndChangesNothing) {
   ASSERT_NE(server, nullptr);
   auto* stub = server->stub.get();
   {
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx);
     v1::ModelInfo info;
-    ASSERT_TRUE(stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+    ASSERT_TRUE(GetModelInfo(stub, &info).ok());
     EXPECT_EQ(info.tokenizer(), "none");
     EXPECT_EQ(info.vocab_size(), 97);
     EXPECT_EQ(info.model_dir(), "plain_postln") << "the model's name, never the host's path to it";

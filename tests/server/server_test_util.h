@@ -110,6 +110,12 @@ inline v1::MemorySettings Trams(int mem_len, int topk, int remain) {
   return m;
 }
 
+inline grpc::Status GetModelInfo(v1::TramsService::Stub* stub, v1::ModelInfo* out) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  return stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), out);
+}
+
 inline grpc::Status CreateSession(v1::TramsService::Stub* stub, const v1::CreateSessionRequest& req, v1::Session* out) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx);

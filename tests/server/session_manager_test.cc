@@ -10,6 +10,7 @@
 
 #include "engine/open_engine.h"
 #include "server/session_manager.h"
+#include "tests/server/test_engine.h"
 
 namespace trams::server {
 namespace {
@@ -19,13 +20,7 @@ using ::testing::HasSubstr;
 class SessionManagerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    engine::DeviceChoice choice;
-    choice.device = "cpu";
-    choice.threads = 1;
-    absl::StatusOr<engine::OpenedEngine> opened =
-        engine::OpenEngine(std::string(TRAMS_TEST_DATA_DIR) + "/golden/models/adaptive_samelen", choice);
-    ASSERT_TRUE(opened.ok()) << opened.status();
-    engine_ = std::move(*opened);
+    ASSERT_NO_FATAL_FAILURE(test::OpenTestEngine(&engine_));
   }
   std::unique_ptr<SessionManager> Manager(int idle_ttl_seconds) {
     SessionLimits limits;

@@ -14,6 +14,7 @@
 #include "engine/open_engine.h"
 #include "server/disk_store.h"
 #include "server/session_manager.h"
+#include "tests/server/test_engine.h"
 
 namespace trams::server {
 namespace {
@@ -41,13 +42,7 @@ class FailingStore final : public SessionStore {
 class SessionPersistenceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    engine::DeviceChoice choice;
-    choice.device = "cpu";
-    choice.threads = 1;
-    absl::StatusOr<engine::OpenedEngine> opened =
-        engine::OpenEngine(std::string(TRAMS_TEST_DATA_DIR) + "/golden/models/adaptive_samelen", choice);
-    ASSERT_TRUE(opened.ok()) << opened.status();
-    engine_ = std::move(*opened);
+    ASSERT_NO_FATAL_FAILURE(test::OpenTestEngine(&engine_));
     dir_ = (fs::temp_directory_path() / ("trams-persist-" + std::to_string(::getpid()) + "-" +
                                          ::testing::UnitTest::GetInstance()->current_test_info()->name()))
                .string();
