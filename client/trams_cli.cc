@@ -52,6 +52,7 @@ ABSL_FLAG(std::string, tls_key, "", "the PEM private key of --tls_cert");
 ABSL_FLAG(std::string, out, "", "export: write the snapshot to this file");
 ABSL_FLAG(bool, replace, false, "import: replace an idle session of the same id");
 ABSL_FLAG(std::string, new_session, "", "fork: the copy's id (empty: the server picks)");
+ABSL_FLAG(std::string, service, "", "health: the service to check (empty: the whole server; trams.v1.TramsService)");
 ABSL_FLAG(int64_t, chunk_bytes, 4096, "score: bytes per stream message");
 ABSL_FLAG(std::string, jsonl, "", "score: write one JSON object per token to this file");
 ABSL_FLAG(int32_t, alternatives, 0, "score: top-k alternatives per token (0-20), into --jsonl");
@@ -99,6 +100,7 @@ Commands:
   list
   delete    --session ID
   info
+  health    [--service NAME]                 grpc.health.v1 check: exit 0 when SERVING, 1 otherwise
   explain   --session ID
   export    --session ID --out FILE          the session's snapshot, to keep or import elsewhere
   import    --file FILE [--session ID] [--replace]   a session from a snapshot (ID: the snapshot's)
@@ -566,6 +568,15 @@ int RunInfo(TramsClient& client) {
   return 0;
 }
 
+// For container HEALTHCHECKs and probes: prints the status; only SERVING exits 0.
+int RunHealth(TramsClient& client) {
+  const std::string service = absl::GetFlag(FLAGS_service);
+  absl::StatusOr<std::string> status = client.CheckHealth(service);
+  if (!status.ok()) return CallFailed("health", status.status());
+  std::cout << *status << "\n";
+  return *status == "SERVING" ? 0 : kExitCallFailed;
+}
+
 int RunExplain(TramsClient& client) {
   const std::string id = absl::GetFlag(FLAGS_session);
   if (id.empty()) return NeedSession("explain");
@@ -614,7 +625,7 @@ int main(int argc, char** argv) {
       {"score", RunScore},   {"generate", RunGenerate}, {"create", RunCreate},
       {"get", RunGet},       {"list", RunList},         {"delete", RunDelete},
       {"export", RunExport}, {"import", RunImport},     {"fork", RunFork},
-      {"info", RunInfo},     {"explain", RunExplain},
+      {"info", RunInfo},     {"explain", RunExplain},   {"health", RunHealth},
   };
   auto it = commands.find(args[1]);
   if (it == commands.end()) return UsageError(absl::StrCat("unknown command '", args[1], "'"));

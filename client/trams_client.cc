@@ -7,10 +7,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <future>
 #include <thread>
 #include <utility>
 
 #include <grpcpp/create_channel.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/security/credentials.h>
 
 #include "absl/time/clock.h"
@@ -24,7 +26,7 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
 }
 
 TramsClient::TramsClient(std::shared_ptr<grpc::Channel> channel, ClientOptions options)
-    : stub_(v1::TramsService::NewStub(std::move(channel))), options_(options) {}
+    : channel_(std::move(channel)), stub_(v1::TramsService::NewStub(channel_)), options_(options) {}
 
 namespace {
 absl::StatusOr<std::string> ReadPem(const char* what, const std::string& path) {
@@ -79,6 +81,50 @@ absl::StatusOr<v1::ModelInfo> TramsClient::GetModelInfo() {
   grpc::Status st = stub_->GetModelInfo(ctx.get(), v1::GetModelInfoRequest(), &info);
   if (!st.ok()) return FromGrpcStatus(st);
   return info;
+}
+
+namespace {
+// grpc.health.v1 is two one-field messages; encoded by hand, so the client links no health stubs.
+// HealthCheckRequest: field 1 (service, length-delimited). HealthCheckResponse: field 1 (status, varint).
+std::string EncodeHealthRequest(const std::string& service) {
+  if (service.empty()) return "";
+  std::string out(1, '\x0a');
+  for (size_t n = service.size(); ; n >>= 7) {
+    out += static_cast<char>((n & 0x7f) | (n > 0x7f ? 0x80 : 0));
+    if (n <= 0x7f) break;
+  }
+  return out + service;
+}
+std::string HealthStatusName(const std::string& response) {
+  int status = 0;  // proto3: an absent field is UNKNOWN
+  if (response.size() == 2 && response[0] == '\x08') status = static_cast<unsigned char>(response[1]);
+  else if (!response.empty()) return "UNKNOWN";
+  switch (status) {
+    case 1: return "SERVING";
+    case 2: return "NOT_SERVING";
+    case 3: return "SERVICE_UNKNOWN";
+    default: return "UNKNOWN";
+  }
+}
+}  // namespace
+
+absl::StatusOr<std::string> TramsClient::CheckHealth(const std::string& service) {
+  auto ctx = NewContext("");
+  if (options_.timeout == absl::InfiniteDuration()) {
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  }
+  grpc::GenericStub stub(channel_);
+  grpc::Slice slice(EncodeHealthRequest(service));
+  grpc::ByteBuffer request(&slice, 1), response;
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(ctx.get(), "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&done](grpc::Status s) { done.set_value(std::move(s)); });
+  if (grpc::Status st = done.get_future().get(); !st.ok()) return FromGrpcStatus(st);
+  std::vector<grpc::Slice> slices;
+  if (!response.Dump(&slices).ok()) return absl::DataLossError("unreadable health check response");
+  std::string bytes;
+  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return HealthStatusName(bytes);
 }
 
 absl::StatusOr<v1::Session> TramsClient::CreateSession(const v1::CreateSessionRequest& request) {

@@ -70,6 +70,9 @@ class TramsClient {
   static absl::StatusOr<std::unique_ptr<TramsClient>> Connect(const std::string& target, ClientOptions options = {});
 
   absl::StatusOr<v1::ModelInfo> GetModelInfo();
+  // grpc.health.v1.Health/Check of `service` ("" = the whole server): SERVING, NOT_SERVING, UNKNOWN or
+  // SERVICE_UNKNOWN; an error when the call fails (unreachable, deadline: at most 10 s without a timeout).
+  absl::StatusOr<std::string> CheckHealth(const std::string& service);
 
   // request.session_id may be empty (the server picks one); memory/segment_len unset = defaults.
   absl::StatusOr<v1::Session> CreateSession(const v1::CreateSessionRequest& request);
@@ -111,6 +114,7 @@ class TramsClient {
   // A context with the deadline and, when `session_id` is not empty, the session metadata.
   std::unique_ptr<grpc::ClientContext> NewContext(const std::string& session_id) const;
 
+  std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::TramsService::Stub> stub_;
   ClientOptions options_;
 };

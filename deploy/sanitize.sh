@@ -32,6 +32,8 @@ echo "sanitize.sh: build took $((SECONDS - start)) s"
 #    /metrics path it drives also runs in the server tests.
 #  readme_commands: runs the READMEs' commands on fixed ports; it checks documentation, not memory, and
 #    its servers would only repeat what the server and CLI tests start.
+#  label deploy (tests/deploy): the deployment files (manifests, alert rules, dashboard, Dockerfiles, the
+#    .deb); they check files and packaging, not memory, and the live dashboard check is a Prometheus scrape.
 #  SafetensorsScaleTest.*: its 30 s ctest TIMEOUT is a hang bound for Release builds; under ASan one case
 #    takes about 25 s alone. It runs below, outside ctest, with a generous bound instead.
 # Everything else stays in, including the interop tests (Python's and Node's gRPC against the instrumented
@@ -40,7 +42,7 @@ echo "sanitize.sh: build took $((SECONDS - start)) s"
 # so a leak at the server's exit fails them).
 start=$SECONDS
 status=0
-ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 \
+ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 -LE '^deploy$' \
   -E '^(reference_selfcheck|convert_tool|prometheus_scrape|readme_commands|SafetensorsScaleTest\..*)$' "$@" || status=$?
 if [[ $# -eq 0 ]]; then
   timeout 600 build-asan/tests/engine/safetensors_scale_test || status=$?

@@ -121,6 +121,7 @@ class GenerateCall final : public SessionCall<grpc::ServerWriteReactor<v1::Gener
     t->set_logprob(out.next_logprobs[token]);
     resp.set_position(session_->stream->position() + 1);
     const auto now = Clock::now();
+    record_.add_tokens(1);
     if (env_->metrics) {
       env_->metrics->TokensGenerated(1);
       if (generated_ == 1) {

@@ -12,6 +12,7 @@
 #include "server/generate_call.h"
 #include "server/metrics.h"
 #include "server/proto_convert.h"
+#include "server/request_record.h"
 #include "server/score_call.h"
 #include "server/session_id.h"
 #include "server/status_convert.h"
@@ -22,29 +23,21 @@ namespace {
 
 constexpr std::chrono::seconds kDeleteWait{2};
 
-// Finishes a unary call and records its latency.
+// Finishes a unary call through its RequestRecord (latency, log line, request id).
 class UnaryDone {
  public:
   UnaryDone(Metrics* metrics, grpc::CallbackServerContext* ctx, const char* method)
-      : metrics_(metrics), reactor_(ctx->DefaultReactor()), method_(method), start_(std::chrono::steady_clock::now()) {}
+      : record_(ctx, method, metrics), reactor_(ctx->DefaultReactor()) {}
   grpc::ServerUnaryReactor* reactor() const { return reactor_; }
+  RequestRecord& record() { return record_; }
   grpc::ServerUnaryReactor* Finish(const absl::Status& status) {
-    const grpc::Status g = ToGrpcStatus(status);
-    if (metrics_) {
-      metrics_->RequestDone(
-          method_, StatusCodeName(status.code()),
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
-    }
-    reactor_->Finish(g);
+    reactor_->Finish(record_.Finish(status));
     return reactor_;
   }
 
  private:
-  static std::string StatusCodeName(absl::StatusCode code) { return absl::StatusCodeToString(code); }
-  Metrics* metrics_;
+  RequestRecord record_;
   grpc::ServerUnaryReactor* reactor_;
-  const char* method_;
-  std::chrono::steady_clock::time_point start_;
 };
 
 // A streaming call refused before it starts (authentication): answers `status` at once.
@@ -56,9 +49,9 @@ class RefusedCall final : public Reactor {
 };
 
 template <class Reactor>
-Reactor* Refuse(Metrics* metrics, const char* method, const absl::Status& status) {
-  if (metrics) metrics->RequestDone(method, absl::StatusCodeToString(status.code()), 0);
-  return new RefusedCall<Reactor>(ToGrpcStatus(status));
+Reactor* Refuse(Metrics* metrics, grpc::CallbackServerContext* ctx, const char* method, const absl::Status& status) {
+  RequestRecord record(ctx, method, metrics);
+  return new RefusedCall<Reactor>(record.Finish(status));
 }
 
 // The model's name: its directory's last component. Never the path (it tells a client about the host).
@@ -145,13 +138,16 @@ grpc::ServerUnaryReactor* LmService::CreateSession(grpc::CallbackServerContext* 
   UnaryDone done(metrics_, ctx, "CreateSession");
   absl::StatusOr<std::string> tenant = Authenticate(ctx);
   if (!tenant.ok()) return done.Finish(tenant.status());
+  done.record().set_tenant(*tenant);
   if (calls_.draining()) return done.Finish(absl::UnavailableError("the server is shutting down"));
   const std::string id = req->session_id().empty() ? SessionIdHeader(ctx) : req->session_id();
   if (!id.empty() && !IsValidSessionId(id)) return done.Finish(InvalidSessionId(id));
   absl::StatusOr<SessionSpec> spec = SessionSpecFrom(*req, options_, model_->config());
   if (!spec.ok()) return done.Finish(spec.status());
+  if (!id.empty()) done.record().set_session(id);
   absl::StatusOr<SessionSnapshot> s = sessions_->Create(ScopedSessionId(*tenant, id), spec->memory, spec->segment_len);
   if (!s.ok()) return done.Finish(s.status());
+  done.record().set_session(s->id);
   ToProto(*s, resp);
   return done.Finish(absl::OkStatus());
 }
@@ -161,8 +157,10 @@ grpc::ServerUnaryReactor* LmService::GetSession(grpc::CallbackServerContext* ctx
   UnaryDone done(metrics_, ctx, "GetSession");
   absl::StatusOr<std::string> tenant = Authenticate(ctx);
   if (!tenant.ok()) return done.Finish(tenant.status());
+  done.record().set_tenant(*tenant);
   absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id(), *tenant);
   if (!id.ok()) return done.Finish(id.status());
+  done.record().set_session(*id);
   absl::StatusOr<SessionSnapshot> s = sessions_->Get(*id);
   if (!s.ok()) return done.Finish(s.status());
   ToProto(*s, resp);
@@ -174,6 +172,7 @@ grpc::ServerUnaryReactor* LmService::ListSessions(grpc::CallbackServerContext* c
   UnaryDone done(metrics_, ctx, "ListSessions");
   absl::StatusOr<std::string> tenant = Authenticate(ctx);
   if (!tenant.ok()) return done.Finish(tenant.status());
+  done.record().set_tenant(*tenant);
   for (const SessionSnapshot& s : sessions_->List()) {
     if (TenantOfSessionId(s.id) == *tenant) ToProto(s, resp->add_sessions());  // the caller's own only
   }
@@ -185,8 +184,10 @@ grpc::ServerUnaryReactor* LmService::DeleteSession(grpc::CallbackServerContext* 
   auto done = std::make_shared<UnaryDone>(metrics_, ctx, "DeleteSession");
   absl::StatusOr<std::string> tenant = Authenticate(ctx);
   if (!tenant.ok()) return done->Finish(tenant.status());
+  done->record().set_tenant(*tenant);
   absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id(), *tenant);
   if (!id.ok()) return done->Finish(id.status());
+  done->record().set_session(*id);
   // A session held by a call is deleted when that call ends, if it ends within kDeleteWait (a client
   // that cancels and deletes at once: the cancel may reach the server after the delete).
   struct PendingDelete : SessionManager::DeleteRequest {
@@ -206,7 +207,7 @@ grpc::ServerUnaryReactor* LmService::DeleteSession(grpc::CallbackServerContext* 
 grpc::ServerBidiReactor<v1::ScoreRequest, v1::ScoreResponse>* LmService::Score(grpc::CallbackServerContext* ctx) {
   absl::StatusOr<std::string> tenant = Authenticate(ctx);
   if (!tenant.ok()) {
-    return Refuse<grpc::ServerBidiReactor<v1::ScoreRequest, v1::ScoreResponse>>(metrics_, "Score", tenant.status());
+    return Refuse<grpc::ServerBidiReactor<v1::ScoreRequest, v1::ScoreResponse>>(metrics_, ctx, "Score", tenant.status());
   }
   return StartScoreCall(&env_, ctx, *std::move(tenant));
 }
@@ -215,7 +216,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* LmService::Generate(grpc::Callba
                                                                    const v1::GenerateRequest* req) {
   absl::StatusOr<std::string> tenant = Authenticate(ctx);
   if (!tenant.ok()) {
-    return Refuse<grpc::ServerWriteReactor<v1::GenerateResponse>>(metrics_, "Generate", tenant.status());
+    return Refuse<grpc::ServerWriteReactor<v1::GenerateResponse>>(metrics_, ctx, "Generate", tenant.status());
   }
   return StartGenerateCall(&env_, ctx, req, *std::move(tenant));
 }
@@ -226,8 +227,10 @@ grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContex
   auto done = std::make_shared<UnaryDone>(metrics_, ctx, "ExplainSelection");
   absl::StatusOr<std::string> tenant = Authenticate(ctx);
   if (!tenant.ok()) return done->Finish(tenant.status());
+  done->record().set_tenant(*tenant);
   absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id(), *tenant);
   if (!id.ok()) return done->Finish(id.status());
+  done->record().set_session(*id);
   grpc::ServerUnaryReactor* reactor = done->reactor();  // gRPC allows one DefaultReactor() per call
   // Taken like a call so that it reads a settled session (after the running call, if any).
   sessions_->Acquire(*id, [this, done, resp](absl::StatusOr<std::shared_ptr<Session>> s) {
@@ -256,7 +259,7 @@ grpc::ServerUnaryReactor* LmService::ExplainSelection(grpc::CallbackServerContex
 grpc::ServerWriteReactor<v1::SessionChunk>* LmService::ExportSession(grpc::CallbackServerContext* ctx,
                                                                      const v1::ExportSessionRequest* req) {
   absl::StatusOr<std::string> tenant = Authenticate(ctx);
-  if (!tenant.ok()) return Refuse<grpc::ServerWriteReactor<v1::SessionChunk>>(metrics_, "ExportSession", tenant.status());
+  if (!tenant.ok()) return Refuse<grpc::ServerWriteReactor<v1::SessionChunk>>(metrics_, ctx, "ExportSession", tenant.status());
   return StartExportCall(&env_, ctx, req, *std::move(tenant));
 }
 
@@ -264,7 +267,7 @@ grpc::ServerReadReactor<v1::ImportSessionRequest>* LmService::ImportSession(grpc
                                                                             v1::Session* resp) {
   absl::StatusOr<std::string> tenant = Authenticate(ctx);
   if (!tenant.ok()) {
-    return Refuse<grpc::ServerReadReactor<v1::ImportSessionRequest>>(metrics_, "ImportSession", tenant.status());
+    return Refuse<grpc::ServerReadReactor<v1::ImportSessionRequest>>(metrics_, ctx, "ImportSession", tenant.status());
   }
   return StartImportCall(&env_, ctx, resp, *std::move(tenant));
 }
@@ -274,9 +277,11 @@ grpc::ServerUnaryReactor* LmService::ForkSession(grpc::CallbackServerContext* ct
   auto done = std::make_shared<UnaryDone>(metrics_, ctx, "ForkSession");
   absl::StatusOr<std::string> tenant = Authenticate(ctx);
   if (!tenant.ok()) return done->Finish(tenant.status());
+  done->record().set_tenant(*tenant);
   if (calls_.draining()) return done->Finish(absl::UnavailableError("the server is shutting down"));
   absl::StatusOr<std::string> id = SessionIdOf(ctx, req->session_id(), *tenant);
   if (!id.ok()) return done->Finish(id.status());
+  done->record().set_session(*id);
   if (!req->new_session_id().empty() && !IsValidSessionId(req->new_session_id())) {
     return done->Finish(InvalidSessionId(req->new_session_id()));
   }

@@ -1,25 +1,30 @@
 // trams-server: flags and signals (SIGTERM/SIGINT drain the server). Everything else is ServerApp's.
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/cli/flag_usage.h"
 #include "server/log.h"
+#include "server/request_record.h"
 #include "server/server_app.h"
 
 ABSL_FLAG(std::string, model, "", "model directory (config.json, model.safetensors, tokenizer.json)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
-          "gRPC listen address (port 0: pick one); 0.0.0.0:PORT serves other machines (no authentication yet)");
+          "gRPC listen address (port 0: pick one); 0.0.0.0:PORT serves other machines (then use --auth_keys or "
+          "mutual TLS)");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "Prometheus /metrics address (empty: off)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: the gRPC port speaks TLS only (with --tls_key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
@@ -96,6 +101,14 @@ ABSL_FLAG(int, snapshot_interval_seconds, 0,
 ABSL_FLAG(std::string, snapshot_compression, "none",
           "session snapshots (store and ExportSession): none | zstd (f32 pools shrink ~8-20%, at 2-4x the time)");
 ABSL_FLAG(int, batch_wait_us, 300, "how long a forward waits for more busy sessions to join its batch");
+ABSL_FLAG(std::string, log_level, "info",
+          "least severe log line written to stderr (one JSON object per line): debug | info | warning | error");
+ABSL_FLAG(std::string, request_log_level, "info",
+          "level of the line each RPC writes (request id, method, tenant, session, code, tokens, duration): "
+          "debug | info | warning | error | off (server faults are logged at error whatever this says)");
+ABSL_FLAG(bool, print_config, false,
+          "print the effective configuration (every flag of trams-server, as a --flagfile) and exit; with bad "
+          "flags, say why and exit 1");
 
 namespace trams::server {
 namespace {
@@ -197,7 +210,52 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   return o;
 }
 
+// --log_level and --request_log_level; false (after saying why) when one is not a level.
+bool SetLogLevelsFromFlags() {
+  const std::optional<LogLevel> level = ParseLogLevel(absl::GetFlag(FLAGS_log_level));
+  const std::optional<LogLevel> requests = ParseLogLevel(absl::GetFlag(FLAGS_request_log_level));
+  if (!level.has_value() || *level == LogLevel::kOff || !requests.has_value()) {
+    LogError("bad flags", {{"error", !level.has_value() || *level == LogLevel::kOff
+                                          ? "--log_level must be debug, info, warning or error, got '" +
+                                                absl::GetFlag(FLAGS_log_level) + "'"
+                                          : "--request_log_level must be debug, info, warning, error or off, got '" +
+                                                absl::GetFlag(FLAGS_request_log_level) + "'"}});
+    return false;
+  }
+  SetMinLogLevel(*level);
+  SetRequestLogLevel(*requests);
+  return true;
+}
+
+// --print_config: this file's flags in name order, as a flag file the server reads back with --flagfile.
+int PrintConfig() {
+  if (!SetLogLevelsFromFlags()) return 1;
+  if (absl::StatusOr<ServerOptions> options = OptionsFromFlags(); !options.ok()) {
+    LogError("bad flags", {{"error", std::string(options.status().message())}});
+    return 1;
+  }
+  // This file's flags: those defined where --model is (Abseil may shorten __FILE__ in Filename()).
+  const std::string here = absl::FindCommandLineFlag("model")->Filename();
+  std::vector<const absl::CommandLineFlag*> flags;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (flag->Filename() == here && name != "print_config") flags.push_back(flag);
+  }
+  std::sort(flags.begin(), flags.end(), [](auto* a, auto* b) { return a->Name() < b->Name(); });
+  std::string out =
+      "# trams-server --print_config: the effective configuration, every flag of trams-server (a --flagfile).\n"
+      "# A flag changed from its default has the default in a comment above it.\n";
+  for (const absl::CommandLineFlag* flag : flags) {
+    if (flag->CurrentValue() != flag->DefaultValue()) {
+      absl::StrAppend(&out, "# default: ", flag->DefaultValue().empty() ? "(empty)" : flag->DefaultValue(), "\n");
+    }
+    absl::StrAppend(&out, "--", flag->Name(), "=", flag->CurrentValue(), "\n");
+  }
+  std::fputs(out.c_str(), stdout);
+  return 0;
+}
+
 int Run() {
+  if (!SetLogLevelsFromFlags()) return 1;
   // Signals are taken by one thread with sigwait; block them before any thread starts. Loading a model
   // cannot be interrupted, so a signal before the server serves ends the process at once.
   // The waiter is detached (it may still sit in sigwait when Run() returns after a failed start), so
@@ -276,5 +334,6 @@ int main(int argc, char** argv) {
       "Serves a Transformer-XL model with per-session TRAMS memory over gRPC (trams.v1.TramsService).");
   trams::engine::SetFlagsUsageForMainFile(__FILE__);
   absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_print_config)) return trams::server::PrintConfig();
   return trams::server::Run();
 }

@@ -34,6 +34,16 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                        .Help("Segments waiting for the engine")
                        .Register(*registry_)
                        .Add({});
+  queue_capacity_ = &BuildGauge()
+                         .Name("trams_queue_capacity")
+                         .Help("Most segments the engine queue holds before new work is refused (--max_queue)")
+                         .Register(*registry_)
+                         .Add({});
+  health_serving_ = &BuildGauge()
+                         .Name("trams_health_serving")
+                         .Help("1 while grpc.health.v1 answers SERVING, 0 before serving and while draining")
+                         .Register(*registry_)
+                         .Add({});
   batch_size_ = &BuildHistogram()
                      .Name("trams_batch_size")
                      .Help("Segments (sessions) per engine forward")
@@ -209,6 +219,8 @@ void Metrics::RequestDone(const std::string& method, const std::string& code, do
 
 void Metrics::QueueWait(double seconds) { queue_wait_->Observe(seconds); }
 void Metrics::QueueLength(int64_t n) { queue_length_->Set(static_cast<double>(n)); }
+void Metrics::SetQueueCapacity(int64_t n) { queue_capacity_->Set(static_cast<double>(n)); }
+void Metrics::SetServing(bool serving) { health_serving_->Set(serving ? 1.0 : 0.0); }
 void Metrics::BatchSize(int64_t n) { batch_size_->Observe(static_cast<double>(n)); }
 void Metrics::ForwardSeconds(double seconds) { forward_seconds_->Observe(seconds); }
 void Metrics::TokensScored(int64_t n) { tokens_scored_->Increment(static_cast<double>(n)); }

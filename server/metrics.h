@@ -35,6 +35,10 @@ class Metrics {
   void RequestDone(const std::string& method, const std::string& code, double seconds);
   void QueueWait(double seconds);
   void QueueLength(int64_t n);
+  // The --max_queue limit (trams_queue_capacity), so that alerts can say "near full".
+  void SetQueueCapacity(int64_t n);
+  // 1 while grpc.health.v1 answers SERVING, 0 from the start of a drain (trams_health_serving).
+  void SetServing(bool serving);
   void BatchSize(int64_t n);
   void ForwardSeconds(double seconds);
   void TokensScored(int64_t n);
@@ -76,6 +80,8 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>* request_latency_;
   prometheus::Histogram* queue_wait_;
   prometheus::Gauge* queue_length_;
+  prometheus::Gauge* queue_capacity_;
+  prometheus::Gauge* health_serving_;
   prometheus::Histogram* batch_size_;
   prometheus::Histogram* forward_seconds_;
   prometheus::Counter* tokens_scored_;

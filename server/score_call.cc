@@ -197,11 +197,10 @@ class ScoreCall final : public SessionCall<grpc::ServerBidiReactor<v1::ScoreRequ
       resp.set_ppl(std::exp(mean));
       resp.set_bits_per_token(mean / std::log(2.0));
     }
-    if (env_->metrics) {
-      int64_t scored = 0;
-      for (float lp : out.logprob) scored += std::isnan(lp) ? 0 : 1;
-      env_->metrics->TokensScored(scored);
-    }
+    int64_t scored = 0;
+    for (float lp : out.logprob) scored += std::isnan(lp) ? 0 : 1;
+    record_.add_tokens(scored);
+    if (env_->metrics) env_->metrics->TokensScored(scored);
     Write(std::move(resp), a);
   }
 

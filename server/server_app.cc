@@ -195,6 +195,8 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerOptions&
         absl::StrCat("cannot listen on ", options.listen, ": the address is in use or not local to this machine"));
   }
   app->server_->GetHealthCheckService()->SetServingStatus("trams.v1.TramsService", true);
+  app->metrics_->SetQueueCapacity(options.scheduler.max_queue);
+  app->metrics_->SetServing(true);
   if (!IsLoopbackAddress(options.listen) && !authenticated) {
     LogInfo("serving other machines without authentication: every client can use every session "
             "(listen on 127.0.0.1, or put an authenticating proxy in front)",
@@ -253,6 +255,7 @@ void ServerApp::Shutdown(std::chrono::milliseconds drain, std::chrono::milliseco
   if (server_) {
     using Clock = std::chrono::steady_clock;
     server_->GetHealthCheckService()->SetServingStatus(false);
+    if (metrics_) metrics_->SetServing(false);
     const auto start = Clock::now();
     // Health checks keep answering NOT_SERVING for the grace period, so that load balancers move new
     // traffic away; running calls go on meanwhile, until the drain deadline.

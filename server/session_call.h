@@ -18,6 +18,7 @@
 #include "server/call_env.h"
 #include "server/log.h"
 #include "server/metrics.h"
+#include "server/request_record.h"
 #include "server/scheduler.h"
 #include "server/scoped_id.h"
 #include "server/status_convert.h"
@@ -40,7 +41,9 @@ class SessionCall : public Reactor {
   using Actions = CallActions<Response>;
 
   SessionCall(const CallEnv* env, grpc::CallbackServerContext* ctx, const char* method, std::string tenant)
-      : env_(env), ctx_(ctx), method_(method), tenant_(std::move(tenant)), start_(Clock::now()) {
+      : env_(env), ctx_(ctx), method_(method), tenant_(std::move(tenant)), start_(Clock::now()),
+        record_(ctx, method, env->metrics) {
+    record_.set_tenant(tenant_);
     env_->calls->Started();
     if (env_->tenants) slot_ = env_->tenants->StartCall(tenant_);
   }
@@ -95,6 +98,7 @@ class SessionCall : public Reactor {
 
   void StartAcquire(const std::string& id, Actions& a) {
     acquiring_ = true;
+    record_.set_session(id);
     a.acquire = id;
   }
 
@@ -120,11 +124,7 @@ class SessionCall : public Reactor {
       a.release = session_;
       a.remove_active = true;
     }
-    finish_status_ = ToGrpcStatus(*end_);
-    if (env_->metrics) {
-      env_->metrics->RequestDone(method_, absl::StatusCodeToString(end_->code()),
-                                   std::chrono::duration<double>(Clock::now() - start_).count());
-    }
+    finish_status_ = record_.Finish(*end_);
   }
 
   // Call with the mutex held at the end of every event; then call Perform(a) without it.
@@ -228,6 +228,7 @@ class SessionCall : public Reactor {
   bool slot_released_ = false;
   using Clock = std::chrono::steady_clock;
   Clock::time_point start_;
+  RequestRecord record_;  // the request id, the latency and the log line
   std::mutex mu_;
   std::shared_ptr<Session> session_;
   std::optional<int64_t> expected_position_;

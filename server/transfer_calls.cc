@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/metrics.h"
 #include "server/proto_convert.h"
+#include "server/request_record.h"
 #include "server/session_id.h"
 #include "server/session_manager.h"
 #include "server/status_convert.h"
@@ -31,18 +32,12 @@ struct CallSlot {
   absl::Status status;
 };
 
-void RecordDone(const CallEnv* env, const char* method, const absl::Status& s, Clock::time_point start) {
-  if (env->metrics) {
-    env->metrics->RequestDone(method, absl::StatusCodeToString(s.code()),
-                              std::chrono::duration<double>(Clock::now() - start).count());
-  }
-}
-
 class ExportCall final : public grpc::ServerWriteReactor<v1::SessionChunk> {
  public:
   ExportCall(const CallEnv* env, grpc::CallbackServerContext* ctx, const v1::ExportSessionRequest* req,
              const std::string& tenant)
-      : env_(env), slot_(env, tenant), start_(Clock::now()) {
+      : env_(env), slot_(env, tenant), record_(ctx, "ExportSession", env->metrics) {
+    record_.set_tenant(tenant);
     env_->calls->Started();
     if (!slot_.status.ok()) {
       End(slot_.status);
@@ -53,6 +48,7 @@ class ExportCall final : public grpc::ServerWriteReactor<v1::SessionChunk> {
       End(id.status());
       return;
     }
+    record_.set_session(*id);
     env_->sessions->ExportImage(*id, [this](absl::StatusOr<SessionImage> image) {
       if (!image.ok()) return End(image.status());
       image->record.id = std::string(BareSessionId(image->record.id));  // the blob names no tenant
@@ -79,14 +75,11 @@ class ExportCall final : public grpc::ServerWriteReactor<v1::SessionChunk> {
     sent_ += n;
     StartWrite(&chunk_);
   }
-  void End(const absl::Status& s) {
-    RecordDone(env_, "ExportSession", s, start_);
-    Finish(ToGrpcStatus(s));
-  }
+  void End(const absl::Status& s) { Finish(record_.Finish(s)); }
 
   const CallEnv* env_;
   const CallSlot slot_;
-  Clock::time_point start_;
+  RequestRecord record_;
   std::string blob_;
   size_t sent_ = 0;
   v1::SessionChunk chunk_;
@@ -96,7 +89,9 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportSessionRequest
  public:
   ImportCall(const CallEnv* env, grpc::CallbackServerContext* ctx, v1::Session* resp, std::string tenant)
       : env_(env), ctx_(ctx), resp_(resp), tenant_(std::move(tenant)), slot_(env, tenant_), start_(Clock::now()),
+        record_(ctx, "ImportSession", env->metrics),
         max_bytes_(static_cast<size_t>(env->options->limits.memory_budget_bytes) + (size_t{64} << 20)) {
+    record_.set_tenant(tenant_);
     env_->calls->Started();
     if (env_->calls->draining()) {
       End(absl::UnavailableError("the server is shutting down"));
@@ -137,16 +132,14 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportSessionRequest
     if (!image.ok()) return End(image.status());
     // Into the caller's tenant, whoever exported it: under the id asked for, else the snapshot's own.
     const std::string id = ScopedSessionId(tenant_, id_.empty() ? BareSessionId(image->record.id) : id_);
+    record_.set_session(id);
     absl::StatusOr<SessionSnapshot> s = env_->sessions->Insert(*std::move(image), id, replace_);
     if (!s.ok()) return End(s.status());
     if (env_->metrics) env_->metrics->SessionRestored("import", std::chrono::duration<double>(Clock::now() - start_).count());
     ToProto(*s, resp_);
     End(absl::OkStatus());
   }
-  void End(const absl::Status& s) {
-    RecordDone(env_, "ImportSession", s, start_);
-    Finish(ToGrpcStatus(s));
-  }
+  void End(const absl::Status& s) { Finish(record_.Finish(s)); }
 
   const CallEnv* env_;
   grpc::CallbackServerContext* ctx_;
@@ -154,6 +147,7 @@ class ImportCall final : public grpc::ServerReadReactor<v1::ImportSessionRequest
   const std::string tenant_;
   const CallSlot slot_;
   Clock::time_point start_;
+  RequestRecord record_;
   const size_t max_bytes_;
   v1::ImportSessionRequest req_;
   bool first_ = true;

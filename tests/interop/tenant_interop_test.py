@@ -58,7 +58,10 @@ class TenantInteropTest(unittest.TestCase):
         with self.assertRaises(self.grpc.RpcError) as e:
             self.call(method, request, tenant, key)
         self.assertEqual(e.exception.code(), code, e.exception.details())
-        return e.exception.details()
+        # Every error message ends in the call's request id; what comes before it is the same each time.
+        message, _, request_id = e.exception.details().rpartition(" [request ")
+        self.assertTrue(message and request_id.endswith("]"), e.exception.details())
+        return message
 
     def test_calls_without_a_valid_key_are_unauthenticated(self):
         unauth = self.grpc.StatusCode.UNAUTHENTICATED

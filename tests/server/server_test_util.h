@@ -95,6 +95,14 @@ inline void SetDeadline(grpc::ClientContext* ctx) {
   ctx->set_deadline(std::chrono::system_clock::now() + kCallTimeout);
 }
 
+// An error message without the " [request ID]" every failed call's message ends in (server/request_record.h):
+// what stays the same from one call to the next. Empty when the suffix is missing.
+inline std::string WithoutRequestId(const std::string& message) {
+  const size_t at = message.rfind(" [request ");
+  if (at == std::string::npos || message.back() != ']') return "";
+  return message.substr(0, at);
+}
+
 inline std::string Describe(const grpc::Status& s) {
   return "code " + std::to_string(static_cast<int>(s.error_code())) + ": " + s.error_message();
 }

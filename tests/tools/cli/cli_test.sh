@@ -44,6 +44,24 @@ expect_start_fails "bad flag value" "--max_segment_len must be in" --model "$mod
 expect_start_fails "default layers the model lacks" "do not fit the model" --model "$model" --listen 127.0.0.1:0 \
   --metrics_listen "" --layers 99
 
+expect_start_fails "bad --log_level" "--log_level must be debug, info, warning or error" --model "$model" \
+  --log_level loud
+expect_start_fails "bad --request_log_level" "--request_log_level must be" --model "$model" --request_log_level all
+expect_start_fails "--print_config with a bad flag" "--max_segment_len must be in" --print_config --max_segment_len 0
+
+# --print_config: every flag, as a flag file that reads back to the same configuration; a changed flag
+# shows its default; the shipped example flag file is one the server takes.
+"$TRAMS_SERVER" --flagfile="$TRAMS_SOURCE_DIR/deploy/trams-server.flags" --mem_len 123 --print_config \
+  >"$work/config" 2>"$work/config.err" || fail "--print_config: exit $?: $(cat "$work/config.err")"
+grep -qx -- "--mem_len=123" "$work/config" || fail "--print_config lacks --mem_len=123: $(head -c 300 "$work/config")"
+grep -B1 -x -- "--mem_len=123" "$work/config" | grep -qx "# default: 400" || fail "--print_config: no default for --mem_len"
+grep -qx -- "--model=/usr/share/trams-serve/models/trams-byte-books" "$work/config" ||
+  fail "--print_config did not read the example flag file's --model"
+grep -q -- "^--print_config=" "$work/config" && fail "--print_config prints itself (read back, it would loop)"
+[[ $(grep -c '^--' "$work/config") -ge 50 ]] || fail "--print_config prints only $(grep -c '^--' "$work/config") flags"
+"$TRAMS_SERVER" --flagfile="$work/config" --print_config >"$work/config2" 2>&1 || fail "reading back --print_config failed"
+diff -q "$work/config" "$work/config2" >/dev/null || fail "--print_config read back differs: $(diff "$work/config" "$work/config2" | head)"
+
 # SIGTERM while the model loads (a weights header of a million entries takes a while to read): the
 # process ends at once with status 1 and says why (it used to ignore the signal until loaded).
 mkdir -p "$work/slow"
@@ -86,6 +104,25 @@ echo "some text" >"$work/text"
 rc=$?
 [[ $rc -eq 2 ]] || fail "score --session existing --mode xl: exit status $rc, expected 2 (usage)"
 grep -q -- "--mode applies when a session is created" "$work/client.err" || fail "no explanation: $(cat "$work/client.err")"
+
+# health: SERVING exits 0 (whole server and the service); an unknown service or no server exits 1.
+out=$("$TRAMS_CLIENT" --server "127.0.0.1:$port" health 2>&1) || fail "health: exit $?: $out"
+[[ "$out" == SERVING ]] || fail "health printed '$out', not SERVING"
+"$TRAMS_CLIENT" --server "127.0.0.1:$port" --service trams.v1.TramsService health >/dev/null 2>&1 ||
+  fail "health --service trams.v1.TramsService: not SERVING"
+"$TRAMS_CLIENT" --server "127.0.0.1:$port" --service no.such.Service health >/dev/null 2>&1 &&
+  fail "health of an unknown service exited 0"
+"$TRAMS_CLIENT" --server 127.0.0.1:1 --timeout 2s health >/dev/null 2>"$work/health.err" && fail "health without a server exited 0"
+grep -q UNAVAILABLE "$work/health.err" || fail "health without a server: $(cat "$work/health.err")"
+
+# The request log: one JSON line per call, with its request id, which the error message names too.
+"$TRAMS_CLIENT" --server "127.0.0.1:$port" get --session missing 2>"$work/get.err" >/dev/null
+id=$(grep -o '\[request [0-9a-f]*\]' "$work/get.err" | tr -d '[]' | cut -d' ' -f2)
+[[ -n "$id" ]] || fail "the error names no request id: $(cat "$work/get.err")"
+for _ in $(seq 50); do grep -q "\"request_id\": \"$id\"" "$work/first.log" && break; sleep 0.1; done
+line=$(grep "\"request_id\": \"$id\"" "$work/first.log")
+python3 -c 'import json,sys; r=json.loads(sys.argv[1]); assert (r["msg"], r["method"], r["code"], r["session"]) == ("request", "GetSession", "NOT_FOUND", "missing") and r["duration_ms"] >= 0, r' "$line" ||
+  fail "no request line for $id in the server log: '$line'"
 
 if ((failures)); then
   echo "$failures check(s) failed" >&2

@@ -8,6 +8,7 @@ checkout. A few lines cannot run inside a test as typed; they are rewritten, eac
 
   build/server/trams-server ...   started in the background (it serves until stopped), and the script
                                   waits for its port; every server is stopped when the document ends
+                                  (not with --print_config or --help: those print and exit)
   trams-bench, trams-soak         only their flags are checked (run with `--help` appended: an
                                   unknown flag is still refused): they run for minutes, and the soak
                                   has its own ctest
@@ -16,6 +17,8 @@ checkout. A few lines cannot run inside a test as typed; they are rewritten, eac
   ctest ...                       not run here: it is this very test suite
   npm ci                          not run here: deploy/deps.sh --tests runs it (concurrent tests use
                                   the same node_modules)
+  docker, kubectl                 not run here: CI has no Docker engine and no cluster (tests/deploy checks
+                                  the Dockerfiles and manifests without them)
 
 Usage: readme_commands_test.py SOURCE_DIR BUILD_DIR DOC...   (DOC relative to SOURCE_DIR)
 """
@@ -82,7 +85,10 @@ def rewrite(line):
         return f": not run here, it is this test suite: {code!r}"
     if "npm ci" in code:
         return re.sub(r"\s*&&\s*npm ci\b", "", code) + "  # npm ci: done by deploy/deps.sh --tests"
-    if re.search(r"(^|\s|/)build/server/trams-server\b", code) and not re.search(r"^\s*\w+=", code):
+    if re.match(r"\s*(docker|kubectl)\b", code):
+        return f": not run here, it needs a Docker engine or a cluster: {code!r}"
+    if re.search(r"(^|\s|/)build/server/trams-server\b", code) and not re.search(r"^\s*\w+=", code) \
+            and not re.search(r"\s--(print_config|help)\b", code):
         return "trams_start_server " + code.strip()
     if re.search(r"trams-(bench|soak)\b", code):
         return "trams_check_flags " + code.strip()
