@@ -267,5 +267,32 @@ TEST(RequestLogTenantTest, NamesTheTenantAndTheIdItsClientKnows) {
   fs::remove(keys);
 }
 
+// Every eviction and every spill is a line of its own, naming the session and the reason.
+TEST(EvictionLogTest, EvictionsAndSpillsAreLoggedWithTheirReason) {
+  for (const bool with_store : {false, true}) {
+    SCOPED_TRACE(with_store ? "spill to a store" : "evict");
+    const fs::path dir = fs::temp_directory_path() / ("trams-eviction-log-" + std::to_string(::getpid()));
+    ServerOptions options = TestOptions(kModel);
+    options.limits.max_sessions = 1;
+    if (with_store) options.persistence.state_dir = dir.string();
+    std::unique_ptr<TestServer> server = StartServer(options);
+    ASSERT_NE(server, nullptr);
+    StderrCapture log;
+    ASSERT_TRUE(CreateSession(server->stub.get(), "first", Trams(kM, kTopk, kRemain), kN).ok());
+    ASSERT_TRUE(CreateSession(server->stub.get(), "second", Trams(kM, kTopk, kRemain), kN).ok());
+    const std::string expected = with_store ? "spilled a session to the store" : "evicted a session";
+    int found = 0;
+    for (const nlohmann::json& j : log.Lines()) {
+      if (j.value("msg", "") != expected) continue;
+      ++found;
+      EXPECT_EQ(j.value("session", ""), "first");
+      EXPECT_EQ(j.value("reason", ""), "max_sessions");
+    }
+    EXPECT_EQ(found, 1) << "one '" << expected << "' line";
+    server.reset();
+    fs::remove_all(dir);
+  }
+}
+
 }  // namespace
 }  // namespace trams::server::test
