@@ -5,7 +5,7 @@ build_pkgs=(cmake ninja-build g++ pkg-config ccache libxxhash-dev libzstd-dev li
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libblis-serial-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev)
-test_pkgs=(python3-numpy python3-grpcio python3-yaml prometheus grpc-proto curl redis-server nginx openssl systemd dpkg-dev)  # Node.js comes with the machine image
+test_pkgs=(python3-numpy python3-grpcio python3-yaml prometheus grpc-proto curl redis-server nginx openssl systemd dpkg-dev file)  # Node.js comes with the machine image
 pkgs=("${build_pkgs[@]}")
 if [[ "${1:-}" == "--tests" ]]; then pkgs+=("${test_pkgs[@]}"); fi
 if [[ "${2:-}" == "--torch" ]]; then pkgs+=(python3-torch); fi
