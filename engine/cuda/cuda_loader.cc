@@ -12,12 +12,14 @@ namespace trams::cuda {
 
 std::string DefaultModulePath() {
   // $TRAMS_CUDA_MODULE, else next to the executable or one folder up (build/engine/trams-eval and
-  // build/server/trams-server find build/libtrams_cuda.so), else an installed copy beside it.
+  // build/server/trams-server find build/libtrams_cuda.so), else where the package and the images install
+  // it (PREFIX/bin/trams-server -> PREFIX/lib/<multiarch>/trams-serve/), else a copy beside it.
   if (const char* env = std::getenv("TRAMS_CUDA_MODULE"); env != nullptr && *env != '\0') return env;
   std::error_code ec;
   const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
   if (ec) return "";
-  for (const auto& dir : {exe.parent_path(), exe.parent_path().parent_path()}) {
+  for (const auto& dir : {exe.parent_path(), exe.parent_path().parent_path(),
+                          exe.parent_path().parent_path() / TRAMS_CUDA_MODULE_SUBDIR}) {
     const auto candidate = dir / kModuleFileName;
     if (std::filesystem::exists(candidate, ec)) return candidate.string();
   }

@@ -121,11 +121,11 @@ else
   ok "--print_config on the packaged flag file: $(grep -c '^--' "$scratch/config") flags"
 fi
 
-# trams-eval on the packaged model, and --device auto through the packaged CUDA module (as the unit's
-# $TRAMS_CUDA_MODULE names it): the module must load (dlopen, entry point, API version), whether or not
-# this machine has a GPU and driver.
+# trams-eval on the packaged model, and --device auto through the packaged CUDA module, found where the
+# loader looks for an installed one (PREFIX/lib/<multiarch>/trams-serve/, no $TRAMS_CUDA_MODULE): the module
+# must load (dlopen, entry point, API version), whether or not this machine has a GPU and driver.
 printf 'The packaged model scores this line of text, byte by byte. ' >"$scratch/input.txt"
-TRAMS_CUDA_MODULE="$root$module" "$root/usr/bin/trams-eval" --device auto --json --input "$scratch/input.txt" \
+env -u TRAMS_CUDA_MODULE "$root/usr/bin/trams-eval" --device auto --json --input "$scratch/input.txt" \
   --model "$root/usr/share/trams-serve/models/trams-byte-books" >"$scratch/eval" 2>&1
 rc=$?
 if [[ $rc -ne 0 ]] || ! grep -q '"loss"' "$scratch/eval"; then
