@@ -267,6 +267,23 @@ TEST(RequestLogTenantTest, NamesTheTenantAndTheIdItsClientKnows) {
   fs::remove(keys);
 }
 
+// A message may quote what a client sent: control bytes, quotes and bytes that are not UTF-8 must still make
+// one line that parses, with valid UTF-8 kept as it is and every invalid byte as U+FFFD.
+TEST(LogLineTest, EveryLineIsOneJsonObjectWhateverTheBytes) {
+  StderrCapture log;
+  const std::string nasty = std::string("a\"b\\c\nd\r\x01e caf\xc3\xa9 \xff\xc3 \xed\xa0\x80 \xf4\x90\x80\x80 ") + '\0' + "z";
+  LogInfo("escape-check", {{"text", nasty}, {"n", 42}, {"x", 0.5}});
+  const std::vector<nlohmann::json> lines = log.Lines();
+  ASSERT_EQ(lines.size(), 1u) << "the newline inside must not split the line";
+  const nlohmann::json& j = lines[0];
+  EXPECT_EQ(j["msg"], "escape-check");
+  EXPECT_EQ(j["text"], std::string("a\"b\\c\nd\r\x01e caf\xc3\xa9 \xef\xbf\xbd\xef\xbf\xbd ") +
+                           "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd " +
+                           std::string(1, '\0') + "z");
+  EXPECT_EQ(j["n"], 42) << "integers are JSON numbers";
+  EXPECT_EQ(j["x"], 0.5);
+}
+
 // Every eviction and every spill is a line of its own, naming the session and the reason.
 TEST(EvictionLogTest, EvictionsAndSpillsAreLoggedWithTheirReason) {
   for (const bool with_store : {false, true}) {
