@@ -12,7 +12,7 @@ main() {
   seconds="${1:-30}"
   shift || true
   targets=("$@")
-  ((${#targets[@]})) || targets=(fuzz_safetensors fuzz_config fuzz_tokenizer fuzz_weights fuzz_trams_settings fuzz_requests fuzz_snapshot fuzz_session_snapshot fuzz_auth_keys)
+  ((${#targets[@]})) || targets=(fuzz_safetensors fuzz_config fuzz_tokenizer fuzz_weights fuzz_trams_settings fuzz_requests fuzz_snapshot fuzz_session_snapshot fuzz_auth_keys fuzz_log_line)
   jobs="${FUZZ_JOBS:-2}"
   nice_level="${FUZZ_NICE:-10}"
 

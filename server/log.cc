@@ -39,8 +39,7 @@ size_t Utf8SequenceLength(std::string_view s, size_t i) {
   return n;
 }
 
-// `s` as the inside of a JSON string: quotes, backslashes and control bytes escaped, and any byte that is not
-// part of valid UTF-8 written as U+FFFD, so that every line parses (a message may quote what a client sent).
+// JsonEscaped (log.h), appended.
 void AppendEscaped(std::string* out, std::string_view s) {
   for (size_t i = 0; i < s.size();) {
     const unsigned char c = static_cast<unsigned char>(s[i]);
@@ -65,6 +64,12 @@ void AppendEscaped(std::string* out, std::string_view s) {
 }
 
 }  // namespace
+
+std::string JsonEscaped(std::string_view s) {
+  std::string out;
+  AppendEscaped(&out, s);
+  return out;
+}
 
 LogValue::LogValue(double x) : text(absl::StrFormat("%.6g", x)), number(std::isfinite(x)) {}
 

@@ -34,6 +34,10 @@ void SetMinLogLevel(LogLevel level);
 bool LogEnabled(LogLevel level);
 
 void Log(LogLevel level, const std::string& msg, const LogFields& fields = {});
+
+// `s` as the inside of a JSON string: quotes, backslashes and control bytes escaped, every byte that is not
+// part of valid UTF-8 as U+FFFD (so that a line quoting what a client sent still parses); valid UTF-8 as is.
+std::string JsonEscaped(std::string_view s);
 inline void LogDebug(const std::string& msg, const LogFields& fields = {}) { Log(LogLevel::kDebug, msg, fields); }
 inline void LogInfo(const std::string& msg, const LogFields& fields = {}) { Log(LogLevel::kInfo, msg, fields); }
 inline void LogWarning(const std::string& msg, const LogFields& fields = {}) { Log(LogLevel::kWarning, msg, fields); }
