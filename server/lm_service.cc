@@ -15,7 +15,6 @@
 #include "server/request_record.h"
 #include "server/score_call.h"
 #include "server/session_id.h"
-#include "server/status_convert.h"
 #include "server/transfer_calls.h"
 
 namespace trams::server {

@@ -51,8 +51,7 @@ bool IsUsableRequestId(std::string_view id) {
 }
 
 RequestRecord::RequestRecord(grpc::CallbackServerContext* ctx, const char* method, Metrics* metrics)
-    : id_(RequestIdOf(ctx)), method_(method), metrics_(metrics), peer_(ctx->peer()),
-      start_(std::chrono::steady_clock::now()) {
+    : id_(RequestIdOf(ctx)), method_(method), metrics_(metrics), ctx_(ctx), start_(std::chrono::steady_clock::now()) {
   ctx->AddInitialMetadata(kRequestIdMetadata, id_);
 }
 
@@ -69,13 +68,12 @@ grpc::Status RequestRecord::Finish(const absl::Status& status) {
     if (!session_.empty()) fields.emplace_back("session", session_);
     if (tokens_ > 0) fields.emplace_back("tokens", tokens_);
     fields.emplace_back("duration_ms", seconds * 1e3);
-    fields.emplace_back("peer", peer_);
+    fields.emplace_back("peer", ctx_->peer());
     if (!status.ok()) fields.emplace_back("error", std::string(status.message()));
     Log(level, "request", fields);
   }
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      absl::StrCat(status.message(), " [request ", id_, "]"));
+  return ToGrpcStatus(absl::Status(status.code(), absl::StrCat(status.message(), " [request ", id_, "]")));
 }
 
 }  // namespace trams::server

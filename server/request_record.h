@@ -43,14 +43,14 @@ class RequestRecord {
   void add_tokens(int64_t n) { tokens_ += n; }
 
   // Records the latency, writes the log line and returns what the client gets: `status`, its message ending
-  // in " [request ID]" when it is not OK. Call once.
+  // in " [request ID]" when it is not OK. Call once, before the call's Finish (it reads the context's peer).
   grpc::Status Finish(const absl::Status& status);
 
  private:
   const std::string id_;
   const char* method_;
   Metrics* metrics_;  // may be null
-  std::string peer_;
+  const grpc::CallbackServerContext* ctx_;  // the peer, read only when the line is written
   std::string tenant_;
   std::string session_;
   int64_t tokens_ = 0;

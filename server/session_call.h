@@ -21,7 +21,6 @@
 #include "server/request_record.h"
 #include "server/scheduler.h"
 #include "server/scoped_id.h"
-#include "server/status_convert.h"
 
 namespace trams::server {
 

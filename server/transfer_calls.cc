@@ -10,7 +10,6 @@
 #include "server/request_record.h"
 #include "server/session_id.h"
 #include "server/session_manager.h"
-#include "server/status_convert.h"
 
 namespace trams::server {
 namespace {
