@@ -40,7 +40,7 @@ class SessionCall : public Reactor {
   using Actions = CallActions<Response>;
 
   SessionCall(const CallEnv* env, grpc::CallbackServerContext* ctx, const char* method, std::string tenant)
-      : env_(env), ctx_(ctx), method_(method), tenant_(std::move(tenant)), start_(Clock::now()),
+      : env_(env), ctx_(ctx), tenant_(std::move(tenant)), start_(Clock::now()),
         record_(ctx, method, env->metrics) {
     record_.set_tenant(tenant_);
     env_->calls->Started();
@@ -221,7 +221,6 @@ class SessionCall : public Reactor {
 
   const CallEnv* env_;
   grpc::CallbackServerContext* ctx_;
-  const char* method_;
   const std::string tenant_;  // the caller's (LmService::Authenticate): its session ids are scoped in it
   absl::Status slot_;         // the tenant's running-call slot (max_concurrent_calls), or why there is none
   bool slot_released_ = false;
